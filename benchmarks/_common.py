@@ -1,0 +1,114 @@
+"""Shared benchmark plumbing: timing, environment capture, tables, JSON results.
+
+Every benchmark prints ratios measured in the same run, so the noise of a shared
+machine hits baseline and candidate alike.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+import torch
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], device, *, warmup: int = 3, iters: int = 20,
+            min_time: float = 0.0) -> dict:
+    """Median/min wall time of ``fn`` in ms (CUDA events on GPU)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < iters or (time.perf_counter() - t_start) < min_time:
+        if device.type == "cuda":
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": len(times)}
+
+
+def git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        sha = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        return sha + ("+dirty" if dirty.stdout.strip() else "")
+    except Exception:
+        return "unknown"
+
+
+def environment(device) -> dict:
+    device = torch.device(device)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    env = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_type": device.type,
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "commit": git_commit(),
+    }
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        env["device"] = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+    return env
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+        return "-" if v is None else str(v)
+
+    widths = {c: max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in columns} if rows else {c: len(c) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for r in rows:
+        print("  ".join(fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def save_results(name: str, device, rows: list[dict], extra: dict | None = None, path: str | None = None) -> str:
+    env = environment(device)
+    tag = env["device"].replace(" ", "_").replace("/", "_")[:40]
+    if path is None:
+        outdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+        os.makedirs(outdir, exist_ok=True)
+        path = os.path.join(outdir, f"{name}_{env['device_type']}_{tag}.json")
+    with open(path, "w") as f:
+        json.dump({"benchmark": name, "environment": env, "results": rows, **(extra or {})}, f, indent=2)
+    return path

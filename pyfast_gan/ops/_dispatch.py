@@ -1,0 +1,93 @@
+"""One dispatcher for every op: ``impl="auto"|"reference"|"cpu"|"cuda"|"triton"``.
+
+Rules (as in NVlabs' torch_utils ops):
+* an explicitly requested impl that cannot run on the tensors' device raises a
+  ``RuntimeError`` that says why;
+* ``"auto"`` picks the fastest available impl for the device (CUDA kernel, then
+  Triton on CUDA; the C++ kernel on CPU) and falls back to the reference with a
+  single warning per (op, reason) when the native library is missing.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from .. import _native
+
+IMPLS = ("auto", "reference", "cpu", "cuda", "triton")
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_once(key: str, msg: str) -> None:
+    if (key, msg) in _warned:
+        return
+    _warned.add((key, msg))
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def triton_available(device: torch.device) -> tuple[bool, str]:
+    """Triton runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "triton is not installed"
+    if device.type == "cuda":
+        return True, ""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True, ""
+    return False, f"triton needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors); got device {device}"
+
+
+def native_available(family: str, device: torch.device) -> tuple[bool, str]:
+    if not _native.load(family):
+        return False, _native.error(family)
+    if device.type == "cpu":
+        return True, ""
+    if device.type == "cuda":
+        if _native.has_cuda_kernels(family):
+            return True, ""
+        return False, f"pyfast_gan/_C_{family} was built without CUDA kernels"
+    return False, f"no native kernel for device type {device.type!r}"
+
+
+def resolve(op: str, family: str, impl: str, device: torch.device) -> str:
+    """Return the concrete impl to run ('reference', 'cpu', 'cuda' or 'triton')."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference":
+        return impl
+    if impl == "cpu":
+        if device.type != "cpu":
+            raise RuntimeError(f"{op}: impl='cpu' needs CPU tensors, got device {device}")
+        ok, why = native_available(family, device)
+        if not ok:
+            raise RuntimeError(f"{op}: impl='cpu' is unavailable: {why}")
+        return impl
+    if impl == "cuda":
+        if device.type != "cuda":
+            raise RuntimeError(f"{op}: impl='cuda' needs CUDA tensors, got device {device}")
+        ok, why = native_available(family, device)
+        if not ok:
+            raise RuntimeError(f"{op}: impl='cuda' is unavailable: {why}")
+        return impl
+    if impl == "triton":
+        ok, why = triton_available(device)
+        if not ok:
+            raise RuntimeError(f"{op}: impl='triton' is unavailable: {why}")
+        return impl
+    # auto
+    if device.type in ("cpu", "cuda"):
+        ok, why = native_available(family, device)
+        if ok:
+            return device.type
+        if device.type == "cuda" and triton_available(device)[0]:
+            return "triton"
+        warn_once(op, f"pyfast_gan.{op}: native kernel unavailable ({why}); using the PyTorch reference")
+    return "reference"
+
+
+def check_impl_arg(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
