@@ -1,3 +1,252 @@
-class RMSpropClip:  # placeholder until the optimizer lands
-    def __init__(self, *a, **k):
-        raise NotImplementedError("RMSpropClip")
+"""``RMSpropClip``: WGAN's critic optimizer step (RMSprop, then clamp to [-c, c]) fused.
+
+WGAN (Arjovsky et al. 2017, Algorithm 1: lr 5e-5, c = 0.01) updates the critic with
+RMSprop and then clips every weight. As two steps that is five ATen passes per
+parameter for ``torch.optim.RMSprop`` plus one ``clamp_`` pass; the fused kernel reads
+param, grad and state once and writes param and state once.
+
+The update is torch's single-tensor RMSprop, op by op, with intermediates rounded to
+the parameter dtype where torch stores them (state in the parameter dtype, as torch
+keeps it), so results equal ``RMSprop.step()`` + ``clamp_`` within rounding. The
+optimizer state and param-group keys are RMSprop's, plus ``clip_value``,
+``skip_nonfinite`` and ``impl``: state_dicts load into and from ``torch.optim.RMSprop``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim import Optimizer
+
+from . import _native
+from .ops._dispatch import check_impl_arg, resolve
+from .ops.clip_weights import is_dense
+
+try:
+    from torch.optim.optimizer import _get_scalar_dtype
+except ImportError:  # pragma: no cover - torch renamed a private helper
+    def _get_scalar_dtype():
+        return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+__all__ = ["RMSpropClip", "rmsprop_clip_reference"]
+
+_OP = "RMSpropClip"
+_FAMILY = "clip"
+
+
+def rmsprop_clip_reference(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alpha, eps, weight_decay,
+                           momentum, centered, maximize, clip_value) -> None:
+    """The definition: torch's ``_single_tensor_rmsprop`` (torch 2.14), then ``clamp_``."""
+    for i, param in enumerate(params):
+        grad = grads[i] if not maximize else -grads[i]
+        square_avg = square_avgs[i]
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        if centered:
+            grad_avg = grad_avgs[i]
+            grad_avg.lerp_(grad, 1 - alpha)
+            avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add_(eps)
+        if momentum > 0:
+            buf = momentum_buffers[i]
+            buf.mul_(momentum).addcdiv_(grad, avg)
+            param.add_(buf, alpha=-lr)
+        else:
+            param.addcdiv_(grad, avg, value=-lr)
+        if clip_value != math.inf:
+            param.clamp_(-clip_value, clip_value)
+
+
+def _all_finite(grads: list[torch.Tensor]) -> bool:
+    """One fused max-|g| reduction per (device, dtype) group and one host sync per device.
+    Max-abs (ord=inf) rather than the 2-norm, which would overflow for finite grads."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        if g.numel():
+            groups.setdefault((g.device, g.dtype), []).append(g)
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for (dev, _), gs in groups.items():
+        norms = torch._foreach_norm(gs, math.inf)
+        flags.setdefault(dev, []).append(torch.stack(norms).isfinite().all())
+    return all(bool(torch.stack(f).all()) for f in flags.values())
+
+
+class RMSpropClip(Optimizer):
+    """RMSprop followed by clamping every parameter to ``[-clip_value, clip_value]``, fused.
+
+    Args (those shared with ``torch.optim.RMSprop`` mean the same):
+        lr, alpha, eps, weight_decay, momentum, centered, maximize: as RMSprop.
+        clip_value: bound c > 0 of the clamp after each step (WGAN: 0.01); ``None``
+            disables the clamp (plain RMSprop).
+        skip_nonfinite: if any gradient holds inf/NaN, skip the whole step (no state
+            change, step count not advanced); ``step()`` then sets
+            ``last_step_skipped = True`` and increments ``skipped_steps``.
+        impl: "auto" | "reference" | "cpu" | "cuda" | "triton".
+        foreach: accepted and stored for state_dict compatibility; ignored.
+
+    ``capturable`` and ``differentiable`` are not supported (ValueError if True).
+    """
+
+    def __init__(self, params, lr: float = 5e-5, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
+                 momentum: float = 0, centered: bool = False, clip_value: float | None = 0.01,
+                 skip_nonfinite: bool = True, impl: str = "auto", *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False) -> None:
+        if isinstance(lr, torch.Tensor):
+            if lr.numel() != 1:
+                raise ValueError("lr: a tensor lr must have one element")
+            lr = lr.item()
+        for name, v in (("lr", lr), ("eps", eps), ("momentum", momentum), ("weight_decay", weight_decay),
+                        ("alpha", alpha)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        _check_optional_clip(clip_value)
+        check_impl_arg(impl)
+        if capturable:
+            raise ValueError("capturable: RMSpropClip does not support capturable=True")
+        if differentiable:
+            raise ValueError("differentiable: RMSpropClip does not support differentiable=True")
+        defaults = {
+            "lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps, "centered": centered,
+            "weight_decay": weight_decay, "capturable": False, "foreach": foreach, "maximize": maximize,
+            "differentiable": False, "clip_value": clip_value, "skip_nonfinite": skip_nonfinite, "impl": impl,
+        }
+        super().__init__(params, defaults)
+        self.last_step_skipped = False
+        self.skipped_steps = 0
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # An RMSprop state_dict lacks clip_value/skip_nonfinite/impl (and older ones
+        # more): take this optimizer's constructor values.
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_get_scalar_dtype())
+        self.__dict__.setdefault("last_step_skipped", False)
+        self.__dict__.setdefault("skipped_steps", 0)
+
+    def _init_state(self, group, p):
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+            state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["centered"]:
+                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One fused RMSprop + clamp step; returns the closure's loss (if given)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        check = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError("RMSpropClip does not support sparse gradients")
+                if not p.is_floating_point():
+                    raise ValueError(f"params: RMSpropClip needs floating-point parameters, got {p.dtype}")
+            work.append((group, params))
+            if group["skip_nonfinite"]:
+                check.extend(p.grad for p in params)
+        if check and not _all_finite(check):
+            self.last_step_skipped = True
+            self.skipped_steps += 1
+            return loss
+        self.last_step_skipped = False
+        for group, params in work:
+            if params:
+                self._step_group(group, params)
+        return loss
+
+    def _step_group(self, group, params):
+        _check_optional_clip(group["clip_value"])
+        centered, momentum = group["centered"], group["momentum"]
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            lr = lr.item()
+        hyper = dict(lr=lr, alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+                     momentum=momentum, centered=centered, maximize=group["maximize"],
+                     clip_value=math.inf if group["clip_value"] is None else float(group["clip_value"]))
+        by_device: dict[torch.device, list] = {}
+        steps = []
+        for p in params:
+            state = self._init_state(group, p)
+            steps.append(state["step"])
+            by_device.setdefault(p.device, []).append((p, state))
+        # Steps are 0-d CPU tensors (RMSprop's non-capturable layout): one foreach op.
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+        for device, items in by_device.items():
+            which = resolve(_OP, _FAMILY, group["impl"], device)
+            fast, slow = [], []
+            for p, state in items:
+                (fast if which != "reference" and _kernel_ok(p, state, centered, momentum) else slow).append((p, state))
+            if slow:
+                rmsprop_clip_reference(*_lists(slow, centered, momentum), **hyper)
+            if not fast:
+                continue
+            if which == "triton":
+                from .kernels.triton.rmsprop_clip import triton_rmsprop_clip_
+
+                by_dtype: dict[torch.dtype, list] = {}
+                for item in fast:
+                    by_dtype.setdefault(item[0].dtype, []).append(item)
+                for group_items in by_dtype.values():
+                    triton_rmsprop_clip_(*_lists(group_items, centered, momentum), **hyper)
+            else:
+                torch.ops.pyfast_gan.rmsprop_clip_(
+                    *_lists(fast, centered, momentum), hyper["lr"], hyper["alpha"], hyper["eps"],
+                    hyper["weight_decay"], hyper["momentum"], centered, hyper["maximize"], hyper["clip_value"])
+
+
+def _check_optional_clip(clip_value) -> None:
+    if clip_value is None:
+        return
+    if isinstance(clip_value, bool) or not isinstance(clip_value, (int, float)) or not math.isfinite(clip_value) \
+            or clip_value <= 0:
+        raise ValueError(f"clip_value must be a finite number > 0 or None, got {clip_value!r}")
+
+
+def _kernel_ok(p, state, centered, momentum) -> bool:
+    """The kernels walk param, grad and state as one span each, in the same order."""
+    if p.numel() == 0 or not is_dense(p):
+        return False
+    keys = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum_buffer"] if momentum > 0 else [])
+    for t in [p.grad] + [state[k] for k in keys]:
+        if t.dtype != p.dtype or t.device != p.device or t.stride() != p.stride() or t.shape != p.shape:
+            return False
+    return True
+
+
+def _lists(items, centered, momentum):
+    params = [p for p, _ in items]
+    grads = [p.grad for p, _ in items]
+    sq = [s["square_avg"] for _, s in items]
+    ga = [s["grad_avg"] for _, s in items] if centered else []
+    mb = [s["momentum_buffer"] for _, s in items] if momentum > 0 else []
+    return params, grads, sq, ga, mb
+
+
+def _register_fake() -> None:
+    if not _native.load(_FAMILY):
+        return
+
+    @torch.library.register_fake("pyfast_gan::rmsprop_clip_")
+    def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha, eps, weight_decay,
+                           momentum, centered, maximize, clip_value):
+        return None
+
+
+_register_fake()

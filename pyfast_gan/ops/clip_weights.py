@@ -1,2 +1,153 @@
-def clip_weights_(*args, **kwargs):  # placeholder until the op lands
-    raise NotImplementedError("clip_weights_")
+"""``clip_weights_``: WGAN weight clipping of a whole critic in one kernel launch.
+
+Reference (the definition): ``for p in params: p.clamp_(-c, c)``; one launch, and one
+read and write of each tensor, per parameter. The native and Triton impls clamp every
+tensor of a (device, dtype) group in a single multi-tensor launch and are bit-identical to
+the reference: the bounds are rounded to the tensor dtype as ``clamp_`` rounds them,
+and NaN stays NaN.
+
+Tensors that are dense but not contiguous (channels_last, permuted) are clamped in
+their storage order; strided views that are not one span of memory take ``clamp_``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from .. import _native
+from ._dispatch import check_impl_arg, resolve
+
+__all__ = ["clip_weights_", "clip_weights_reference"]
+
+_OP = "clip_weights_"
+_FAMILY = "clip"
+
+
+def collect_tensors(params, argname: str = "params") -> list[torch.Tensor]:
+    """A list of tensors from a module (its ``.parameters()``), one tensor, or an iterable."""
+    if isinstance(params, torch.nn.Module):
+        tensors = list(params.parameters())
+    elif isinstance(params, torch.Tensor):
+        tensors = [params]
+    else:
+        try:
+            tensors = list(params)
+        except TypeError:
+            raise ValueError(
+                f"{argname} must be an nn.Module, a tensor or an iterable of tensors, got {type(params).__name__}"
+            ) from None
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{argname}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    return tensors
+
+
+def check_clip_value(clip_value, argname: str = "clip_value") -> float:
+    if isinstance(clip_value, torch.Tensor):
+        if clip_value.numel() != 1:
+            raise ValueError(f"{argname} must be a number, got a tensor of shape {tuple(clip_value.shape)}")
+        clip_value = clip_value.item()
+    if isinstance(clip_value, bool) or not isinstance(clip_value, (int, float)):
+        raise ValueError(f"{argname} must be a finite number > 0, got {clip_value!r}")
+    c = float(clip_value)
+    if not math.isfinite(c) or c <= 0:
+        raise ValueError(f"{argname} must be a finite number > 0, got {clip_value!r}")
+    return c
+
+
+def _check_tensors(tensors: list[torch.Tensor], argname: str = "params") -> None:
+    dev = tensors[0].device
+    for i, t in enumerate(tensors):
+        if t.device != dev:
+            raise ValueError(f"{argname}: all tensors must be on one device, got {dev} and {t.device} (index {i})")
+        if not t.is_floating_point():
+            raise ValueError(f"{argname}[{i}] must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def clip_weights_reference(tensors: Iterable[torch.Tensor], clip_value: float) -> None:
+    """The definition: one ``clamp_`` per tensor."""
+    with torch.no_grad():
+        for t in tensors:
+            t.clamp_(-clip_value, clip_value)
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True if ``t`` occupies exactly numel consecutive elements of its storage, in some order."""
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or _dense_any_order(t)
+
+
+def _dense_any_order(t: torch.Tensor) -> bool:
+    # Strides that, sorted, are those of a contiguous tensor of the permuted shape.
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for s, n in dims:
+        if s != expected:
+            return False
+        expected *= n
+    return True
+
+
+@torch.compiler.disable
+def _triton_clip(tensors: list[torch.Tensor], c: float) -> None:
+    from ..kernels.triton.clip_weights import triton_clip_weights_
+
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        if is_dense(t):
+            groups.setdefault(t.dtype, []).append(t)
+        else:
+            t.clamp_(-c, c)
+    for group in groups.values():
+        triton_clip_weights_(group, c)
+
+
+@torch.compiler.assume_constant_result
+def resolve_impl(op: str, impl: str, device: str) -> str:
+    """``_dispatch.resolve`` evaluated once at trace time under torch.compile (it checks
+    files and environment variables, which dynamo cannot trace)."""
+    return resolve(op, _FAMILY, impl, torch.device(device))
+
+
+def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
+    """Clamp every tensor of ``params`` to ``[-clip_value, clip_value]`` in place.
+
+    Args:
+        params: an ``nn.Module`` (its parameters), a tensor, or an iterable of tensors, all
+            floating point and on one device.
+        clip_value: the bound c > 0 (finite).
+        impl: "auto" | "reference" | "cpu" | "cuda" | "triton" (see ``ops._dispatch``).
+
+    Runs under ``torch.no_grad()``, so leaf parameters that require grad can be clipped.
+    On CUDA the dense tensors of each dtype take one launch (several only when the
+    argument table overflows: more than 110 tensors or 320 chunks of 64K elements).
+    """
+    check_impl_arg(impl)
+    tensors = collect_tensors(params)
+    c = check_clip_value(clip_value)
+    if not tensors:
+        return
+    _check_tensors(tensors)
+    which = resolve_impl(_OP, impl, str(tensors[0].device))
+    with torch.no_grad():
+        if which == "reference":
+            clip_weights_reference(tensors, c)
+        elif which == "triton":
+            _triton_clip(tensors, c)
+        else:
+            torch.ops.pyfast_gan.clip_weights_(tensors, c)
+
+
+def _register_fake() -> None:
+    if not _native.load(_FAMILY):
+        return
+
+    @torch.library.register_fake("pyfast_gan::clip_weights_")
+    def _clip_weights_fake(tensors, clip_value):
+        return None
+
+
+_register_fake()

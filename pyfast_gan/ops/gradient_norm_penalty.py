@@ -1,2 +1,164 @@
-def gradient_norm_penalty(*args, **kwargs):  # placeholder until the op lands
-    raise NotImplementedError("gradient_norm_penalty")
+"""Per-sample gradient-norm penalty: the loss term of WGAN-GP, WGAN-LP and R1/R2.
+
+    norm[n]    = ||grad[n]||_2 over all non-batch dims
+    penalty[n] = (norm - center)^2         mode="two_sided"     (WGAN-GP, Gulrajani et al. 2017, eq. 3)
+                 max(0, norm - center)^2   mode="one_sided"     (WGAN-LP, Petzka et al. 2018)
+                 norm^2                    mode="zero_centered" (R1/R2, Mescheder et al. 2018)
+
+then reduced over the batch ("mean", "sum" or "none").
+
+Precision: norms accumulate in fp32 (fp64 for fp64 input) and the penalty is
+returned in that dtype, so an fp16/bf16 gradient does not lose the accumulation
+on the way out. The gradient w.r.t. ``grad`` comes back in ``grad``'s dtype.
+
+Zero gradient: no eps is added to the norm (the forward is the paper's exact
+norm); the backward uses a safe division, d norm / d grad = grad / norm with 0
+where norm == 0, which is the subgradient torch.linalg.vector_norm's own backward
+uses, so the reference and every kernel agree there and nothing turns NaN.
+
+Only a first-order backward is provided: in the gradient penalty this op sits on
+top of the critic's double-backward graph and is differentiated once.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .. import _native
+from ._dispatch import resolve
+
+FAMILY = "penalty"
+MODES = ("two_sided", "one_sided", "zero_centered")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _non_overlapping_and_dense(t: torch.Tensor) -> bool:
+    # Same rule as c10's is_non_overlapping_and_dense (not exposed to Python):
+    # strides, sorted, form a contiguous layout of some permutation of the dims.
+    expected = 1
+    for d in sorted((d for d in range(t.dim()) if t.shape[d] != 1), key=lambda d: t.stride(d)):
+        if t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
+def per_sample_dense(t: torch.Tensor) -> bool:
+    """Mirror of the kernels' layout rule: every sample is one dense block of memory
+    with the batch dim outermost (contiguous, channels_last, ...), so the tensor can
+    be walked as flat [N, M] memory and outputs keep its layout."""
+    if t.numel() == 0:
+        return True
+    if not _non_overlapping_and_dense(t):
+        return False
+    n = t.shape[0]
+    return n <= 1 or t.stride(0) == t.numel() // n
+
+
+def _empty_in_kernel_layout(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t) if per_sample_dense(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def reference_per_sample(grad: torch.Tensor, center: float = 1.0, mode: str = "two_sided") -> torch.Tensor:
+    """The definition every kernel is tested against: plain PyTorch autograd."""
+    norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=1, dtype=acc_dtype(grad.dtype))
+    if mode == "two_sided":
+        return (norm - center).square()
+    if mode == "one_sided":
+        return torch.clamp_min(norm - center, 0.0).square()
+    return norm.square()
+
+
+@functools.lru_cache(maxsize=None)
+def native_ops():
+    """Load the native library and give its ops fake impls and autograd (once)."""
+    if not _native.load(FAMILY):
+        return None
+    ops = torch.ops.pyfast_gan
+
+    @torch.library.register_fake("pyfast_gan::gradient_norm_penalty")
+    def _(grad, center, mode):
+        n = grad.shape[0]
+        acc = acc_dtype(grad.dtype)
+        return grad.new_empty((n,), dtype=acc), grad.new_empty((n,), dtype=acc)
+
+    @torch.library.register_fake("pyfast_gan::gradient_norm_penalty_backward")
+    def _(grad_penalty, grad, norm, center, mode):
+        return _empty_in_kernel_layout(grad)
+
+    def setup_context(ctx, inputs, output):
+        grad, center, mode = inputs
+        ctx.save_for_backward(grad, output[1])
+        ctx.center, ctx.mode = center, mode
+        ctx.mark_non_differentiable(output[1])
+
+    def backward(ctx, grad_penalty, _grad_norm):
+        grad, norm = ctx.saved_tensors
+        return ops.gradient_norm_penalty_backward(grad_penalty, grad, norm, ctx.center, ctx.mode), None, None
+
+    torch.library.register_autograd("pyfast_gan::gradient_norm_penalty", backward, setup_context=setup_context)
+    return ops
+
+
+def triton_ops():
+    from ..kernels.triton import gradient_norm_penalty as tk
+
+    return tk
+
+
+@torch.compiler.assume_constant_result
+def _resolve(impl: str, device_type: str) -> str:
+    # Runs eagerly even under torch.compile (its result is a trace-time constant):
+    # loading the library and registering the ops is not traceable Python.
+    which = resolve("gradient_norm_penalty", FAMILY, impl, torch.device(device_type))
+    if which in ("cpu", "cuda"):
+        native_ops()
+    elif which == "triton":
+        triton_ops()
+    return which
+
+
+def _check(grad, center, mode, reduction) -> None:
+    if not isinstance(grad, torch.Tensor):
+        raise ValueError(f"grad must be a tensor, got {type(grad).__name__}")
+    if grad.dim() < 2:
+        raise ValueError(f"grad must have a batch dim and at least one more dim (N, ...), got shape {tuple(grad.shape)}")
+    if grad.shape[0] == 0:
+        raise ValueError("grad has an empty batch (N = 0)")
+    if not grad.is_floating_point():
+        raise ValueError(f"grad must be a floating-point tensor, got {grad.dtype}")
+    if isinstance(center, bool) or not isinstance(center, (int, float)) or not math.isfinite(center) or center < 0:
+        raise ValueError(f"center must be a finite number >= 0, got {center!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def gradient_norm_penalty(grad: torch.Tensor, *, center: float = 1.0, mode: str = "two_sided",
+                          reduction: str = "mean", impl: str = "auto") -> torch.Tensor:
+    """Per-sample gradient-norm penalty of ``grad`` (N, ...), reduced over the batch.
+
+    ``impl``: "auto" (fastest available for ``grad.device``), "reference", "cpu",
+    "cuda" or "triton". Returns fp32 (fp64 for fp64 ``grad``).
+    """
+    _check(grad, center, mode, reduction)
+    which = _resolve(impl, grad.device.type)
+    center = float(center)
+    if which == "reference":
+        per_sample = reference_per_sample(grad, center, mode)
+    elif which == "triton":
+        per_sample, _ = torch.ops.pyfast_gan.triton_gradient_norm_penalty(grad, center, mode)
+    else:
+        per_sample, _ = torch.ops.pyfast_gan.gradient_norm_penalty(grad, center, mode)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample

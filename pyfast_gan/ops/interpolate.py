@@ -1,2 +1,156 @@
-def interpolate(*args, **kwargs):  # placeholder until the op lands
-    raise NotImplementedError("interpolate")
+"""Per-sample interpolation between real and fake samples (the WGAN-GP x_hat).
+
+    x_hat[n] = alpha[n] * real[n] + (1 - alpha[n]) * fake[n],   alpha[n] ~ U[0, 1)
+
+One alpha per sample (Gulrajani et al. 2017, Algorithm 1), never one per batch.
+Math runs in fp32 (fp64 for fp64 inputs) and is rounded once to the input dtype.
+``alpha`` is returned as an (N,) fp32 tensor (fp64 for fp64 inputs) and treated
+as a constant: gradients flow to ``real`` and ``fake`` only.
+
+Random alphas: "reference" and "cpu" draw them with ``torch.rand`` (``generator``
+honoured); "cuda" and "triton" draw them inside the kernel from a Philox stream
+(Triton's ``tl.rand``) keyed by a seed that ``torch.randint`` draws on the device
+from ``generator``, so no extra launch and no host sync. Different impls therefore
+draw different alphas for the same seed; with ``alpha`` given, every impl computes
+the same x_hat (within the tolerance table).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .. import _native
+from ._dispatch import resolve
+from .gradient_norm_penalty import per_sample_dense
+
+FAMILY = "penalty"
+
+
+def alpha_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The definition every kernel is tested against (alpha: (N,))."""
+    opm = alpha_dtype(real.dtype)
+    a = alpha.to(opm).view(-1, *([1] * (real.dim() - 1)))
+    return (a * real.to(opm) + (1 - a) * fake.to(opm)).to(real.dtype)
+
+
+def _kernel_layout_empty(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t) if per_sample_dense(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+@functools.lru_cache(maxsize=None)
+def native_ops():
+    """Load the native library and give its ops fake impls and autograd (once)."""
+    if not _native.load(FAMILY):
+        return None
+    ops = torch.ops.pyfast_gan
+
+    @torch.library.register_fake("pyfast_gan::interpolate")
+    def _(real, fake, alpha):
+        return _kernel_layout_empty(real)
+
+    @torch.library.register_fake("pyfast_gan::interpolate_rand")
+    def _(real, fake, seed):
+        return _kernel_layout_empty(real), real.new_empty((real.shape[0],), dtype=alpha_dtype(real.dtype))
+
+    @torch.library.register_fake("pyfast_gan::interpolate_backward")
+    def _(grad_out, alpha):
+        return _kernel_layout_empty(grad_out), _kernel_layout_empty(grad_out)
+
+    def setup(ctx, inputs, output):
+        if isinstance(output, tuple):  # interpolate_rand: alpha is an output
+            ctx.save_for_backward(output[1])
+            ctx.mark_non_differentiable(output[1])
+        else:
+            ctx.save_for_backward(inputs[2])
+
+    def backward(ctx, grad_out, *_):
+        (alpha,) = ctx.saved_tensors
+        gr, gf = ops.interpolate_backward(grad_out, alpha)
+        return (gr if ctx.needs_input_grad[0] else None), (gf if ctx.needs_input_grad[1] else None), None
+
+    torch.library.register_autograd("pyfast_gan::interpolate", backward, setup_context=setup)
+    torch.library.register_autograd("pyfast_gan::interpolate_rand", backward, setup_context=setup)
+    return ops
+
+
+def triton_ops():
+    from ..kernels.triton import interpolate as tk
+
+    return tk
+
+
+@torch.compiler.assume_constant_result
+def _resolve(impl: str, device_type: str) -> str:
+    # Runs eagerly even under torch.compile (its result is a trace-time constant):
+    # loading the library and registering the ops is not traceable Python.
+    which = resolve("interpolate", FAMILY, impl, torch.device(device_type))
+    if which in ("cpu", "cuda"):
+        native_ops()
+    elif which == "triton":
+        triton_ops()
+    return which
+
+
+def _check(real, fake, alpha, generator) -> torch.Tensor | None:
+    for name, t in (("real", real), ("fake", fake)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+    if real.dim() < 2:
+        raise ValueError(f"real must have a batch dim and at least one more dim (N, ...), got shape {tuple(real.shape)}")
+    if real.shape[0] == 0:
+        raise ValueError("real has an empty batch (N = 0)")
+    if not real.is_floating_point():
+        raise ValueError(f"real must be a floating-point tensor, got {real.dtype}")
+    if fake.shape != real.shape:
+        raise ValueError(f"fake must have the shape of real {tuple(real.shape)}, got {tuple(fake.shape)}")
+    if fake.dtype != real.dtype:
+        raise ValueError(f"fake must have the dtype of real ({real.dtype}), got {fake.dtype}")
+    if fake.device != real.device:
+        raise ValueError(f"fake must be on the device of real ({real.device}), got {fake.device}")
+    n = real.shape[0]
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if torch.device(generator.device).type != real.device.type:
+            raise ValueError(f"generator must be on the device of real ({real.device}), got {generator.device}")
+    if alpha is None:
+        return None
+    if not isinstance(alpha, torch.Tensor):
+        raise ValueError(f"alpha must be a tensor of shape ({n},) or None, got {type(alpha).__name__}")
+    if alpha.numel() != n or (alpha.dim() > 0 and alpha.shape[0] != n) or any(s != 1 for s in alpha.shape[1:]) \
+            or alpha.dim() == 0:
+        raise ValueError(f"alpha must have one value per sample, shape ({n},) or ({n}, 1, ...), "
+                         f"got {tuple(alpha.shape)}")
+    if not alpha.is_floating_point():
+        raise ValueError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
+    if alpha.device != real.device:
+        raise ValueError(f"alpha must be on the device of real ({real.device}), got {alpha.device}")
+    # alpha is a constant of the penalty (see module doc), not a parameter.
+    return alpha.detach().reshape(n).to(alpha_dtype(real.dtype))
+
+
+def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None = None, *,
+                generator: torch.Generator | None = None, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(x_hat, alpha)`` with one ``alpha`` per sample (drawn from U[0, 1) if not given)."""
+    a = _check(real, fake, alpha, generator)
+    which = _resolve(impl, real.device.type)
+    n = real.shape[0]
+    if a is None and which in ("reference", "cpu"):
+        a = torch.rand((n,), generator=generator, device=real.device, dtype=alpha_dtype(real.dtype))
+    if which == "reference":
+        return reference(real, fake, a), a
+    ops = torch.ops.pyfast_gan
+    if a is None:
+        # The seed stays on the device: the kernel reads it, the host never does.
+        seed = torch.randint(0, 2**62, (1,), generator=generator, device=real.device, dtype=torch.int64)
+        if which == "triton":
+            return ops.triton_interpolate_rand(real, fake, seed)
+        return ops.interpolate_rand(real, fake, seed)
+    if which == "triton":
+        return ops.triton_interpolate(real, fake, a), a
+    return ops.interpolate(real, fake, a), a

@@ -1,0 +1,139 @@
+// clip_weights_: clamp every tensor of a list to [-c, c] in place, in one op call.
+//
+// Schemas of the "clip" family live here (clip_weights_, clip_built_with_cuda) and in
+// rmsprop_clip.cpp (rmsprop_clip_). The CPU kernel splits all tensors into chunks and
+// runs one at::parallel_for over the chunks of every tensor, so a critic of many small
+// parameters costs one dispatch instead of one clamp_ per parameter.
+#include "common.h"
+
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/clamp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+namespace pyfast_gan {
+namespace {
+
+// 32K elements (128 KiB of fp32) per chunk: large enough that chunk bookkeeping is
+// noise, small enough that a DCGAN-64 critic (2.8M weights) gives both cores work.
+constexpr int64_t kChunk = 32768;
+// Below this many elements threading costs more than it saves (measured on 2 cores).
+constexpr int64_t kSerialBelow = 65536;
+
+struct Span {
+  void* data;
+  int64_t begin;
+  int64_t end;
+};
+
+// Clamp semantics of at::clamp: the bounds are rounded to the tensor's dtype
+// (Scalar::to<scalar_t>) and NaN stays NaN. `x < lo ? lo : x` keeps NaN (the
+// comparison is false) and returns either x or the bound, so the result is exact.
+template <typename T>
+inline void clamp_span(T* __restrict p, int64_t n, T lo_t, T hi_t) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    const T lo = lo_t, hi = hi_t;
+    for (int64_t i = 0; i < n; ++i) {
+      T x = p[i];
+      x = x < lo ? lo : x;
+      x = x > hi ? hi : x;
+      p[i] = x;
+    }
+  } else {
+    const float lo = static_cast<float>(lo_t), hi = static_cast<float>(hi_t);
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = static_cast<float>(p[i]);
+      if (x < lo) {
+        p[i] = lo_t;
+      } else if (x > hi) {
+        p[i] = hi_t;
+      }
+    }
+  }
+}
+
+bool kernel_ok(const at::Tensor& t) {
+  return t.is_non_overlapping_and_dense();
+}
+
+void clip_weights_cpu(at::TensorList tensors, double clip_value) {
+  PFG_CHECK_ARG(clip_value > 0 && std::isfinite(clip_value), "clip_value",
+                "must be a finite number > 0, got ", clip_value);
+  if (tensors.empty()) return;
+  for (const at::Tensor& t : tensors) {
+    const auto st = t.scalar_type();
+    PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "tensors",
+                  "every tensor must be floating point (float16, bfloat16, float32, float64), got ", st);
+    PFG_CHECK_ARG(t.device() == tensors[0].device(), "tensors", "all tensors must be on one device, got ",
+                  tensors[0].device(), " and ", t.device());
+  }
+  // Group by dtype; a tensor that is not dense (a strided view) cannot be walked as one
+  // span of memory, so it takes ATen's clamp_ (still exact, one extra dispatch).
+  std::vector<at::Tensor> fallback;
+  for (at::ScalarType st : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
+    std::vector<Span> chunks;
+    int64_t total = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const at::Tensor& t = tensors[i];
+      if (t.scalar_type() != st) continue;
+      if (!kernel_ok(t)) {
+        fallback.push_back(t);
+        continue;
+      }
+      const int64_t n = t.numel();
+      for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({t.data_ptr(), b, std::min(n, b + kChunk)});
+      total += n;
+    }
+    if (chunks.empty()) continue;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "clip_weights_cpu", [&] {
+      const scalar_t lo = static_cast<scalar_t>(-clip_value);
+      const scalar_t hi = static_cast<scalar_t>(clip_value);
+      const int64_t nchunks = static_cast<int64_t>(chunks.size());
+      const int64_t grain = total < kSerialBelow ? nchunks : 1;
+      at::parallel_for(0, nchunks, grain, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const Span& s = chunks[c];
+          clamp_span(static_cast<scalar_t*>(s.data) + s.begin, s.end - s.begin, lo, hi);
+        }
+      });
+    });
+  }
+  for (auto& t : fallback) const_cast<at::Tensor&>(t).clamp_(-clip_value, clip_value);
+}
+
+bool clip_built_with_cuda() { return PFG_BUILT_WITH_CUDA; }
+
+// ATen's in-place ops bump the version counter of what they mutate, so autograd can
+// refuse a backward through a tensor modified after it was saved; a custom op only gets
+// that from an ADInplaceOrView kernel. This one redispatches, then bumps.
+void clip_weights_inplace_or_view(c10::DispatchKeySet ks, at::TensorList tensors, double clip_value) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyfast_gan::clip_weights_", "")
+                       .typed<void(at::TensorList, double)>();
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, tensors, clip_value);
+  }
+  for (const at::Tensor& t : tensors) t.unsafeGetTensorImpl()->bump_version();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(pyfast_gan, m) {
+  m.def("clip_built_with_cuda() -> bool", &clip_built_with_cuda);
+  m.def("clip_weights_(Tensor(a!)[] tensors, float clip_value) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(pyfast_gan, CPU, m) {
+  m.impl("clip_weights_", &clip_weights_cpu);
+}
+
+TORCH_LIBRARY_IMPL(pyfast_gan, ADInplaceOrView, m) {
+  m.impl("clip_weights_", &clip_weights_inplace_or_view);
+}
+
+}  // namespace pyfast_gan

@@ -1,0 +1,193 @@
+// Fused per-sample gradient-norm penalty (WGAN-GP / WGAN-LP / R1), CPU kernels.
+//
+//   norm[n]    = ||grad[n]||_2 over all non-batch dims (fp32 accumulation; fp64 for fp64)
+//   penalty[n] = (norm - c)^2 | max(0, norm - c)^2 | norm^2      (two_sided | one_sided | zero_centered)
+//
+// Forward reads grad once; backward reads grad once and writes grad_input once:
+//   grad_input[n] = coef[n] * grad[n],  coef = dL/dpenalty[n] * dpenalty/dnorm / norm
+// A zero gradient is handled by a safe division (coef = 0 where norm == 0), the same
+// subgradient torch.linalg.vector_norm's backward uses, so the forward stays the
+// paper's exact norm (no eps) and a zero gradient gives finite values and gradients.
+//
+// Layout: the per-sample norm does not depend on the element order inside a sample,
+// so any tensor whose samples are dense blocks (contiguous, channels_last, ...) is
+// processed as flat [N, M] memory and grad_input keeps its layout; other strided
+// tensors are copied to contiguous first.
+#include "common.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace pyfast_gan {
+namespace {
+
+enum class Mode : int { TwoSided = 0, OneSided = 1, ZeroCentered = 2 };
+
+Mode parse_mode(c10::string_view mode) {
+  if (mode == "two_sided") return Mode::TwoSided;
+  if (mode == "one_sided") return Mode::OneSided;
+  if (mode == "zero_centered") return Mode::ZeroCentered;
+  PFG_CHECK_ARG(false, "mode", "must be 'two_sided', 'one_sided' or 'zero_centered', got '", std::string(mode), "'");
+  return Mode::TwoSided;
+}
+
+// True when every sample occupies one dense block of memory with the batch dim
+// outermost, so the tensor can be walked as flat [N, M] memory from data_ptr().
+bool per_sample_dense(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  if (!t.is_non_overlapping_and_dense()) return false;
+  const int64_t n = t.size(0);
+  return n <= 1 || t.stride(0) == t.numel() / n;
+}
+
+// Work unit: one chunk of one sample. 16K elements (64 KiB of fp32) keeps the
+// per-task overhead small while still splitting a single large sample (N = 1)
+// across threads.
+constexpr int64_t kChunk = 16384;
+
+template <typename scalar_t, typename acc_t>
+inline acc_t sumsq(const scalar_t* __restrict__ p, int64_t len) {
+  acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t v = static_cast<acc_t>(p[i]);
+    acc += v * v;
+  }
+  return acc;
+}
+
+template <typename scalar_t, typename acc_t>
+inline void scale_into(scalar_t* __restrict__ out, const scalar_t* __restrict__ in, acc_t coef, int64_t len) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    out[i] = static_cast<scalar_t>(coef * static_cast<acc_t>(in[i]));
+  }
+}
+
+void check_grad(const at::Tensor& grad) {
+  PFG_CHECK_ARG(grad.dim() >= 2, "grad", "must have a batch dim and at least one more dim, got shape ", grad.sizes());
+  PFG_CHECK_ARG(grad.size(0) > 0, "grad", "has an empty batch (N = 0)");
+  PFG_CHECK_ARG(at::isFloatingType(grad.scalar_type()), "grad", "must be a floating tensor, got ", grad.scalar_type());
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_cpu(const at::Tensor& grad_in, double center,
+                                                             c10::string_view mode_s) {
+  check_grad(grad_in);
+  const Mode mode = parse_mode(mode_s);
+  const at::Tensor grad = per_sample_dense(grad_in) ? grad_in : grad_in.contiguous();
+  const int64_t N = grad.size(0);
+  const int64_t M = grad.numel() / N;
+  const auto opts = grad.options().dtype(acc_dtype(grad.scalar_type()));
+  at::Tensor penalty = at::empty({N}, opts);
+  at::Tensor norm = at::empty({N}, opts);
+  const int64_t K = std::max<int64_t>(1, (M + kChunk - 1) / kChunk);
+  std::vector<double> partial(N * K);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_norm_penalty_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    // Grain: do not wake a second thread for less than ~32K elements.
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, std::min(M, kChunk)));
+    at::parallel_for(0, N * K, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / K, k = t % K;
+        const int64_t start = k * kChunk;
+        const int64_t len = std::min(kChunk, M - start);
+        partial[t] = static_cast<double>(sumsq<scalar_t, acc_t>(g + n * M + start, len));
+      }
+    });
+    acc_t* pen = penalty.data_ptr<acc_t>();
+    acc_t* nrm = norm.data_ptr<acc_t>();
+    const acc_t c = static_cast<acc_t>(center);
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += partial[n * K + k];
+      const acc_t sq = static_cast<acc_t>(s);
+      const acc_t r = std::sqrt(sq);
+      nrm[n] = r;
+      switch (mode) {
+        case Mode::TwoSided: pen[n] = (r - c) * (r - c); break;
+        case Mode::OneSided: { const acc_t d = std::max<acc_t>(r - c, 0); pen[n] = d * d; break; }
+        case Mode::ZeroCentered: pen[n] = r * r; break;
+      }
+    }
+  });
+  return {penalty, norm};
+}
+
+at::Tensor gradient_norm_penalty_backward_cpu(const at::Tensor& grad_penalty_in, const at::Tensor& grad_in,
+                                              const at::Tensor& norm_in, double center, c10::string_view mode_s) {
+  check_grad(grad_in);
+  const Mode mode = parse_mode(mode_s);
+  const int64_t N = grad_in.size(0);
+  const auto acc = acc_dtype(grad_in.scalar_type());
+  PFG_CHECK_ARG(grad_penalty_in.dim() == 1 && grad_penalty_in.size(0) == N, "grad_penalty",
+                "must have shape (", N, ",), got ", grad_penalty_in.sizes());
+  PFG_CHECK_ARG(norm_in.dim() == 1 && norm_in.size(0) == N, "norm", "must have shape (", N, ",), got ", norm_in.sizes());
+  PFG_CHECK_ARG(grad_penalty_in.scalar_type() == acc, "grad_penalty", "must be ", acc, ", got ", grad_penalty_in.scalar_type());
+  PFG_CHECK_ARG(norm_in.scalar_type() == acc, "norm", "must be ", acc, ", got ", norm_in.scalar_type());
+  PFG_CHECK_ARG(grad_penalty_in.device() == grad_in.device(), "grad_penalty", "must be on ", grad_in.device());
+  PFG_CHECK_ARG(norm_in.device() == grad_in.device(), "norm", "must be on ", grad_in.device());
+  const at::Tensor grad = per_sample_dense(grad_in) ? grad_in : grad_in.contiguous();
+  // mean's backward hands over an expanded (stride-0) tensor: materialise the N values.
+  const at::Tensor gp = grad_penalty_in.contiguous();
+  const at::Tensor norm = norm_in.contiguous();
+  at::Tensor out = at::empty_like(grad);
+  const int64_t M = grad.numel() / N;
+  const int64_t K = std::max<int64_t>(1, (M + kChunk - 1) / kChunk);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_norm_penalty_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* gpp = gp.const_data_ptr<acc_t>();
+    const acc_t* nrm = norm.const_data_ptr<acc_t>();
+    const acc_t c = static_cast<acc_t>(center);
+    std::vector<acc_t> coef(N);
+    for (int64_t n = 0; n < N; ++n) {
+      const acc_t r = nrm[n];
+      switch (mode) {
+        case Mode::TwoSided: coef[n] = r > 0 ? gpp[n] * 2 * (r - c) / r : acc_t(0); break;
+        case Mode::OneSided: coef[n] = (r > 0 && r > c) ? gpp[n] * 2 * (r - c) / r : acc_t(0); break;
+        case Mode::ZeroCentered: coef[n] = gpp[n] * 2; break;
+      }
+    }
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, std::min(M, kChunk)));
+    at::parallel_for(0, N * K, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / K, k = t % K;
+        const int64_t start = k * kChunk;
+        const int64_t len = std::min(kChunk, M - start);
+        scale_into<scalar_t, acc_t>(o + n * M + start, g + n * M + start, coef[n], len);
+      }
+    });
+  });
+  return out;
+}
+
+bool penalty_built_with_cuda() { return PFG_BUILT_WITH_CUDA; }
+
+}  // namespace
+}  // namespace pyfast_gan
+
+TORCH_LIBRARY_FRAGMENT(pyfast_gan, m) {
+  m.def("penalty_built_with_cuda() -> bool", &pyfast_gan::penalty_built_with_cuda);
+  // Returns (penalty per sample, norm per sample), both fp32 (fp64 for fp64 grad);
+  // the norm is saved for the backward.
+  m.def("gradient_norm_penalty(Tensor grad, float center, str mode) -> (Tensor, Tensor)");
+  m.def("gradient_norm_penalty_backward(Tensor grad_penalty, Tensor grad, Tensor norm, float center, str mode) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pyfast_gan, CPU, m) {
+  m.impl("gradient_norm_penalty", &pyfast_gan::gradient_norm_penalty_cpu);
+  m.impl("gradient_norm_penalty_backward", &pyfast_gan::gradient_norm_penalty_backward_cpu);
+}

@@ -1,0 +1,188 @@
+// Per-sample interpolation for the gradient penalty, CPU kernels.
+//
+//   x_hat[n] = alpha[n] * real[n] + (1 - alpha[n]) * fake[n]     (math in fp32; fp64 for fp64)
+//
+// One pass: reads real and fake once, writes x_hat once. The backward reads the
+// incoming gradient once and writes both input gradients.
+//
+// interpolate_rand draws alpha[n] in the kernel from a counter-based Philox4x32-10
+// stream keyed by `seed` with counter n, bit-for-bit the stream of Triton's
+// tl.rand(seed, n), so the CPU, CUDA and Triton kernels agree on alpha for a seed.
+#include "common.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pyfast_gan {
+namespace {
+
+bool per_sample_dense(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  if (!t.is_non_overlapping_and_dense()) return false;
+  const int64_t n = t.size(0);
+  return n <= 1 || t.stride(0) == t.numel() / n;
+}
+
+constexpr int64_t kChunk = 16384;
+
+inline uint32_t umulhi32(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+}
+
+// Triton's philox (language/random.py): key = seed (lo, hi), counter = (n, 0, 0, 0),
+// first output word mapped to [0, 1) by uint_to_uniform_float.
+inline float philox_uniform(uint64_t seed, uint32_t counter) {
+  uint32_t c0 = counter, c1 = 0, c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    const uint32_t a = c0, b = c2;
+    c0 = umulhi32(0xCD9E8D57u, b) ^ c1 ^ k0;
+    c2 = umulhi32(0xD2511F53u, a) ^ c3 ^ k1;
+    c1 = 0xCD9E8D57u * b;
+    c3 = 0xD2511F53u * a;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  int32_t x = static_cast<int32_t>(c0);
+  if (x < 0) x = ~x;
+  return static_cast<float>(x) * 4.6566127342e-10f;
+}
+
+at::ScalarType alpha_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_pair(const at::Tensor& real, const at::Tensor& fake) {
+  PFG_CHECK_ARG(real.dim() >= 1, "real", "must have a batch dim, got a 0-d tensor");
+  PFG_CHECK_ARG(real.size(0) > 0, "real", "has an empty batch (N = 0)");
+  PFG_CHECK_ARG(fake.sizes() == real.sizes(), "fake", "must have the shape of real ", real.sizes(), ", got ", fake.sizes());
+  PFG_CHECK_ARG(fake.scalar_type() == real.scalar_type(), "fake", "must have the dtype of real (", real.scalar_type(),
+                "), got ", fake.scalar_type());
+  PFG_CHECK_ARG(fake.device() == real.device(), "fake", "must be on the device of real (", real.device(), "), got ",
+                fake.device());
+  PFG_CHECK_ARG(at::isFloatingType(real.scalar_type()), "real", "must be a floating tensor, got ", real.scalar_type());
+}
+
+// Brings real and fake to one shared dense-per-sample layout (real's when it has one).
+std::pair<at::Tensor, at::Tensor> common_layout(const at::Tensor& real, const at::Tensor& fake) {
+  at::Tensor r = per_sample_dense(real) ? real : real.contiguous();
+  at::Tensor f = fake.strides() == r.strides() ? fake : at::empty_like(r).copy_(fake);
+  return {r, f};
+}
+
+template <typename scalar_t, typename acc_t>
+void lerp_samples(const scalar_t* r, const scalar_t* f, scalar_t* o, const acc_t* alpha, int64_t N, int64_t M) {
+  const int64_t K = std::max<int64_t>(1, (M + kChunk - 1) / kChunk);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, std::min(M, kChunk)));
+  at::parallel_for(0, N * K, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / K, k = t % K;
+      const int64_t off = n * M + k * kChunk;
+      const int64_t len = std::min(kChunk, M - k * kChunk);
+      const acc_t a = alpha[n], b = acc_t(1) - alpha[n];
+      const scalar_t* __restrict__ rp = r + off;
+      const scalar_t* __restrict__ fp = f + off;
+      scalar_t* __restrict__ op = o + off;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        op[i] = static_cast<scalar_t>(a * static_cast<acc_t>(rp[i]) + b * static_cast<acc_t>(fp[i]));
+      }
+    }
+  });
+}
+
+at::Tensor interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& alpha_in) {
+  check_pair(real_in, fake_in);
+  const int64_t N = real_in.size(0);
+  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
+                alpha_in.sizes());
+  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(real_in.scalar_type()), "alpha", "must be ",
+                alpha_dtype(real_in.scalar_type()), ", got ", alpha_in.scalar_type());
+  PFG_CHECK_ARG(alpha_in.device() == real_in.device(), "alpha", "must be on ", real_in.device());
+  auto [real, fake] = common_layout(real_in, fake_in);
+  const at::Tensor alpha = alpha_in.contiguous();
+  at::Tensor out = at::empty_like(real);
+  const int64_t M = real.numel() / N;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "interpolate_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    lerp_samples<scalar_t, acc_t>(real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(),
+                                  out.mutable_data_ptr<scalar_t>(), alpha.const_data_ptr<acc_t>(), N, M);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> interpolate_rand_cpu(const at::Tensor& real_in, const at::Tensor& fake_in,
+                                                        const at::Tensor& seed) {
+  check_pair(real_in, fake_in);
+  PFG_CHECK_ARG(seed.numel() == 1 && seed.scalar_type() == at::kLong, "seed", "must be a one-element int64 tensor");
+  const int64_t N = real_in.size(0);
+  const uint64_t s = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+  at::Tensor alpha = at::empty({N}, real_in.options().dtype(alpha_dtype(real_in.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES(alpha.scalar_type(), "interpolate_rand_cpu_alpha", [&] {
+    scalar_t* a = alpha.mutable_data_ptr<scalar_t>();
+    for (int64_t n = 0; n < N; ++n) a[n] = static_cast<scalar_t>(philox_uniform(s, static_cast<uint32_t>(n)));
+  });
+  return {interpolate_cpu(real_in, fake_in, alpha), alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor> interpolate_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& alpha_in) {
+  PFG_CHECK_ARG(grad_out_in.dim() >= 1 && grad_out_in.size(0) > 0, "grad_out", "must have a non-empty batch dim");
+  const int64_t N = grad_out_in.size(0);
+  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
+                alpha_in.sizes());
+  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(grad_out_in.scalar_type()), "alpha", "must be ",
+                alpha_dtype(grad_out_in.scalar_type()), ", got ", alpha_in.scalar_type());
+  const at::Tensor go = per_sample_dense(grad_out_in) ? grad_out_in : grad_out_in.contiguous();
+  const at::Tensor alpha = alpha_in.contiguous();
+  at::Tensor grad_real = at::empty_like(go);
+  at::Tensor grad_fake = at::empty_like(go);
+  const int64_t M = go.numel() / N;
+  const int64_t K = std::max<int64_t>(1, (M + kChunk - 1) / kChunk);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "interpolate_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = go.const_data_ptr<scalar_t>();
+    scalar_t* gr = grad_real.mutable_data_ptr<scalar_t>();
+    scalar_t* gf = grad_fake.mutable_data_ptr<scalar_t>();
+    const acc_t* al = alpha.const_data_ptr<acc_t>();
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, std::min(M, kChunk)));
+    at::parallel_for(0, N * K, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / K, k = t % K;
+        const int64_t off = n * M + k * kChunk;
+        const int64_t len = std::min(kChunk, M - k * kChunk);
+        const acc_t a = al[n], b = acc_t(1) - al[n];
+        const scalar_t* __restrict__ gp = g + off;
+        scalar_t* __restrict__ rp = gr + off;
+        scalar_t* __restrict__ fp = gf + off;
+        // _Pragma: a #pragma cannot sit inside the dispatch macro's argument.
+        _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) {
+          const acc_t v = static_cast<acc_t>(gp[i]);
+          rp[i] = static_cast<scalar_t>(a * v);
+          fp[i] = static_cast<scalar_t>(b * v);
+        }
+      }
+    });
+  });
+  return {grad_real, grad_fake};
+}
+
+}  // namespace
+}  // namespace pyfast_gan
+
+TORCH_LIBRARY_FRAGMENT(pyfast_gan, m) {
+  // alpha: (N,) fp32 (fp64 for fp64 inputs). x_hat keeps real's layout when it is dense.
+  m.def("interpolate(Tensor real, Tensor fake, Tensor alpha) -> Tensor");
+  // Draws alpha in the kernel (Philox, Triton's tl.rand stream); returns (x_hat, alpha).
+  m.def("interpolate_rand(Tensor real, Tensor fake, Tensor seed) -> (Tensor, Tensor)");
+  m.def("interpolate_backward(Tensor grad_out, Tensor alpha) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(pyfast_gan, CPU, m) {
+  m.impl("interpolate", &pyfast_gan::interpolate_cpu);
+  m.impl("interpolate_rand", &pyfast_gan::interpolate_rand_cpu);
+  m.impl("interpolate_backward", &pyfast_gan::interpolate_backward_cpu);
+}

@@ -1,0 +1,213 @@
+// Per-sample interpolation for the gradient penalty, CUDA kernels (see
+// csrc/cpu/interpolate.cpp for the math). One pass with 16-byte vector loads;
+// interpolate_rand draws alpha[n] in the kernel from Philox4x32-10 keyed by a
+// device-side seed (no host sync), the same stream as Triton's tl.rand(seed, n).
+#include "common.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pyfast_gan {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 8192;
+
+bool per_sample_dense(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  if (!t.is_non_overlapping_and_dense()) return false;
+  const int64_t n = t.size(0);
+  return n <= 1 || t.stride(0) == t.numel() / n;
+}
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) VecT {
+  T v[V];
+};
+
+__device__ __forceinline__ float philox_uniform(uint64_t seed, uint32_t counter) {
+  uint32_t c0 = counter, c1 = 0, c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#pragma unroll
+  for (int r = 0; r < 10; ++r) {
+    const uint32_t a = c0, b = c2;
+    c0 = __umulhi(0xCD9E8D57u, b) ^ c1 ^ k0;
+    c2 = __umulhi(0xD2511F53u, a) ^ c3 ^ k1;
+    c1 = 0xCD9E8D57u * b;
+    c3 = 0xD2511F53u * a;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  int32_t x = static_cast<int32_t>(c0);
+  if (x < 0) x = ~x;
+  return static_cast<float>(x) * 4.6566127342e-10f;
+}
+
+// RAND: alpha[n] comes from Philox(seed, n) and block (n, 0) stores it; otherwise it is read.
+template <typename scalar_t, typename acc_t, int V, bool RAND>
+__global__ void __launch_bounds__(kThreads) lerp_kernel(const scalar_t* __restrict__ r, const scalar_t* __restrict__ f,
+                                                         scalar_t* __restrict__ out, acc_t* __restrict__ alpha,
+                                                         const int64_t* __restrict__ seed, int64_t M, int64_t K) {
+  const int64_t n = blockIdx.x / K, k = blockIdx.x % K;
+  acc_t a;
+  if constexpr (RAND) {
+    a = static_cast<acc_t>(philox_uniform(static_cast<uint64_t>(*seed), static_cast<uint32_t>(n)));
+    if (k == 0 && threadIdx.x == 0) alpha[n] = a;
+  } else {
+    a = alpha[n];
+  }
+  const acc_t b = acc_t(1) - a;
+  const int64_t base = n * M;
+  const int64_t end = min(M, (k + 1) * kChunk);
+  for (int64_t i = k * kChunk + int64_t(threadIdx.x) * V; i < end; i += int64_t(kThreads) * V) {
+    const VecT<scalar_t, V> x = *reinterpret_cast<const VecT<scalar_t, V>*>(r + base + i);
+    const VecT<scalar_t, V> y = *reinterpret_cast<const VecT<scalar_t, V>*>(f + base + i);
+    VecT<scalar_t, V> z;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      z.v[j] = static_cast<scalar_t>(a * static_cast<acc_t>(x.v[j]) + b * static_cast<acc_t>(y.v[j]));
+    }
+    *reinterpret_cast<VecT<scalar_t, V>*>(out + base + i) = z;
+  }
+}
+
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kThreads) lerp_backward_kernel(const scalar_t* __restrict__ g,
+                                                                  scalar_t* __restrict__ gr, scalar_t* __restrict__ gf,
+                                                                  const acc_t* __restrict__ alpha, int64_t M, int64_t K) {
+  const int64_t n = blockIdx.x / K, k = blockIdx.x % K;
+  const acc_t a = alpha[n], b = acc_t(1) - a;
+  const int64_t base = n * M;
+  const int64_t end = min(M, (k + 1) * kChunk);
+  for (int64_t i = k * kChunk + int64_t(threadIdx.x) * V; i < end; i += int64_t(kThreads) * V) {
+    const VecT<scalar_t, V> x = *reinterpret_cast<const VecT<scalar_t, V>*>(g + base + i);
+    VecT<scalar_t, V> u, w;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const acc_t v = static_cast<acc_t>(x.v[j]);
+      u.v[j] = static_cast<scalar_t>(a * v);
+      w.v[j] = static_cast<scalar_t>(b * v);
+    }
+    *reinterpret_cast<VecT<scalar_t, V>*>(gr + base + i) = u;
+    *reinterpret_cast<VecT<scalar_t, V>*>(gf + base + i) = w;
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+at::ScalarType alpha_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_pair(const at::Tensor& real, const at::Tensor& fake) {
+  PFG_CHECK_ARG(real.is_cuda(), "real", "must be a CUDA tensor, got device ", real.device());
+  PFG_CHECK_ARG(real.dim() >= 1, "real", "must have a batch dim, got a 0-d tensor");
+  PFG_CHECK_ARG(real.size(0) > 0, "real", "has an empty batch (N = 0)");
+  PFG_CHECK_ARG(fake.sizes() == real.sizes(), "fake", "must have the shape of real ", real.sizes(), ", got ", fake.sizes());
+  PFG_CHECK_ARG(fake.scalar_type() == real.scalar_type(), "fake", "must have the dtype of real (", real.scalar_type(),
+                "), got ", fake.scalar_type());
+  PFG_CHECK_ARG(fake.device() == real.device(), "fake", "must be on the device of real (", real.device(), "), got ",
+                fake.device());
+  PFG_CHECK_ARG(at::isFloatingType(real.scalar_type()), "real", "must be a floating tensor, got ", real.scalar_type());
+}
+
+template <bool RAND>
+void launch_lerp(const at::Tensor& real_in, const at::Tensor& fake_in, at::Tensor& out, at::Tensor& alpha,
+                 const int64_t* seed) {
+  at::Tensor real = per_sample_dense(real_in) ? real_in : real_in.contiguous();
+  at::Tensor fake = fake_in.strides() == real.strides() ? fake_in : at::empty_like(real).copy_(fake_in);
+  out = at::empty_like(real);
+  const int64_t N = real.size(0);
+  const int64_t M = real.numel() / N;
+  const int64_t K = std::max<int64_t>(1, (M + kChunk - 1) / kChunk);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "interpolate_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = 16 / sizeof(scalar_t);
+    const scalar_t* r = real.const_data_ptr<scalar_t>();
+    const scalar_t* f = fake.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    acc_t* a = alpha.mutable_data_ptr<acc_t>();
+    if (M % V == 0 && aligned16(r) && aligned16(f) && aligned16(o)) {
+      lerp_kernel<scalar_t, acc_t, V, RAND><<<N * K, kThreads, 0, stream>>>(r, f, o, a, seed, M, K);
+    } else {
+      lerp_kernel<scalar_t, acc_t, 1, RAND><<<N * K, kThreads, 0, stream>>>(r, f, o, a, seed, M, K);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha_in) {
+  check_pair(real, fake);
+  const int64_t N = real.size(0);
+  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
+                alpha_in.sizes());
+  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(real.scalar_type()), "alpha", "must be ",
+                alpha_dtype(real.scalar_type()), ", got ", alpha_in.scalar_type());
+  PFG_CHECK_ARG(alpha_in.device() == real.device(), "alpha", "must be on ", real.device());
+  const c10::cuda::CUDAGuard guard(real.device());
+  // The kernel only reads alpha in this mode; the cast drops const for the shared signature.
+  at::Tensor alpha = alpha_in.contiguous();
+  at::Tensor out;
+  launch_lerp<false>(real, fake, out, alpha, nullptr);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> interpolate_rand_cuda(const at::Tensor& real, const at::Tensor& fake,
+                                                         const at::Tensor& seed) {
+  check_pair(real, fake);
+  PFG_CHECK_ARG(seed.numel() == 1 && seed.scalar_type() == at::kLong, "seed", "must be a one-element int64 tensor");
+  PFG_CHECK_ARG(seed.device() == real.device(), "seed", "must be on ", real.device(), " (it is read in the kernel)");
+  const c10::cuda::CUDAGuard guard(real.device());
+  at::Tensor alpha = at::empty({real.size(0)}, real.options().dtype(alpha_dtype(real.scalar_type())));
+  at::Tensor out;
+  launch_lerp<true>(real, fake, out, alpha, seed.const_data_ptr<int64_t>());
+  return {out, alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor> interpolate_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& alpha_in) {
+  PFG_CHECK_ARG(grad_out_in.is_cuda(), "grad_out", "must be a CUDA tensor, got device ", grad_out_in.device());
+  PFG_CHECK_ARG(grad_out_in.dim() >= 1 && grad_out_in.size(0) > 0, "grad_out", "must have a non-empty batch dim");
+  const int64_t N = grad_out_in.size(0);
+  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
+                alpha_in.sizes());
+  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(grad_out_in.scalar_type()), "alpha", "must be ",
+                alpha_dtype(grad_out_in.scalar_type()), ", got ", alpha_in.scalar_type());
+  PFG_CHECK_ARG(alpha_in.device() == grad_out_in.device(), "alpha", "must be on ", grad_out_in.device());
+  const c10::cuda::CUDAGuard guard(grad_out_in.device());
+  const at::Tensor go = per_sample_dense(grad_out_in) ? grad_out_in : grad_out_in.contiguous();
+  const at::Tensor alpha = alpha_in.contiguous();
+  at::Tensor grad_real = at::empty_like(go);
+  at::Tensor grad_fake = at::empty_like(go);
+  const int64_t M = go.numel() / N;
+  const int64_t K = std::max<int64_t>(1, (M + kChunk - 1) / kChunk);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "interpolate_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = 16 / sizeof(scalar_t);
+    const scalar_t* g = go.const_data_ptr<scalar_t>();
+    scalar_t* gr = grad_real.mutable_data_ptr<scalar_t>();
+    scalar_t* gf = grad_fake.mutable_data_ptr<scalar_t>();
+    const acc_t* a = alpha.const_data_ptr<acc_t>();
+    if (M % V == 0 && aligned16(g) && aligned16(gr) && aligned16(gf)) {
+      lerp_backward_kernel<scalar_t, acc_t, V><<<N * K, kThreads, 0, stream>>>(g, gr, gf, a, M, K);
+    } else {
+      lerp_backward_kernel<scalar_t, acc_t, 1><<<N * K, kThreads, 0, stream>>>(g, gr, gf, a, M, K);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_real, grad_fake};
+}
+
+}  // namespace
+}  // namespace pyfast_gan
+
+TORCH_LIBRARY_IMPL(pyfast_gan, CUDA, m) {
+  m.impl("interpolate", &pyfast_gan::interpolate_cuda);
+  m.impl("interpolate_rand", &pyfast_gan::interpolate_rand_cuda);
+  m.impl("interpolate_backward", &pyfast_gan::interpolate_backward_cuda);
+}

@@ -1,0 +1,101 @@
+"""Training data: image folders, MNIST IDX, CIFAR-10 batches, the embedded digits, toy 2-D.
+
+Image sources give uint8 (C, S, S) tensors; :func:`to_float` maps them to [-1, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import DataError, ImageDataset, TensorImageDataset, decode_all, to_float
+from .cifar import cifar10_dataset, find_cifar_batches
+from .digits import digits_dataset
+from .images import IMAGE_EXTENSIONS, ImageFolderDataset, load_image
+from .mnist import find_idx_images, mnist_dataset, read_idx
+from .toy import TOY_DATASETS, ToySampler
+
+DATA_FORMATS = ("auto", "folder", "mnist", "cifar10")
+
+
+def detect_format(path: str | Path) -> str:
+    """'mnist', 'cifar10' or 'folder' for an existing path (DataError otherwise)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist")
+    if p.is_file():
+        name = p.name.lower()
+        if "idx" in name and "ubyte" in name:
+            return "mnist"
+        if name.startswith(("data_batch", "test_batch")):
+            return "cifar10"
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if len(head) == 4 and head[:2] == b"\0\0" and head[2] == 0x08:
+            return "mnist"
+        if head[:1] == b"\x80":  # pickle protocol >= 2
+            return "cifar10"
+        raise DataError(
+            f"cannot tell the format of file {str(p)!r}: give a folder of images, an MNIST IDX "
+            "file or a CIFAR-10 batch (or set data_format)"
+        )
+    if find_cifar_batches(p):
+        return "cifar10"
+    if find_idx_images(p):
+        return "mnist"
+    return "folder"
+
+
+def open_dataset(
+    spec: str,
+    data_format: str = "auto",
+    image_size: int | None = None,
+    channels: int | None = None,
+    progress: bool = True,
+) -> ImageDataset:
+    """The image dataset named by ``spec``: "digits" (embedded) or a PATH (DataError when it
+    does not exist, is empty or holds no readable image).
+
+    ``data_format`` "auto" detects MNIST IDX files, CIFAR-10 python batches, else an image
+    folder. ``image_size`` defaults to 32 (digits, mnist, cifar10) or 64 (folders);
+    ``channels`` to the data's own (1 for digits/mnist, 3 for cifar10/folders).
+    """
+    if data_format not in DATA_FORMATS:
+        raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+    if not isinstance(spec, (str, Path)) or str(spec) == "":
+        raise DataError(f"data must be 'digits' or a path, got {spec!r}")
+    spec = str(spec)
+    if spec in TOY_DATASETS:
+        raise DataError(f"{spec!r} is 2-D toy data, not images: use ToySampler({spec!r})")
+    # "digits" always means the embedded set; a folder of that name is "./digits".
+    if spec == "digits":
+        if data_format != "auto":
+            raise DataError(f"data 'digits' is the embedded dataset; data_format must be 'auto', got {data_format!r}")
+        return digits_dataset(image_size or 32, channels or 1)
+    fmt = detect_format(spec) if data_format == "auto" else data_format
+    if not Path(spec).exists():
+        raise DataError(f"data path {spec!r} does not exist")
+    if fmt == "mnist":
+        return mnist_dataset(spec, image_size or 32, channels or 1, progress=progress)
+    if fmt == "cifar10":
+        return cifar10_dataset(spec, image_size or 32, channels or 3, progress=progress)
+    return ImageFolderDataset(spec, image_size or 64, channels or 3, progress=progress)
+
+
+__all__ = [
+    "DATA_FORMATS",
+    "IMAGE_EXTENSIONS",
+    "TOY_DATASETS",
+    "DataError",
+    "ImageDataset",
+    "ImageFolderDataset",
+    "TensorImageDataset",
+    "ToySampler",
+    "cifar10_dataset",
+    "decode_all",
+    "detect_format",
+    "digits_dataset",
+    "load_image",
+    "mnist_dataset",
+    "open_dataset",
+    "read_idx",
+    "to_float",
+]

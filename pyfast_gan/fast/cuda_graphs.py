@@ -1,0 +1,160 @@
+"""Capture the critic step and the generator step in CUDA graphs (CUDA only).
+
+At DCGAN sizes a GPU step is a few milliseconds, much of it kernel-launch overhead; a
+graph replays the whole step (noise, generator, critic, penalty double backward, optimizer
+step) as one launch. The recipe is PyTorch's "whole network capture":
+
+* static input buffer: each real batch is copied into it (``copy_``) before a replay;
+  noise and alpha are drawn inside the graph (the default CUDA generator is graph-safe);
+* a few warm-up steps on a side stream before capture (cuDNN/cuBLAS workspaces, lazy
+  optimizer state, the compiled objective's compilation and start-up verification), after
+  which parameters, buffers and optimizer state are restored *in place* (the graph holds
+  their addresses), so warm-up leaves no trace on training;
+* gradients set to None before capture, so backward allocates them inside the graph's
+  memory pool and every replay writes the same memory;
+* optimizers must be capturable: ``Adam(capturable=True)`` / ``fused=True``, RMSprop
+  ``capturable=True``; autocast inside the graph runs with ``cache_enabled=False``.
+
+Not supported in a graph (each falls back to the eager step with one message): a CPU
+device, fp16 with GradScaler (its inf check syncs with the host), lazy_gp > 1 (the penalty
+would change the graph from step to step), a distributed grad_sync (collectives work in
+graphs with nccl, but that is not tested here), or any capture error.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .step import FastStep
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def cuda_graphs_unsupported_reason(step: FastStep) -> str | None:
+    if step.device.type != "cuda":
+        return f"CUDA graphs need a CUDA device (running on {step.device.type})"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    if step.amp == "fp16":
+        return "fp16 with GradScaler syncs with the host at every step; use --amp bf16"
+    if step.objective.every > 1:
+        return "lazy_gp > 1 changes the step from one critic iteration to the next"
+    if step.grad_sync is not None:
+        return "multi-process gradient sync is not captured (untested)"
+    return None
+
+
+def _snapshot(step: FastStep) -> dict:
+    """Parameters, buffers and existing optimizer state, cloned."""
+    tensors = []
+    for m in (step.G, step.D):
+        tensors += [p.data for p in m.parameters()] + list(m.buffers())
+    for opt in (step.opt_g, step.opt_d):
+        for st in opt.state.values():
+            tensors += [v for v in st.values() if torch.is_tensor(v)]
+    return {id(t): (t, t.detach().clone()) for t in tensors}
+
+
+@torch.no_grad()
+def _restore(step: FastStep, snap: dict) -> None:
+    """Put back the snapshot in place; optimizer state created since (lazily, by warm-up)
+    is zeroed, which is the fresh state of Adam and RMSprop (moments and step count 0)."""
+    for t, saved in snap.values():
+        t.copy_(saved)
+    for opt in (step.opt_g, step.opt_d):
+        for st in opt.state.values():
+            for v in st.values():
+                if torch.is_tensor(v) and id(v) not in snap:
+                    v.zero_()
+
+
+class GraphedStep:
+    """``critic_step(real)`` / ``generator_step(batch_size)`` replaying captured graphs.
+
+    Build with :func:`graph_step`. ``real`` must have the batch shape given at capture
+    (use drop_last); stats are static device tensors, overwritten by the next replay
+    (clone them to keep them).
+    """
+
+    def __init__(self, step: FastStep, real_example: torch.Tensor, warmup: int = 3):
+        self.step = step
+        self.batch_size = real_example.shape[0]
+        self.objective_cache_off()
+        self.static_real = real_example.detach().clone().contiguous(
+            memory_format=step.memory_format if real_example.dim() == 4 else torch.contiguous_format)
+        # Optimizer state is created lazily by the first step; warm-up creates it (and
+        # compiles/verifies the objective), and the snapshot taken before is restored in
+        # place after capture, so warm-up leaves no trace on training.
+        snap = _snapshot(step)
+        critic_steps = step.critic_steps
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                step.critic_step(self.static_real)
+                step.generator_step(self.batch_size)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        step.opt_d.zero_grad(set_to_none=True)
+        step.opt_g.zero_grad(set_to_none=True)
+        self.critic_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.critic_graph):
+            self.critic_stats = step.critic_step(self.static_real)
+        self.gen_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.gen_graph):
+            self.gen_stats = step.generator_step(self.batch_size)
+        torch.cuda.synchronize()
+        _restore(step, snap)
+        step.critic_steps = critic_steps
+
+    def objective_cache_off(self) -> None:
+        # autocast's weight-cast cache would hand the graph tensors that die after capture
+        self.step.autocast_cache = False
+
+    def critic_step(self, real: torch.Tensor, alpha: torch.Tensor | None = None) -> dict:
+        if alpha is not None:
+            raise ValueError("alpha: a graphed critic step draws alpha inside the graph")
+        if real.shape != self.static_real.shape:
+            raise ValueError(f"real must have the captured shape {tuple(self.static_real.shape)}, "
+                             f"got {tuple(real.shape)} (use drop_last)")
+        self.static_real.copy_(real)
+        self.critic_graph.replay()
+        self.step.critic_steps += 1
+        return self.critic_stats
+
+    def generator_step(self, batch_size: int) -> dict:
+        if batch_size != self.batch_size:
+            raise ValueError(f"batch_size must be the captured {self.batch_size}, got {batch_size}")
+        self.gen_graph.replay()
+        return self.gen_stats
+
+
+def graph_step(step: FastStep, real_example: torch.Tensor, *, enabled: bool = True,
+               warmup: int = 3):
+    """A :class:`GraphedStep` when the step can be captured, else ``step`` itself (with one
+    message saying why)."""
+    if not enabled:
+        return step
+    why = cuda_graphs_unsupported_reason(step)
+    if why:
+        _warn_once(f"pyfast_gan: CUDA graphs disabled ({why}); running the step eagerly")
+        return step
+    snap = _snapshot(step)
+    critic_steps = step.critic_steps
+    try:
+        return GraphedStep(step, real_example, warmup=warmup)
+    except Exception as e:  # noqa: BLE001 - any capture failure: run eagerly
+        torch.cuda.synchronize()
+        _restore(step, snap)
+        step.critic_steps = critic_steps
+        step.autocast_cache = True
+        _warn_once(f"pyfast_gan: CUDA graph capture failed ({type(e).__name__}: "
+                   f"{str(e).splitlines()[0][:200] if str(e) else ''}); running the step eagerly")
+        return step

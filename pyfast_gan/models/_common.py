@@ -1,0 +1,73 @@
+"""Pieces shared by the image models: size checks, critic normalisation, DCGAN init."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+IMAGE_SIZES = (32, 64, 96, 128)
+CRITIC_NORMS = ("batch", "layer", "instance", "none")
+
+
+def check_image_args(image_size: int, channels: int, sizes=IMAGE_SIZES) -> None:
+    if image_size not in sizes:
+        raise ValueError(f"image_size must be one of {sizes}, got {image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+
+
+def spatial_plan(image_size: int) -> tuple[int, int]:
+    """(start, n_doublings): the smallest feature map and how many x2 steps reach image_size.
+
+    96 = 3 * 2**5 (the anime-face size), so it starts from 3x3; the others from 4x4.
+    """
+    start = 3 if image_size % 3 == 0 else 4
+    n = int(round(math.log2(image_size // start)))
+    assert start * 2**n == image_size, image_size
+    return start, n
+
+
+def check_norm(norm: str) -> None:
+    if norm not in CRITIC_NORMS:
+        raise ValueError(f"norm must be one of {CRITIC_NORMS}, got {norm!r}")
+
+
+def critic_norm(norm: str, channels: int) -> nn.Module:
+    """Normalisation for a critic feature map.
+
+    "layer" normalises each sample over (C, H, W) with a per-channel affine, as the WGAN-GP
+    code's Layernorm([1, 2, 3]) does; GroupNorm(1, C) is exactly that and keeps channels_last.
+    Batch norm makes each sample's score depend on the batch, which the gradient penalty
+    (a per-sample gradient) forbids, so WGAN-GP presets use "layer".
+    """
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels)
+    if norm == "instance":
+        return nn.GroupNorm(channels, channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {CRITIC_NORMS}, got {norm!r}")
+
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+_WEIGHT_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+@torch.no_grad()
+def init_dcgan_weights(module: nn.Module) -> nn.Module:
+    """DCGAN paper init (Radford et al. 2016, sec. 4): weights N(0, 0.02); norm scales
+    N(1, 0.02); every bias 0. Draws from the global torch RNG, so seed first."""
+    for m in module.modules():
+        if isinstance(m, _WEIGHT_TYPES):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, _NORM_TYPES):
+            if getattr(m, "weight", None) is not None:
+                nn.init.normal_(m.weight, 1.0, 0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    return module

@@ -1,0 +1,330 @@
+"""Training configuration: one dataclass, the CLI generated from it, presets, validation.
+
+Resolution order (later wins): dataclass defaults < loss preset (pyfast_gan.losses.PRESETS)
+< data-dependent defaults (toy data, digits) < --fast < --config FILE < command-line flags.
+Presets and data defaults only fill fields the user did not set explicitly (in the config
+file or on the command line), so ``--loss wgan --lr 1e-4`` keeps the WGAN preset except lr.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOSS_CHOICES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge")
+TOY_DATA = ("8gaussians", "25gaussians", "swissroll")
+ARCH_CHOICES = ("auto", "dcgan", "resnet", "mlp")
+DCGAN_SIZES = (32, 64, 96, 128)
+RESNET_SIZES = (32, 64, 96, 128)
+
+
+def _f(default, help: str, choices=None, **kw):
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    meta.update(kw)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train -------------------------------------------------------------
+    loss: str = _f("wgan-gp", "GAN objective. Each loss has a preset from its paper "
+                   "(optimizer, lr, betas, n_critic, batch size, critic norm).",
+                   LOSS_CHOICES)
+    data: str = _f("digits", "'digits' (embedded scikit-learn digits, no download), a toy 2-D "
+                   "set (8gaussians, 25gaussians, swissroll) or a PATH: image folder, MNIST "
+                   "IDX files or CIFAR-10 python batches.")
+    data_format: str = _f("auto", "How to read a data PATH.", ("auto", "folder", "mnist", "cifar10"))
+    image_size: int = _f(0, "Image side in pixels (0 = the data's default: 32 for digits/MNIST/"
+                         "CIFAR-10, 64 for folders). DCGAN and ResNet: 32, 64, 96, 128.")
+    channels: int = _f(0, "Image channels (0 = the data's own; 1 converts to grayscale).",
+                       (0, 1, 3))
+    arch: str = _f("auto", "Model family (auto = mlp for toy data, dcgan for images).",
+                   ARCH_CHOICES)
+    base: int = _f(64, "Model width: channels of the widest-resolution conv layer (DCGAN/"
+                   "ResNet) or hidden units (MLP).")
+    z_dim: int = _f(100, "Latent dimension.")
+    critic_norm: str = _f("batch", "Normalisation in the critic (WGAN-GP needs no batch norm).",
+                          ("batch", "layer", "instance", "none"))
+    # --- optimisation --------------------------------------------------------------
+    steps: int = _f(10000, "Generator iterations (each one includes n_critic critic steps).")
+    batch_size: int = _f(64, "Batch size (real and fake).")
+    n_critic: int = _f(5, "Critic steps per generator step.")
+    wgan_schedule: bool = _f(False, "WassersteinGAN's schedule: 100 critic iterations for the "
+                             "first 25 generator iterations and every 500th.")
+    optimizer: str = _f("adam", "Optimizer for both networks. With --loss wgan, rmsprop means "
+                        "the fused RMSpropClip (update + clip in one pass) for the critic.",
+                        ("adam", "rmsprop"))
+    lr: float = _f(1e-4, "Learning rate (both networks unless --lr-g is given).")
+    lr_g: float = _f(0.0, "Generator learning rate (0 = same as --lr).")
+    betas: typing.Tuple[float, float] = _f((0.0, 0.9), "Adam betas.", nargs=2, metavar=("BETA1", "BETA2"))
+    clip_value: float = _f(0.01, "WGAN weight clipping bound c.")
+    gp_weight: float = _f(10.0, "WGAN-GP penalty weight lambda.")
+    ema: float = _f(0.0, "Decay of an exponential moving average of the generator (0 = off, "
+                    "e.g. 0.999).")
+    # --- run bookkeeping -----------------------------------------------------------
+    out: str = _f("", "Output directory (default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>).")
+    resume: str = _f("", "Resume from DIR (a run directory or a checkpoint file); continues "
+                     "exactly where it stopped, writing to the same directory unless --out.")
+    seed: int = _f(0, "Random seed (models, noise, data order).")
+    device: str = _f("auto", "Device (auto = cuda when available).", ("auto", "cpu", "cuda"))
+    sample_every: int = _f(500, "Write samples/step_XXXXXX.png every this many steps.")
+    checkpoint_every: int = _f(1000, "Write checkpoints/step_XXXXXX.pt every this many steps "
+                               "(latest.pt is refreshed at the same time and at the end).")
+    log_every: int = _f(10, "Append a line to metrics.jsonl every this many steps.")
+    n_samples: int = _f(64, "Images in each sample grid.")
+    max_nonfinite: int = _f(20, "Stop after this many consecutive steps with a non-finite loss "
+                            "or gradient (each is skipped, not applied).")
+    num_workers: int = _f(0, "Data-decoding worker processes for image folders.")
+    progress: bool = _f(True, "Show a progress bar.")
+    # --- speed switches (issue 5) --------------------------------------------------
+    amp: str = _f("off", "Mixed precision: bf16 autocast, or fp16 autocast with GradScaler.",
+                  ("off", "bf16", "fp16"))
+    channels_last: bool = _f(False, "Use channels_last memory format for models and batches.")
+    compile: bool = _f(False, "torch.compile the critic objective (penalty included).")
+    cuda_graphs: bool = _f(False, "Capture the critic and generator steps in CUDA graphs (CUDA only).")
+    impl: str = _f("auto", "Implementation of the fused ops (penalty, clipping, RMSpropClip).",
+                   ("auto", "reference", "cpu", "cuda", "triton"))
+    lazy_gp: int = _f(0, "Lazy penalty: compute the gradient penalty every K critic steps with "
+                      "weight x K (0 or 1 = every step, the paper's setting).")
+    fast: bool = _f(False, "Turn on the best speed switches for the device (flags given "
+                    "explicitly still win).")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(d["betas"])
+        return d
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _field_type(f: dataclasses.Field):
+    t = f.type
+    if isinstance(t, str):
+        t = {"str": str, "int": int, "float": float, "bool": bool}.get(t, t)
+    if isinstance(f.default, bool):
+        return bool
+    if f.name == "betas":
+        return float
+    if f.default is not dataclasses.MISSING:
+        return type(f.default)
+    return t
+
+
+# Data-dependent defaults (only applied to fields not set by the user).
+# Toy data follows the WGAN-GP paper's toy code (gan_toy.py): 512-unit ReLU MLPs, 2-D noise,
+# batch 256. Digits: a narrower DCGAN (base 32) so the no-argument run finishes on a 2-core
+# CPU in minutes (measured; see README).
+TOY_DEFAULTS = dict(arch="mlp", base=512, z_dim=2, batch_size=256, steps=3000,
+                    sample_every=500, checkpoint_every=1000, log_every=20, n_samples=1000)
+DIGITS_DEFAULTS = dict(base=32, z_dim=64, steps=1500, sample_every=250, checkpoint_every=500)
+
+
+def fast_settings(device: str) -> dict:
+    """The switches --fast turns on for a device (each falls back, once, if unusable)."""
+    if device == "cuda":
+        return dict(amp="bf16", channels_last=True, compile=True, cuda_graphs=True, impl="auto")
+    return dict(impl="auto", compile=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pyfast_gan.train",
+        description="Train DCGAN / WGAN / WGAN-GP / LSGAN / hinge GANs. With no arguments: "
+                    "WGAN-GP on the embedded digits (32x32), a few minutes on a CPU.",
+        argument_default=argparse.SUPPRESS,  # only flags the user typed appear in the namespace
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file with any of the fields "
+                   "below (names with _ or -); command-line flags override it.")
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        meta = dict(f.metadata)
+        help_ = meta.pop("help")
+        choices = meta.pop("choices", None)
+        default = f.default
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_ + f" (default: {default})")
+            continue
+        kw = dict(help=help_ + f" (default: {default!r}, or the preset's)" if name in _PRESET_FIELDS
+                  else help_ + f" (default: {default!r})")
+        kw["type"] = _field_type(f)
+        if choices is not None:
+            kw["choices"] = choices
+        kw.update(meta)
+        p.add_argument(flag, **kw)
+    return p
+
+
+_PRESET_FIELDS = {"optimizer", "lr", "betas", "clip_value", "gp_weight", "n_critic", "batch_size",
+                  "critic_norm", "steps", "base", "z_dim", "arch"}
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--config: file not found: {path}")
+    text = p.read_bytes()
+    try:
+        if p.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import tomllib
+            raw = tomllib.loads(text.decode())
+    except Exception as e:  # noqa: BLE001 - report any parse error the same way
+        raise ValueError(f"--config {path}: cannot parse: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path}: expected a table/object of fields")
+    if "train" in raw and isinstance(raw["train"], dict) and len(raw) == 1:
+        raw = raw["train"]
+    out = {}
+    for k, v in raw.items():
+        name = k.replace("-", "_")
+        if name not in FIELDS:
+            raise ValueError(f"--config {path}: unknown field {k!r}")
+        out[name] = _coerce(name, v, f"--config {path}: field {k!r}")
+    return out
+
+
+def _coerce(name: str, v, where: str):
+    f = FIELDS[name]
+    t = _field_type(f)
+    if name == "betas":
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise ValueError(f"{where}: expected two numbers, got {v!r}")
+        return tuple(float(x) for x in v)
+    if t is bool:
+        if not isinstance(v, bool):
+            raise ValueError(f"{where}: expected true/false, got {v!r}")
+        return v
+    if t is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, t) or isinstance(v, bool) != (t is bool):
+        raise ValueError(f"{where}: expected {t.__name__}, got {v!r}")
+    return v
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, set[str]]:
+    """Parse the command line -> (config with user values only, names set explicitly)."""
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    explicit: dict = {}
+    cfg_file = ns.pop("config", None)
+    if cfg_file is not None:
+        try:
+            explicit.update(load_config_file(cfg_file))
+        except ValueError as e:
+            parser.error(str(e))
+    for k, v in ns.items():
+        explicit[k] = tuple(v) if k == "betas" else v
+    choices_err = _check_choices(explicit)
+    if choices_err:
+        parser.error(choices_err)
+    return TrainConfig(**explicit), set(explicit)
+
+
+def _check_choices(values: dict) -> str | None:
+    for k, v in values.items():
+        ch = FIELDS[k].metadata.get("choices")
+        if ch is not None and v not in ch:
+            return f"{k.replace('_', '-')}: invalid choice {v!r} (choose from {', '.join(map(str, ch))})"
+    return None
+
+
+def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None = None) -> TrainConfig:
+    """Fill the fields the user did not set from the loss preset and data defaults, apply
+    --fast, and validate. Raises ValueError with a message naming the flag."""
+    import torch
+
+    from pyfast_gan.losses import PRESETS
+
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    values = cfg.to_dict()
+    values["betas"] = tuple(values["betas"])
+    err = _check_choices(values)
+    if err:
+        raise ValueError(err)
+
+    def fill(d: dict):
+        for k, v in d.items():
+            if k in FIELDS and k not in explicit:
+                values[k] = tuple(v) if k == "betas" else v
+
+    fill(PRESETS[values["loss"]])
+    is_toy = values["data"] in TOY_DATA
+    if is_toy:
+        fill(TOY_DEFAULTS)
+    elif values["data"] == "digits":
+        fill(DIGITS_DEFAULTS)
+    if values["device"] == "cuda" and not cuda_available:
+        raise ValueError("--device cuda: CUDA is not available on this machine "
+                         "(use --device cpu or auto)")
+    device = values["device"] if values["device"] != "auto" else ("cuda" if cuda_available else "cpu")
+    if values["fast"]:
+        fill(fast_settings(device))
+    out = TrainConfig(**values)
+    validate(out)
+    return out
+
+
+def validate(cfg: TrainConfig) -> None:
+    def bad(flag, msg):
+        raise ValueError(f"--{flag}: {msg}")
+
+    if cfg.loss not in LOSS_CHOICES:
+        bad("loss", f"unknown loss {cfg.loss!r} (choose from {', '.join(LOSS_CHOICES)})")
+    is_toy = cfg.data in TOY_DATA
+    if not is_toy and cfg.data != "digits":
+        if not cfg.data:
+            bad("data", "empty")
+        if not os.path.exists(cfg.data):
+            bad("data", f"path does not exist: {cfg.data!r} (expected digits, 8gaussians, "
+                "25gaussians, swissroll or a path to images / MNIST / CIFAR-10)")
+    if is_toy and cfg.arch not in ("auto", "mlp"):
+        bad("arch", f"toy data {cfg.data!r} needs the mlp models, not {cfg.arch!r}")
+    if not is_toy and cfg.arch == "mlp":
+        bad("arch", "mlp models are for the 2-D toy data only")
+    if not is_toy and cfg.image_size:
+        sizes = RESNET_SIZES if cfg.arch == "resnet" else DCGAN_SIZES
+        if cfg.image_size not in sizes:
+            bad("image-size", f"{cfg.image_size} is not supported by the "
+                f"{'resnet' if cfg.arch == 'resnet' else 'dcgan'} models (choose from "
+                f"{', '.join(map(str, sizes))})")
+    for name in ("steps", "batch_size", "n_critic", "base", "z_dim", "sample_every",
+                 "checkpoint_every", "log_every", "n_samples", "max_nonfinite"):
+        if getattr(cfg, name) < 1:
+            bad(name.replace("_", "-"), f"must be >= 1, got {getattr(cfg, name)}")
+    if cfg.image_size < 0:
+        bad("image-size", f"must be >= 0, got {cfg.image_size}")
+    if cfg.lazy_gp < 0:
+        bad("lazy-gp", f"must be >= 0, got {cfg.lazy_gp}")
+    if cfg.num_workers < 0:
+        bad("num-workers", f"must be >= 0, got {cfg.num_workers}")
+    if not cfg.lr > 0:
+        bad("lr", f"must be > 0, got {cfg.lr}")
+    if cfg.lr_g < 0:
+        bad("lr-g", f"must be >= 0, got {cfg.lr_g}")
+    if not all(0.0 <= b < 1.0 for b in cfg.betas):
+        bad("betas", f"each must be in [0, 1), got {cfg.betas}")
+    if not cfg.clip_value > 0:
+        bad("clip-value", f"must be > 0, got {cfg.clip_value}")
+    if cfg.gp_weight < 0:
+        bad("gp-weight", f"must be >= 0, got {cfg.gp_weight}")
+    if not 0.0 <= cfg.ema < 1.0:
+        bad("ema", f"must be in [0, 1), got {cfg.ema}")
+    if cfg.resume and not os.path.exists(cfg.resume):
+        bad("resume", f"not found: {cfg.resume!r}")
+
+
+def default_out_dir(cfg: TrainConfig) -> str:
+    data = cfg.data if cfg.data in TOY_DATA + ("digits",) else Path(cfg.data.rstrip("/\\")).name
+    return os.path.join("runs", f"{cfg.loss}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")

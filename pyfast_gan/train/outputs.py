@@ -1,0 +1,155 @@
+"""Run outputs: sample grids (pillow), toy scatter plots and loss curves (matplotlib Agg),
+metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (H', W', C) grid, C in {1, 3}."""
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    x = images.detach().float().cpu().clamp(-1, 1)
+    x = ((x + 1) * 127.5).round().to(torch.uint8)
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    grid = torch.zeros(c, ncol * (h + padding) + padding, nrow * (w + padding) + padding, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        y0, x0 = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, y0:y0 + h, x0:x0 + w] = x[i]
+    return grid.permute(1, 2, 0).numpy()
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+                    scale: int = 0) -> None:
+    from PIL import Image
+
+    arr = image_grid(images, nrow)
+    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB")
+    if scale == 0:  # small images are hard to judge: upscale tiny grids (nearest keeps pixels)
+        scale = max(1, 256 // max(images.shape[-1], 1) // 2)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    _atomic_pil_save(img, path)
+
+
+def _atomic_pil_save(img, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def save_toy_scatter(fake: torch.Tensor, real: torch.Tensor, path: str | os.PathLike,
+                     title: str = "", modes: torch.Tensor | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    r = real.detach().float().cpu().numpy()
+    f = fake.detach().float().cpu().numpy()
+    ax.scatter(r[:, 0], r[:, 1], s=3, c="tab:orange", alpha=0.5, label="real")
+    ax.scatter(f[:, 0], f[:, 1], s=3, c="tab:blue", alpha=0.5, label="generated")
+    if modes is not None:
+        m = modes.detach().float().cpu().numpy()
+        ax.scatter(m[:, 0], m[:, 1], s=30, marker="x", c="k", label="modes")
+    lim = max(np.abs(r).max(), 1.0) * 1.3
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a crash: ignore it
+                    pass
+    return out
+
+
+def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
+    """plots/losses.png: critic/generator losses, Wasserstein estimate and penalty, and
+    images/s, against generator step."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in records if "loss_d" in r]
+    panels = [("losses", ("loss_d", "loss_g")), ("critic", ("wasserstein", "gp")),
+              ("throughput", ("img_per_s",))]
+    evals = [r for r in records if "modes_covered" in r]
+    if evals:
+        panels.append(("mode coverage", ("modes_covered",)))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.3 * len(panels)), dpi=100, sharex=True)
+    for ax, (title, keys) in zip(axes, panels):
+        src = evals if keys == ("modes_covered",) else recs
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in src if r.get(k) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, label=k, lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="best")
+    axes[-1].set_xlabel("generator step")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records = read_metrics(self.path)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines logged after the checkpoint's step (they will be redone)."""
+        keep = [r for r in self.records if r.get("step", 0) <= step]
+        if len(keep) != len(self.records):
+            self.records = keep
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w") as f:
+                for r in keep:
+                    f.write(json.dumps(r) + "\n")
+            os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,220 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pyfast_gan.models import (
+    CRITIC_NORMS,
+    EMA,
+    DCGANCritic,
+    DCGANGenerator,
+    MLPCritic,
+    MLPGenerator,
+    ResNetCritic,
+    ResNetGenerator,
+    build_models,
+    init_dcgan_weights,
+)
+
+SIZES = [32, 64, 96, 128]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_shapes_and_range(size, channels):
+    G = DCGANGenerator(size, channels, z_dim=16, base=8)
+    D = DCGANCritic(size, channels, base=8)
+    z = torch.randn(3, 16) * 3  # large z pushes the tanh towards its limits
+    x = G(z)
+    assert x.shape == (3, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1 and x.std() > 0
+    out = D(x)
+    assert out.shape == (3,) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resnet_shapes_and_range(size, channels):
+    G = ResNetGenerator(size, channels, z_dim=16, base=8)
+    D = ResNetCritic(size, channels, base=8)
+    x = G(torch.randn(2, 16))
+    assert x.shape == (2, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1
+    out = D(x)
+    assert out.shape == (2,) and torch.isfinite(out).all()
+
+
+def test_resnet_paper_shape_at_32():
+    # gan_cifar_resnet.py: Linear(128 -> 4*4*128), three up blocks; critic: first block,
+    # one down block, two plain blocks, Linear(128 -> 1).
+    G, D = ResNetGenerator(), ResNetCritic()
+    assert G.fc.in_features == 128 and G.fc.out_features == 4 * 4 * 128 and len(G.blocks) == 3
+    assert len(D.blocks) == 4 and D.fc.in_features == 128
+    assert [getattr(b, "down", True) for b in D.blocks] == [True, True, False, False]
+
+
+@pytest.mark.parametrize("norm", CRITIC_NORMS)
+@pytest.mark.parametrize("cls", [DCGANCritic, ResNetCritic])
+def test_every_critic_norm(norm, cls):
+    D = cls(32, 3, base=8, norm=norm)
+    x = torch.randn(4, 3, 32, 32)
+    out = D(x)
+    assert out.shape == (4,)
+    kinds = {type(m) for m in D.modules()}
+    if norm == "batch":
+        assert nn.BatchNorm2d in kinds
+    else:
+        assert nn.BatchNorm2d not in kinds
+        if norm != "none":
+            assert nn.GroupNorm in kinds
+            # Per-sample norms: one sample's score must not depend on the rest of the batch,
+            # which the gradient penalty needs.
+            torch.testing.assert_close(D(x[:1]), out[:1], atol=1e-5, rtol=1e-5)
+        else:
+            assert nn.GroupNorm not in kinds
+
+
+@pytest.mark.parametrize("norm", ["layer", "instance"])
+def test_group_norms_normalise_as_named(norm):
+    D = DCGANCritic(32, 3, base=8, norm=norm)
+    gn = next(m for m in D.modules() if isinstance(m, nn.GroupNorm))
+    x = torch.randn(2, gn.num_channels, 5, 7) * 3 + 1
+    with torch.no_grad():
+        gn.weight.fill_(1.0)
+        gn.bias.zero_()
+    y = gn(x)
+    dims = (1, 2, 3) if norm == "layer" else (2, 3)
+    mu = x.mean(dims, keepdim=True)
+    var = x.var(dims, unbiased=False, keepdim=True)
+    torch.testing.assert_close(y, (x - mu) / torch.sqrt(var + gn.eps), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["layer", "instance"])
+def test_critic_norm_double_backward(norm):
+    # WGAN-GP differentiates the critic's input gradient: the norms need a correct double
+    # backward. A small block keeps the numerical check cheap.
+    D = DCGANCritic(32, 3, base=2, norm=norm)
+    i = next(i for i, m in enumerate(D.net) if isinstance(m, nn.GroupNorm))
+    block = nn.Sequential(D.net[i], nn.LeakyReLU(0.2)).double()
+    x = torch.randn(2, block[0].num_channels, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(block, (x,), nondet_tol=0.0)
+
+
+@pytest.mark.parametrize("norm", CRITIC_NORMS)
+def test_resnet_critic_gradient_penalty_backward(norm):
+    D = ResNetCritic(32, 3, base=8, norm=norm)
+    x = torch.randn(3, 3, 32, 32, requires_grad=True)
+    (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+    gp = ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    gp.backward()
+    # A bias feeding a ReLU changes the input gradient only through the (piecewise constant)
+    # ReLU mask, and the output bias not at all: biases may get zero or no gradient.
+    for name, p in D.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name
+        if name.endswith("weight") and p.dim() > 1:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bad_model_args():
+    with pytest.raises(ValueError, match="image_size"):
+        DCGANGenerator(48, 3)
+    with pytest.raises(ValueError, match="channels"):
+        DCGANCritic(32, 2)
+    with pytest.raises(ValueError, match="norm"):
+        DCGANCritic(32, 3, norm="spectral")
+    with pytest.raises(ValueError, match="norm"):
+        ResNetCritic(32, 3, norm="group")
+    with pytest.raises(ValueError, match="image_size"):
+        ResNetGenerator(100, 3)
+    with pytest.raises(ValueError, match="hidden"):
+        MLPCritic(hidden=0)
+
+
+def test_dcgan_init_statistics():
+    torch.manual_seed(1)
+    G = DCGANGenerator(64, 3, z_dim=100, base=32)
+    D = DCGANCritic(64, 3, base=32, norm="batch")
+    conv_w = torch.cat(
+        [m.weight.flatten() for M in (G, D) for m in M.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    )
+    bn_w = torch.cat([m.weight for M in (G, D) for m in M.modules() if isinstance(m, nn.BatchNorm2d)])
+    biases = [m.bias for M in (G, D) for m in M.modules() if getattr(m, "bias", None) is not None]
+    assert conv_w.numel() > 100_000
+    assert abs(conv_w.mean().item()) < 1e-3 and abs(conv_w.std().item() - 0.02) < 1e-3
+    assert abs(bn_w.mean().item() - 1.0) < 0.01 and abs(bn_w.std().item() - 0.02) < 0.01
+    assert biases and all((b == 0).all() for b in biases)
+    # init_dcgan_weights also covers group norms and linear layers.
+    m = nn.Sequential(nn.Linear(300, 400), nn.GroupNorm(1, 400))
+    init_dcgan_weights(m)
+    assert abs(m[0].weight.std().item() - 0.02) < 1e-3 and (m[0].bias == 0).all()
+    assert abs(m[1].weight.mean().item() - 1.0) < 0.01 and 0.01 < m[1].weight.std().item() < 0.03
+
+
+def test_models_channels_last_and_deterministic():
+    G = DCGANGenerator(32, 3, z_dim=8, base=8)
+    D = DCGANCritic(32, 3, base=8, norm="layer")
+    z = torch.randn(4, 8)
+    x = G(z)
+    G2 = copy.deepcopy(G).to(memory_format=torch.channels_last)
+    D2 = copy.deepcopy(D).to(memory_format=torch.channels_last)
+    x2 = G2(z)
+    torch.testing.assert_close(x2, x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(D2(x.contiguous(memory_format=torch.channels_last)), D(x), atol=1e-5, rtol=1e-5)
+    assert torch.equal(G(z), x)  # same input, same output (eval of BN stats aside)
+
+
+def test_mlps():
+    G, D = MLPGenerator(), MLPCritic()
+    z = torch.randn(10, 2)
+    assert G(z).shape == (10, 2) and D(G(z)).shape == (10,)
+    # WGAN-GP toy: 3 hidden ReLU layers of 512.
+    lin = [m for m in D.modules() if isinstance(m, nn.Linear)]
+    assert [l.out_features for l in lin] == [512, 512, 512, 1]
+    assert sum(isinstance(m, nn.ReLU) for m in G.modules()) == 3
+
+
+def test_build_models():
+    G, D = build_models("dcgan", 64, 1, 32, "layer", "image")
+    assert isinstance(G, DCGANGenerator) and isinstance(D, DCGANCritic) and D.norm == "layer"
+    assert G(torch.randn(2, 32)).shape == (2, 1, 64, 64)
+    G, D = build_models("resnet", 32, 3, 16, "none", "image")
+    assert isinstance(G, ResNetGenerator) and isinstance(D, ResNetCritic)
+    G, D = build_models("dcgan", 32, 3, 2, "batch", "toy")
+    assert isinstance(G, MLPGenerator) and isinstance(D, MLPCritic)
+    with pytest.raises(ValueError, match="arch"):
+        build_models("vit", 32, 3, 2, "batch", "image")
+    with pytest.raises(ValueError, match="mlp"):
+        build_models("mlp", 32, 3, 2, "batch", "image")
+
+
+def test_ema_update_math():
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3))
+    ema = EMA(model, decay=0.9)
+    assert all(not p.requires_grad for p in ema.module.parameters())
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()
+        model(torch.randn(6, 5))  # moves the batch-norm running stats
+        ema.update(model)
+        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, model.parameters())]
+    for e, p in zip(expected, ema.module.parameters()):
+        torch.testing.assert_close(p, e, atol=1e-6, rtol=1e-6)
+    for eb, b in zip(ema.module.buffers(), model.buffers()):
+        assert torch.equal(eb, b)
+    assert ema.num_updates == 3
+    # The source model is untouched and the copy is independent.
+    assert all(p.requires_grad for p in model.parameters())
+
+    state = copy.deepcopy(ema.state_dict())
+    ema2 = EMA(nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3)), decay=0.5)
+    ema2.load_state_dict(state)
+    assert ema2.decay == 0.9 and ema2.num_updates == 3
+    for a, b in zip(ema2.module.state_dict().values(), ema.module.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, decay=1.5)

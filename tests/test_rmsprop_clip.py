@@ -1,0 +1,383 @@
+"""RMSpropClip against torch.optim.RMSprop.step() followed by a clamp_ loop."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pyfast_gan import _native
+from pyfast_gan.optim import RMSpropClip, rmsprop_clip_reference
+from pyfast_gan.testing import tol
+
+C = 0.01
+needs_native = pytest.mark.skipif(not _native.load("clip"), reason="pyfast_gan/_C_clip not built")
+IMPLS_HERE = [pytest.param("cpu", marks=needs_native), "reference"]
+
+HYPERS = [
+    dict(lr=5e-5),  # WGAN's Algorithm 1
+    dict(lr=2e-3),
+    dict(lr=1e-3, momentum=0.9, centered=True, weight_decay=1e-2),
+    dict(lr=1e-3, alpha=0.3, centered=True),  # lerp weight >= 0.5: torch's other branch
+    dict(lr=1e-3, momentum=0.5, maximize=True),
+]
+
+
+class TinyCritic(nn.Module):
+    """A small DCGAN critic: stride-2 4x4 convs, BatchNorm in the middle, LeakyReLU."""
+
+    def __init__(self, ch=3, base=8):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(ch, base, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(base, 2 * base, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * base), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * base, 1, 4, 1, 0),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.net(x).flatten()
+
+
+def wgan_critic_loss(critic, real, fake):
+    return critic(fake).mean() - critic(real).mean()
+
+
+def clamp_all(params, c=C):
+    with torch.no_grad():
+        for p in params:
+            p.clamp_(-c, c)
+
+
+def assert_close_lists(a, b, dtype=torch.float32, **kw):
+    t = tol(dtype) | kw
+    for i, (x, y) in enumerate(zip(a, b)):
+        torch.testing.assert_close(x, y, msg=lambda m: f"tensor {i}: {m}", **t)
+
+
+def _batches(n, gen, size=16):
+    return [(torch.randn(4, 3, size, size, generator=gen), torch.randn(4, 3, size, size, generator=gen))
+            for _ in range(n)]
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny convs on a shared 2-core host run ~20x slower with 2 intra-op threads.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("hyper", HYPERS, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
+@pytest.mark.parametrize("impl", IMPLS_HERE)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_100_steps_of_a_critic_match_rmsprop_plus_clamp(hyper, impl, layout, one_thread):
+    """WGAN's settings: two critics trained side by side for 100 steps, each on its own
+    gradients. Larger learning rates make training chaotic (RMSprop's first steps move a
+    weight by ~10*lr whatever the gradient's size, so an ulp of difference in a sqrt
+    flips later gradients), so there both critics get the reference critic's gradients
+    and only the optimizers are compared, still over 100 steps with no re-syncing."""
+    free_running = hyper == HYPERS[0]
+    gen = torch.Generator().manual_seed(1234)
+    torch.manual_seed(5)
+    ours = TinyCritic()
+    if layout == "channels_last":
+        ours = ours.to(memory_format=torch.channels_last)
+    theirs = copy.deepcopy(ours)
+    opt = RMSpropClip(ours.parameters(), clip_value=C, impl=impl, **hyper)
+    ref = torch.optim.RMSprop(theirs.parameters(), foreach=False, **hyper)
+    clamp_all(ours.parameters())
+    clamp_all(theirs.parameters())
+    for step, (real, fake) in enumerate(_batches(100, gen)):
+        if layout == "channels_last":
+            real, fake = real.contiguous(memory_format=torch.channels_last), fake.contiguous(
+                memory_format=torch.channels_last)
+        models = ((ours, opt), (theirs, ref)) if free_running else ((theirs, ref),)
+        for model, o in models:
+            o.zero_grad(set_to_none=True)
+            wgan_critic_loss(model, real, fake).backward()
+        if not free_running:
+            for p, q in zip(ours.parameters(), theirs.parameters()):
+                p.grad = q.grad.clone(memory_format=torch.preserve_format)
+        opt.step()
+        ref.step()
+        clamp_all(theirs.parameters())
+        if step % 25 == 24:
+            assert_close_lists(list(ours.parameters()), list(theirs.parameters()))
+    assert not opt.last_step_skipped and opt.skipped_steps == 0
+    assert max(p.abs().max().item() for p in ours.parameters()) <= C
+    # The clamp is active (weights sit on the bounds) and the weights moved.
+    assert sum((p.abs() == torch.tensor(C, dtype=p.dtype)).sum().item() for p in ours.parameters()) > 0
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        sa, sb = opt.state[p], ref.state[q]
+        assert set(sa) == set(sb)
+        assert sa["step"].item() == sb["step"].item() == 100 and sa["step"].dtype == sb["step"].dtype
+        for k in sa:
+            if k != "step":
+                torch.testing.assert_close(sa[k], sb[k], **tol(torch.float32))
+
+
+def _random_lists(dtype, shapes, gen, centered, momentum):
+    def r(s, scale=1.0):
+        return (torch.randn(s, generator=gen) * scale).to(dtype)
+
+    params = [r(s, 0.02) for s in shapes]
+    sq = [r(s).abs() * 0.01 for s in shapes]
+    ga = [r(s, 0.01) for s in shapes] if centered else []
+    mb = [r(s, 0.1) for s in shapes] if momentum else []
+    return params, sq, ga, mb
+
+
+SHAPES = [(), (1,), (5, 3, 7, 9), (33,), (2, 40000 + 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["cpu", "triton"])
+@pytest.mark.parametrize("centered,momentum", [(False, 0.0), (True, 0.9)])
+def test_kernel_matches_reference_per_dtype(dtype, impl, centered, momentum):
+    """10 steps of the op on fixed random grads, every state tensor compared."""
+    if impl == "cpu" and not _native.load("clip"):
+        pytest.skip("pyfast_gan/_C_clip not built")
+    if impl == "triton":
+        triton_mod = pytest.importorskip("pyfast_gan.kernels.triton.rmsprop_clip")
+    gen = torch.Generator().manual_seed(hash((str(dtype), impl, centered)) % 1000)
+    shapes = SHAPES if impl == "cpu" else SHAPES[:4] + [(700,)]
+    params, sq, ga, mb = _random_lists(dtype, shapes, gen, centered, momentum)
+    mine = [[t.clone() for t in lst] for lst in (params, sq, ga, mb)]
+    hyper = dict(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0.01, momentum=momentum, centered=centered,
+                 maximize=False, clip_value=C)
+    for _ in range(10):
+        grads = [(torch.randn(s, generator=gen)).to(dtype) for s in shapes]
+        rmsprop_clip_reference(params, grads, sq, ga, mb, **hyper)
+        if impl == "cpu":
+            torch.ops.pyfast_gan.rmsprop_clip_(mine[0], grads, mine[1], mine[2], mine[3], hyper["lr"], hyper["alpha"],
+                                               hyper["eps"], hyper["weight_decay"], momentum, centered, False, C)
+        else:
+            triton_mod.triton_rmsprop_clip_(mine[0], grads, mine[1], mine[2], mine[3], **hyper)
+    # fp16/bf16 state is stored in the parameter dtype by torch too, so each step can
+    # differ from torch by an ulp of that dtype where a sqrt or division rounds the other
+    # way (torch's CPU sqrt is not correctly rounded); the dtype's tolerance covers it.
+    for ours, theirs in zip(mine, (params, sq, ga, mb)):
+        assert_close_lists(ours, theirs, dtype)
+
+
+@needs_native
+def test_rmsprop_state_dict_loads_into_rmsprop_clip_and_continues(one_thread):
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(1)
+    base = TinyCritic()
+    hyper = dict(lr=1e-3, momentum=0.9, centered=True)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    ra = torch.optim.RMSprop(a.parameters(), **hyper)
+    batches = _batches(10, gen)
+    for real, fake in batches[:5]:
+        ra.zero_grad()
+        wgan_critic_loss(a, real, fake).backward()
+        ra.step()
+        clamp_all(a.parameters())
+    b.load_state_dict(a.state_dict())
+    ours = RMSpropClip(b.parameters(), lr=0.5, clip_value=C)  # lr is taken from the checkpoint
+    ours.load_state_dict(ra.state_dict())
+    g = ours.param_groups[0]
+    assert g["lr"] == 1e-3 and g["centered"] and g["momentum"] == 0.9
+    assert g["clip_value"] == C and g["skip_nonfinite"] is True and g["impl"] == "auto"
+    assert all(torch.is_tensor(ours.state[p]["step"]) for p in b.parameters())
+    for real, fake in batches[5:]:
+        for model, o in ((a, ra), (b, ours)):
+            o.zero_grad()
+            wgan_critic_loss(model, real, fake).backward()
+            o.step()
+        clamp_all(a.parameters())
+    assert_close_lists(list(b.parameters()), list(a.parameters()))
+    assert ours.state[next(b.parameters())]["step"].item() == 10
+
+
+@needs_native
+def test_rmsprop_clip_state_dict_loads_into_rmsprop_and_continues(one_thread):
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(2)
+    base = TinyCritic()
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    ours = RMSpropClip(a.parameters(), lr=1e-3, momentum=0.5, clip_value=C)
+    batches = _batches(10, gen)
+    for real, fake in batches[:5]:
+        ours.zero_grad()
+        wgan_critic_loss(a, real, fake).backward()
+        ours.step()
+    sd = ours.state_dict()
+    b.load_state_dict(a.state_dict())
+    theirs = torch.optim.RMSprop(b.parameters(), lr=0.5)
+    theirs.load_state_dict(sd)
+    assert theirs.param_groups[0]["lr"] == 1e-3 and theirs.param_groups[0]["momentum"] == 0.5
+    for real, fake in batches[5:]:
+        for model, o in ((a, ours), (b, theirs)):
+            o.zero_grad()
+            wgan_critic_loss(model, real, fake).backward()
+            o.step()
+        clamp_all(b.parameters())
+    assert_close_lists(list(a.parameters()), list(b.parameters()))
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert set(ours.state[p]) == set(theirs.state[q]) == {"step", "square_avg", "momentum_buffer"}
+        torch.testing.assert_close(ours.state[p]["momentum_buffer"], theirs.state[q]["momentum_buffer"],
+                                   **tol(torch.float32))
+
+
+@pytest.mark.parametrize("impl", IMPLS_HERE)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -float("inf")])
+def test_nonfinite_grad_skips_the_whole_step(impl, bad, one_thread):
+    torch.manual_seed(3)
+    net = TinyCritic()
+    opt = RMSpropClip(net.parameters(), lr=1e-3, momentum=0.9, impl=impl)
+    x = torch.randn(2, 3, 16, 16)
+    net(x).sum().backward()
+    opt.step()
+    before_p = [p.detach().clone() for p in net.parameters()]
+    before_s = copy.deepcopy(opt.state_dict()["state"])
+    opt.zero_grad()
+    net(x).sum().backward()
+    last = list(net.parameters())[-1]
+    last.grad.view(-1)[-1] = bad  # one element of one tensor
+    assert opt.step() is None
+    assert opt.last_step_skipped and opt.skipped_steps == 1
+    for p, q in zip(net.parameters(), before_p):
+        assert torch.equal(p, q)
+    after_s = opt.state_dict()["state"]
+    for k in before_s:
+        for key in before_s[k]:
+            assert torch.equal(before_s[k][key], after_s[k][key]), (k, key)
+    # The next finite step goes through and clears the flag.
+    last.grad.view(-1)[-1] = 0.5
+    opt.step()
+    assert not opt.last_step_skipped and opt.skipped_steps == 1
+    assert opt.state[last]["step"].item() == 2
+    assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), before_p))
+
+
+@pytest.mark.parametrize("impl", IMPLS_HERE)
+def test_skip_nonfinite_off_applies_the_step_like_torch(impl):
+    p = nn.Parameter(torch.randn(50) * 0.02)
+    q = nn.Parameter(p.detach().clone())
+    g = torch.randn(50)
+    g[3] = float("nan")
+    g[7] = float("inf")
+    p.grad, q.grad = g.clone(), g.clone()
+    opt = RMSpropClip([p], lr=1e-3, skip_nonfinite=False, impl=impl)
+    opt.step()
+    torch.optim.RMSprop([q], lr=1e-3).step()
+    clamp_all([q])
+    assert not opt.last_step_skipped
+    torch.testing.assert_close(p.detach(), q.detach(), equal_nan=True, **tol(torch.float32))
+    assert torch.isnan(p[3]) and torch.isnan(p[7])  # inf/inf in the update is NaN, clamp keeps it
+
+
+@needs_native
+def test_non_dense_params_and_clip_none_and_closure():
+    torch.manual_seed(4)
+    big = torch.randn(6, 10) * 0.02
+    p = nn.Parameter(big.clone()[:, ::3])  # a strided leaf: takes the reference path
+    p_ref = nn.Parameter(p.detach().clone())
+    d = nn.Parameter(torch.randn(7) * 0.02)
+    d_ref = nn.Parameter(d.detach().clone())
+    assert not p.is_contiguous()
+    opt = RMSpropClip([{"params": [p]}, {"params": [d], "clip_value": None}], lr=1e-2)
+    ref = torch.optim.RMSprop([p_ref, d_ref], lr=1e-2)
+    for _ in range(3):
+        g1, g2 = torch.randn(p.shape), torch.randn(7)
+        p.grad, p_ref.grad, d.grad, d_ref.grad = g1.clone(), g1.clone(), g2.clone(), g2.clone()
+        loss = opt.step(closure=lambda: torch.tensor(1.5))
+        assert loss.item() == 1.5
+        ref.step()
+        clamp_all([p_ref])  # d has clip_value=None: no clamp
+    torch.testing.assert_close(p.detach(), p_ref.detach(), **tol(torch.float32))
+    torch.testing.assert_close(d.detach(), d_ref.detach(), **tol(torch.float32))
+    assert d.abs().max() > C  # not clipped
+
+
+def test_bad_arguments():
+    params = [nn.Parameter(torch.randn(3))]
+    for kw, name in [(dict(lr=-1), "lr"), (dict(eps=-1e-8), "eps"), (dict(momentum=-0.1), "momentum"),
+                     (dict(alpha=-0.5), "alpha"), (dict(weight_decay=-1), "weight_decay"),
+                     (dict(clip_value=0), "clip_value"), (dict(clip_value=-0.01), "clip_value"),
+                     (dict(clip_value=math.inf), "clip_value"), (dict(impl="fast"), "impl"),
+                     (dict(capturable=True), "capturable"), (dict(differentiable=True), "differentiable")]:
+        with pytest.raises(ValueError, match=name):
+            RMSpropClip(params, **kw)
+    ip = torch.zeros(3, dtype=torch.int64)
+    opt = RMSpropClip([nn.Parameter(torch.randn(3))])
+    opt.param_groups[0]["params"].append(ip)
+    ip.grad = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="floating"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="impl='cuda'"):
+        o = RMSpropClip([nn.Parameter(torch.randn(3))], impl="cuda")
+        o.param_groups[0]["params"][0].grad = torch.randn(3)
+        o.step()
+
+
+@needs_native
+def test_native_op_checks_its_arguments():
+    op = torch.ops.pyfast_gan.rmsprop_clip_
+    p, g, s = torch.randn(5), torch.randn(5), torch.rand(5)
+    with pytest.raises(ValueError, match="grads"):
+        op([p], [], [s], [], [], 1e-3, 0.99, 1e-8, 0.0, 0.0, False, False, C)
+    with pytest.raises(ValueError, match="momentum_buffers"):
+        op([p], [g], [s], [], [], 1e-3, 0.99, 1e-8, 0.0, 0.9, False, False, C)
+    with pytest.raises(ValueError, match="square_avgs"):
+        op([p], [g], [torch.rand(6)], [], [], 1e-3, 0.99, 1e-8, 0.0, 0.0, False, False, C)
+    with pytest.raises(ValueError, match="grads"):
+        op([p], [g.double()], [s], [], [], 1e-3, 0.99, 1e-8, 0.0, 0.0, False, False, C)
+
+
+@needs_native
+def test_opcheck():
+    gen = torch.Generator().manual_seed(9)
+    params, sq, ga, mb = _random_lists(torch.float32, [(3, 5), (7,)], gen, True, True)
+    grads = [torch.randn(t.shape, generator=gen) for t in params]
+    torch.library.opcheck(torch.ops.pyfast_gan.rmsprop_clip_.default,
+                          (params, grads, sq, ga, mb, 1e-3, 0.9, 1e-8, 0.0, 0.9, True, False, C))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["cuda", "triton"])
+@pytest.mark.parametrize("hyper", HYPERS[:3], ids=["wgan", "lr2e-3", "centered_momentum_wd"])
+def test_cuda_100_steps_match_rmsprop_plus_clamp(impl, hyper):
+    gen = torch.Generator().manual_seed(77)
+    torch.manual_seed(6)
+    ours = TinyCritic(base=32).cuda()
+    theirs = copy.deepcopy(ours)
+    opt = RMSpropClip(ours.parameters(), impl=impl, **hyper)
+    ref = torch.optim.RMSprop(theirs.parameters(), foreach=False, **hyper)
+    for real, fake in _batches(100, gen, size=16):
+        real, fake = real.cuda(), fake.cuda()
+        for model, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            wgan_critic_loss(model, real, fake).backward()
+            o.step()
+        clamp_all(theirs.parameters())
+    assert_close_lists(list(ours.parameters()), list(theirs.parameters()))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_kernel_many_tensors_per_dtype(dtype):
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(int(torch.randint(1, 3000, (1,), generator=gen)),) for _ in range(100)] + [(65536 * 3 + 7,)]
+    params, sq, ga, mb = _random_lists(dtype, shapes, gen, True, True)
+    lists = [[t.cuda() for t in lst] for lst in (params, sq, ga, mb)]
+    mine = [[t.clone() for t in lst] for lst in lists]
+    grads = [torch.randn(s, generator=gen).to(dtype).cuda() for s in shapes]
+    hyper = dict(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.9, centered=True, maximize=False,
+                 clip_value=C)
+    rmsprop_clip_reference(lists[0], grads, lists[1], lists[2], lists[3], **hyper)
+    torch.ops.pyfast_gan.rmsprop_clip_(mine[0], grads, mine[1], mine[2], mine[3], 1e-3, 0.9, 1e-8, 0.0, 0.9, True,
+                                       False, C)
+    for ours, theirs in zip(mine, lists):
+        assert_close_lists(ours, theirs, dtype)

@@ -1,0 +1,257 @@
+"""End-to-end runs of ``python -m pyfast_gan.train`` (through main(argv), and one real
+subprocess) with tiny models: every loss, toy and image data, outputs, sample.py,
+bad flags, non-finite handling."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyfast_gan import sample as sample_mod
+from pyfast_gan.train import main
+
+# Tiny but real: DCGAN base 4 at 32x32 on the embedded digits, few steps.
+TINY = ["--base", "4", "--z-dim", "8", "--batch-size", "8", "--n-critic", "2", "--n-samples", "9",
+        "--no-progress"]
+TOY = ["--data", "8gaussians", "--base", "16", "--batch-size", "32", "--n-critic", "2",
+       "--n-samples", "200", "--no-progress"]
+
+
+def _read_jsonl(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _check_outputs(out: Path, steps: int, sample_every: int, ckpt_every: int, loss: str):
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["loss"] == loss and cfg["steps"] == steps and cfg["out"] == str(out)
+    recs = _read_jsonl(out / "metrics.jsonl")
+    train_recs = [r for r in recs if "loss_d" in r]
+    assert [r["step"] for r in train_recs] == list(range(1, steps + 1))
+    for r in train_recs:
+        for k in ("loss_d", "loss_g", "wasserstein", "grad_norm_d", "grad_norm_g", "time", "img_per_s",
+                  "skipped"):
+            assert k in r, k
+        assert math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) and r["skipped"] == 0
+        if loss == "wgan-gp":
+            assert r["gp"] >= 0
+    assert train_recs[0]["img_per_s"] is None  # warm-up excluded
+    assert train_recs[-1]["img_per_s"] > 0
+    for s in range(sample_every, steps + 1, sample_every):
+        assert (out / "samples" / f"step_{s:06d}.png").is_file()
+    assert (out / "samples" / f"step_{steps:06d}.png").is_file()
+    assert (out / "plots" / "losses.png").stat().st_size > 1000
+    assert (out / "checkpoints" / "latest.pt").is_file()
+    for s in range(ckpt_every, steps + 1, ckpt_every):
+        assert (out / "checkpoints" / f"step_{s:06d}.pt").is_file()
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["step"] == steps
+    return recs, ck
+
+
+@pytest.mark.parametrize("loss", ["dcgan", "wgan", "wgan-gp", "lsgan", "hinge"])
+def test_each_loss_end_to_end_on_digits(tmp_path, loss):
+    out = tmp_path / "run"
+    steps = 6
+    rc = main(["--loss", loss, "--steps", str(steps), "--out", str(out), "--sample-every", "3",
+               "--checkpoint-every", "4", "--log-every", "1", *TINY])
+    assert rc == 0
+    recs, ck = _check_outputs(out, steps, 3, 4, loss)
+    from PIL import Image
+
+    img = Image.open(out / "samples" / f"step_{steps:06d}.png")
+    assert img.mode == "L" and img.width > 3 * 32  # a 3x3 grid of 32x32 digits (upscaled)
+    arr = np.asarray(img)
+    assert arr.std() > 0  # not a blank image
+    if loss == "wgan":
+        c = ck["config"]["clip_value"]
+        for name, p in ck["D"].items():
+            if p.is_floating_point() and "running" not in name:
+                assert p.abs().max() <= c + 1e-7, name
+
+
+def test_toy_run_scatter_and_mode_coverage(tmp_path):
+    out = tmp_path / "toy"
+    rc = main(["--steps", "4", "--out", str(out), "--sample-every", "2", "--log-every", "2", *TOY])
+    assert rc == 0
+    recs = _read_jsonl(out / "metrics.jsonl")
+    cov = [r for r in recs if "modes_covered" in r]
+    assert [r["step"] for r in cov] == [2, 4]
+    assert all(r["num_modes"] == 8 and 0 <= r["modes_covered"] <= 8 for r in cov)
+    from PIL import Image
+
+    assert Image.open(out / "samples" / "step_000004.png").size[0] >= 300  # a matplotlib figure
+    # sample.py draws from the toy checkpoint as a scatter plot too.
+    png = tmp_path / "toy.png"
+    assert sample_mod.main(["--checkpoint", str(out), "--n", "100", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
+
+
+def test_sample_cli_from_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert main(["--steps", "2", "--out", str(out), "--ema", "0.9", *TINY]) == 0
+    png = tmp_path / "grid.png"
+    ck = out / "checkpoints" / "latest.pt"
+    assert sample_mod.main(["--checkpoint", str(ck), "--n", "16", "--out", str(png), "--seed", "3"]) == 0
+    from PIL import Image
+
+    a = np.asarray(Image.open(png))
+    assert a.ndim == 2 and a.std() > 0
+    # Same seed -> same grid; the EMA generator gives a different one.
+    png2, png3 = tmp_path / "g2.png", tmp_path / "g3.png"
+    sample_mod.main(["--checkpoint", str(ck), "--n", "16", "--out", str(png2), "--seed", "3"])
+    sample_mod.main(["--checkpoint", str(ck), "--n", "16", "--out", str(png3), "--seed", "3", "--ema"])
+    assert np.array_equal(a, np.asarray(Image.open(png2)))
+    assert not np.array_equal(a, np.asarray(Image.open(png3)))
+
+
+def test_sample_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sample_mod.main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")])
+    assert "no checkpoint found" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main(["--steps", "1", "--out", str(out), *TINY]) == 0
+    with pytest.raises(SystemExit):
+        sample_mod.main(["--checkpoint", str(out), "--ema", "--out", str(tmp_path / "x.png")])
+    assert "no EMA generator" in capsys.readouterr().err
+
+
+def test_config_file_run_and_saved_config_reuse(tmp_path):
+    cfgf = tmp_path / "run.toml"
+    cfgf.write_text('loss = "hinge"\nsteps = 3\nbase = 4\nz_dim = 8\nbatch_size = 8\nprogress = false\n')
+    out = tmp_path / "a"
+    assert main(["--config", str(cfgf), "--out", str(out), "--steps", "2"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["loss"] == "hinge" and saved["steps"] == 2 and saved["base"] == 4
+    # The saved config.json is itself a valid --config file.
+    out2 = tmp_path / "b"
+    assert main(["--config", str(out / "config.json"), "--out", str(out2)]) == 0
+    a = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["G"]
+    b = torch.load(out2 / "checkpoints" / "latest.pt", weights_only=False)["G"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same config -> same weights
+
+
+def test_image_folder_data_and_switches(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "sub"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    rc = main(["--data", str(tmp_path / "imgs"), "--data-format", "folder", "--image-size", "32",
+               "--steps", "2", "--out", str(out), "--channels-last", "--lazy-gp", "2", "--impl", "reference",
+               "--seed", "5", *TINY])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["channels"], cfg["image_size"], cfg["seed"]) == (3, 32, 5)
+    assert Image.open(out / "samples" / "step_000002.png").mode == "RGB"
+
+
+def test_amp_bf16_runs_on_cpu(tmp_path):
+    out = tmp_path / "run"
+    assert main(["--amp", "bf16", "--steps", "2", "--out", str(out), "--log-every", "1", *TINY]) == 0
+    recs = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r]
+    assert all(math.isfinite(r["loss_d"]) for r in recs)
+
+
+def test_wgan_schedule_and_adam_clip_path(tmp_path):
+    out = tmp_path / "run"
+    # --optimizer adam with --loss wgan takes the per-parameter clip_weights_ path.
+    assert main(["--loss", "wgan", "--optimizer", "adam", "--wgan-schedule", "--steps", "1",
+                 "--out", str(out), *TINY]) == 0
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["critic_steps"] == 100  # the first 25 generator steps use 100 critic steps
+    for name, p in ck["D"].items():
+        if p.is_floating_point() and "running" not in name:
+            assert p.abs().max() <= 0.01 + 1e-7, name
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--loss", "vae"], "invalid choice: 'vae'"),
+    (["--image-size", "48"], "--image-size: 48 is not supported"),
+    (["--data", "/no/such/dir"], "--data: path does not exist"),
+    (["--steps", "0"], "--steps: must be >= 1"),
+    (["--batch-size", "4096"], "--batch-size 4096 is larger than the dataset"),
+    (["--device", "cuda"], "--device cuda"),
+])
+def test_bad_flags_exit_with_clear_message(tmp_path, capsys, argv, match):
+    if argv == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "o" / "checkpoints").exists()  # failed before anything was built
+
+
+def test_empty_data_folder_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert e.value.code == 2
+    assert str(tmp_path / "empty") in capsys.readouterr().err
+
+
+def _nan_on(indices):
+    def on_start(state):
+        inner = state.critic_objective
+
+        def objective(critic, real, fake, step_index):
+            loss, stats = inner(critic, real, fake, step_index)
+            if step_index in indices or indices == "all":
+                loss = loss * float("nan")
+            return loss, stats
+
+        state.critic_objective = objective
+    return on_start
+
+
+def test_nonfinite_steps_are_skipped(tmp_path):
+    out = tmp_path / "run"
+    snap = {}
+
+    def on_step(state):
+        snap[state.step] = [p.detach().clone() for p in state.D.parameters()]
+
+    rc = main(["--steps", "4", "--out", str(out), "--log-every", "1", *TINY],
+              hooks={"on_start": _nan_on({2, 3}), "on_step": on_step})
+    assert rc == 0
+    recs = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r]
+    # n_critic=2: critic steps 2 and 3 are generator step 2's; both skipped, nothing applied.
+    assert [r["skipped"] for r in recs] == [0, 2, 0, 0]
+    assert all(torch.equal(a, b) for a, b in zip(snap[1], snap[2]))
+    assert not all(torch.equal(a, b) for a, b in zip(snap[2], snap[3]))
+    assert all(torch.isfinite(p).all() for p in snap[4])
+
+
+def test_repeated_nonfinite_stops_with_message(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["--steps", "50", "--out", str(out), "--max-nonfinite", "5", "--checkpoint-every", "1", *TINY],
+              hooks={"on_start": _nan_on(set(range(4, 10_000)))})
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "5 consecutive steps with a non-finite loss or gradient" in err
+    assert "last good checkpoint is kept" in err
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["step"] == 2  # critic steps 0-3 were fine: generator steps 1 and 2 completed
+    assert all(torch.isfinite(v).all() for v in ck["D"].values() if v.is_floating_point())
+
+
+def test_module_entry_point_subprocess(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, "-m", "pyfast_gan.train", "--steps", "2", "--out", str(out), *TINY],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resolved config:" in r.stdout and (out / "checkpoints" / "latest.pt").is_file()
+    h = subprocess.run([sys.executable, "-m", "pyfast_gan.sample", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert h.returncode == 0 and "--checkpoint" in h.stdout and "--ema" in h.stdout
