@@ -62,6 +62,16 @@ def assert_close_lists(a, b, dtype=torch.float32, **kw):
         torch.testing.assert_close(x, y, msg=lambda m: f"tensor {i}: {m}", **t)
 
 
+def forced_step(model, opt, other, other_opt, real, fake):
+    """Step both optimizers with ``model``'s gradients."""
+    opt.zero_grad()
+    wgan_critic_loss(model, real, fake).backward()
+    for p, q in zip(other.parameters(), model.parameters()):
+        p.grad = q.grad.clone(memory_format=torch.preserve_format)
+    opt.step()
+    other_opt.step()
+
+
 def _batches(n, gen, size=16):
     return [(torch.randn(4, 3, size, size, generator=gen), torch.randn(4, 3, size, size, generator=gen))
             for _ in range(n)]
@@ -130,16 +140,19 @@ def _random_lists(dtype, shapes, gen, centered, momentum):
         return (torch.randn(s, generator=gen) * scale).to(dtype)
 
     params = [r(s, 0.02) for s in shapes]
-    sq = [r(s).abs() * 0.01 for s in shapes]
     ga = [r(s, 0.01) for s in shapes] if centered else []
+    # A reachable state: square_avg >= grad_avg**2 (else the centered variance is negative
+    # and both sides return NaN wherever rounding decides the sign).
+    sq = [(r(s).abs() * 0.01 + (ga[i].float() ** 2 if centered else 0)).to(dtype) for i, s in enumerate(shapes)]
     mb = [r(s, 0.1) for s in shapes] if momentum else []
     return params, sq, ga, mb
 
 
 SHAPES = [(), (1,), (5, 3, 7, 9), (33,), (2, 40000 + 3)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", ["cpu", "triton"])
 @pytest.mark.parametrize("centered,momentum", [(False, 0.0), (True, 0.9)])
 def test_kernel_matches_reference_per_dtype(dtype, impl, centered, momentum):
@@ -148,25 +161,38 @@ def test_kernel_matches_reference_per_dtype(dtype, impl, centered, momentum):
         pytest.skip("pyfast_gan/_C_clip not built")
     if impl == "triton":
         triton_mod = pytest.importorskip("pyfast_gan.kernels.triton.rmsprop_clip")
-    gen = torch.Generator().manual_seed(hash((str(dtype), impl, centered)) % 1000)
+    gen = torch.Generator().manual_seed(17 * DTYPES.index(dtype) + 3 * int(centered) + (impl == "cpu"))
     shapes = SHAPES if impl == "cpu" else SHAPES[:4] + [(700,)]
     params, sq, ga, mb = _random_lists(dtype, shapes, gen, centered, momentum)
     mine = [[t.clone() for t in lst] for lst in (params, sq, ga, mb)]
+    exact = [[t.to(torch.float64, copy=True) for t in lst] for lst in (params, sq, ga, mb)]
     hyper = dict(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0.01, momentum=momentum, centered=centered,
                  maximize=False, clip_value=C)
     for _ in range(10):
         grads = [(torch.randn(s, generator=gen)).to(dtype) for s in shapes]
         rmsprop_clip_reference(params, grads, sq, ga, mb, **hyper)
+        rmsprop_clip_reference(exact[0], [g.double() for g in grads], *exact[1:], **hyper)
         if impl == "cpu":
             torch.ops.pyfast_gan.rmsprop_clip_(mine[0], grads, mine[1], mine[2], mine[3], hyper["lr"], hyper["alpha"],
                                                hyper["eps"], hyper["weight_decay"], momentum, centered, False, C)
         else:
             triton_mod.triton_rmsprop_clip_(mine[0], grads, mine[1], mine[2], mine[3], **hyper)
-    # fp16/bf16 state is stored in the parameter dtype by torch too, so each step can
-    # differ from torch by an ulp of that dtype where a sqrt or division rounds the other
-    # way (torch's CPU sqrt is not correctly rounded); the dtype's tolerance covers it.
-    for ours, theirs in zip(mine, (params, sq, ga, mb)):
-        assert_close_lists(ours, theirs, dtype)
+    for ours, theirs, ref64 in zip(mine, (params, sq, ga, mb), exact):
+        if dtype in (torch.float32, torch.float64):
+            assert_close_lists(ours, theirs, dtype)
+            continue
+        # fp16/bf16: torch keeps the state in the parameter dtype too, and an ulp of
+        # difference in a sqrt (torch's CPU sqrt is not correctly rounded) can grow over
+        # steps where the centered variance is small. Flash-attention's criterion: our
+        # error against an fp64 run is at most twice torch's own low-precision error.
+        for i, (a, b, r) in enumerate(zip(ours, theirs, ref64)):
+            err_ours = (a.double() - r).abs().max().item()
+            err_torch = (b.double() - r).abs().max().item()
+            assert err_ours <= 2 * err_torch + tol(dtype)["atol"], (i, err_ours, err_torch)
+            # ... and all but a few elements (where a sign or ulp flipped) match torch.
+            t = tol(dtype)
+            off = ~torch.isclose(a, b, atol=t["atol"], rtol=t["rtol"], equal_nan=True)
+            assert off.sum().item() <= max(1, a.numel() // 1000), (i, off.sum().item(), a.numel())
 
 
 @needs_native
@@ -185,16 +211,14 @@ def test_rmsprop_state_dict_loads_into_rmsprop_clip_and_continues(one_thread):
         clamp_all(a.parameters())
     b.load_state_dict(a.state_dict())
     ours = RMSpropClip(b.parameters(), lr=0.5, clip_value=C)  # lr is taken from the checkpoint
-    ours.load_state_dict(ra.state_dict())
+    ours.load_state_dict(copy.deepcopy(ra.state_dict()))  # as a checkpoint would: no shared buffers
     g = ours.param_groups[0]
     assert g["lr"] == 1e-3 and g["centered"] and g["momentum"] == 0.9
     assert g["clip_value"] == C and g["skip_nonfinite"] is True and g["impl"] == "auto"
     assert all(torch.is_tensor(ours.state[p]["step"]) for p in b.parameters())
     for real, fake in batches[5:]:
-        for model, o in ((a, ra), (b, ours)):
-            o.zero_grad()
-            wgan_critic_loss(model, real, fake).backward()
-            o.step()
+        # Both optimizers get critic a's gradients (see the 100-step test on chaos).
+        forced_step(a, ra, b, ours, real, fake)
         clamp_all(a.parameters())
     assert_close_lists(list(b.parameters()), list(a.parameters()))
     assert ours.state[next(b.parameters())]["step"].item() == 10
@@ -212,16 +236,13 @@ def test_rmsprop_clip_state_dict_loads_into_rmsprop_and_continues(one_thread):
         ours.zero_grad()
         wgan_critic_loss(a, real, fake).backward()
         ours.step()
-    sd = ours.state_dict()
+    sd = copy.deepcopy(ours.state_dict())
     b.load_state_dict(a.state_dict())
     theirs = torch.optim.RMSprop(b.parameters(), lr=0.5)
     theirs.load_state_dict(sd)
     assert theirs.param_groups[0]["lr"] == 1e-3 and theirs.param_groups[0]["momentum"] == 0.5
     for real, fake in batches[5:]:
-        for model, o in ((a, ours), (b, theirs)):
-            o.zero_grad()
-            wgan_critic_loss(model, real, fake).backward()
-            o.step()
+        forced_step(b, theirs, a, ours, real, fake)
         clamp_all(b.parameters())
     assert_close_lists(list(a.parameters()), list(b.parameters()))
     for p, q in zip(a.parameters(), b.parameters()):

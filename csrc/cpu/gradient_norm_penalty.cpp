@@ -23,6 +23,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace pyfast_gan {
 namespace {
 
@@ -68,6 +72,95 @@ inline void scale_into(scalar_t* __restrict__ out, const scalar_t* __restrict__ 
     out[i] = static_cast<scalar_t>(coef * static_cast<acc_t>(in[i]));
   }
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The build targets baseline x86-64 (SSE2) so the library runs anywhere; fp32,
+// fp16 and bf16 get an AVX2/FMA/F16C path chosen at run time. Four independent
+// 8-lane accumulators hide the FMA latency: one accumulator made the forward ~2x
+// slower than torch.linalg.vector_norm on a 2-core EPYC.
+#define PFG_AVX2 __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+PFG_AVX2 __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+PFG_AVX2 __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+PFG_AVX2 __m256 load8(const c10::BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+PFG_AVX2 void store8(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
+PFG_AVX2 void store8(c10::Half* p, __m256 x) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+}
+PFG_AVX2 void store8(c10::BFloat16* p, __m256 x) {
+  // Round to nearest even, as c10::BFloat16's conversion; NaN stays a quiet NaN.
+  __m256i xi = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(xi, 16), _mm256_set1_epi32(1));
+  xi = _mm256_srli_epi32(_mm256_add_epi32(xi, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  xi = _mm256_blendv_epi8(xi, _mm256_set1_epi32(0x7fc0), nan);
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256(xi, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+
+template <typename scalar_t>
+__attribute__((target("avx2,fma,f16c"))) float sumsq_avx2(const scalar_t* __restrict__ p, int64_t len) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= len; i += 32) {
+    const __m256 x0 = load8(p + i), x1 = load8(p + i + 8), x2 = load8(p + i + 16), x3 = load8(p + i + 24);
+    a0 = _mm256_fmadd_ps(x0, x0, a0);
+    a1 = _mm256_fmadd_ps(x1, x1, a1);
+    a2 = _mm256_fmadd_ps(x2, x2, a2);
+    a3 = _mm256_fmadd_ps(x3, x3, a3);
+  }
+  for (; i + 8 <= len; i += 8) {
+    const __m256 x = load8(p + i);
+    a0 = _mm256_fmadd_ps(x, x, a0);
+  }
+  const __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, a);
+  float s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; i < len; ++i) {
+    const float v = static_cast<float>(p[i]);
+    s += v * v;
+  }
+  return s;
+}
+
+template <typename scalar_t>
+__attribute__((target("avx2,fma,f16c"))) void scale_avx2(scalar_t* __restrict__ out, const scalar_t* __restrict__ in,
+                                                          float coef, int64_t len) {
+  const __m256 c = _mm256_set1_ps(coef);
+  int64_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    store8(out + i, _mm256_mul_ps(c, load8(in + i)));
+    store8(out + i + 8, _mm256_mul_ps(c, load8(in + i + 8)));
+  }
+  for (; i < len; ++i) out[i] = static_cast<scalar_t>(coef * static_cast<float>(in[i]));
+}
+
+const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+
+#define PFG_SPECIALIZE_AVX2(T)                                                                        \
+  template <>                                                                                         \
+  inline float sumsq<T, float>(const T* __restrict__ p, int64_t len) {                                \
+    if (kHasAvx2) return sumsq_avx2<T>(p, len);                                                       \
+    float acc = 0;                                                                                    \
+    _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < len; ++i) acc += static_cast<float>(p[i]) * static_cast<float>(p[i]);   \
+    return acc;                                                                                       \
+  }                                                                                                   \
+  template <>                                                                                         \
+  inline void scale_into<T, float>(T* __restrict__ out, const T* __restrict__ in, float coef, int64_t len) { \
+    if (kHasAvx2) return scale_avx2<T>(out, in, coef, len);                                           \
+    _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) out[i] = static_cast<T>(coef * static_cast<float>(in[i]));      \
+  }
+PFG_SPECIALIZE_AVX2(float)
+PFG_SPECIALIZE_AVX2(c10::Half)
+PFG_SPECIALIZE_AVX2(c10::BFloat16)
+#undef PFG_SPECIALIZE_AVX2
+#endif
 
 void check_grad(const at::Tensor& grad) {
   PFG_CHECK_ARG(grad.dim() >= 2, "grad", "must have a batch dim and at least one more dim, got shape ", grad.sizes());

@@ -4,8 +4,10 @@ At DCGAN sizes a GPU step is a few milliseconds, much of it kernel-launch overhe
 graph replays the whole step (noise, generator, critic, penalty double backward, optimizer
 step) as one launch. The recipe is PyTorch's "whole network capture":
 
-* static input buffer: each real batch is copied into it (``copy_``) before a replay;
-  noise and alpha are drawn inside the graph (the default CUDA generator is graph-safe);
+* static input buffers: each real batch is copied into one (``copy_``) before a replay;
+  noise z and the penalty's alpha are drawn into theirs just before the replay (or copied
+  from the caller's tensors), so a graphed step equals the eager step given the same
+  inputs;
 * a few warm-up steps on a side stream before capture (cuDNN/cuBLAS workspaces, lazy
   optimizer state, the compiled objective's compilation and start-up verification), after
   which parameters, buffers and optimizer state are restored *in place* (the graph holds
@@ -89,6 +91,10 @@ class GraphedStep:
         self.objective_cache_off()
         self.static_real = real_example.detach().clone().contiguous(
             memory_format=step.memory_format if real_example.dim() == 4 else torch.contiguous_format)
+        dev, n = real_example.device, self.batch_size
+        self.static_z = torch.randn(n, step.z_dim, device=dev)
+        self.static_zg = torch.randn(n, step.z_dim, device=dev)
+        self.static_alpha = torch.rand(n, device=dev)
         # Optimizer state is created lazily by the first step; warm-up creates it (and
         # compiles/verifies the objective), and the snapshot taken before is restored in
         # place after capture, so warm-up leaves no trace on training.
@@ -98,18 +104,19 @@ class GraphedStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                step.critic_step(self.static_real)
-                step.generator_step(self.batch_size)
+                step.critic_step(self.static_real, alpha=self.static_alpha, z=self.static_z)
+                step.generator_step(self.batch_size, z=self.static_zg)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         step.opt_d.zero_grad(set_to_none=True)
         step.opt_g.zero_grad(set_to_none=True)
         self.critic_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.critic_graph):
-            self.critic_stats = step.critic_step(self.static_real)
+            self.critic_stats = step.critic_step(self.static_real, alpha=self.static_alpha,
+                                                 z=self.static_z)
         self.gen_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.gen_graph):
-            self.gen_stats = step.generator_step(self.batch_size)
+            self.gen_stats = step.generator_step(self.batch_size, z=self.static_zg)
         torch.cuda.synchronize()
         _restore(step, snap)
         step.critic_steps = critic_steps
@@ -118,20 +125,31 @@ class GraphedStep:
         # autocast's weight-cast cache would hand the graph tensors that die after capture
         self.step.autocast_cache = False
 
-    def critic_step(self, real: torch.Tensor, alpha: torch.Tensor | None = None) -> dict:
-        if alpha is not None:
-            raise ValueError("alpha: a graphed critic step draws alpha inside the graph")
+    def critic_step(self, real: torch.Tensor, alpha: torch.Tensor | None = None,
+                    z: torch.Tensor | None = None) -> dict:
         if real.shape != self.static_real.shape:
             raise ValueError(f"real must have the captured shape {tuple(self.static_real.shape)}, "
                              f"got {tuple(real.shape)} (use drop_last)")
         self.static_real.copy_(real)
+        if z is None:
+            self.static_z.normal_(generator=self.step.noise_generator)
+        else:
+            self.static_z.copy_(z)
+        if alpha is None:
+            self.static_alpha.uniform_()
+        else:
+            self.static_alpha.copy_(alpha)
         self.critic_graph.replay()
         self.step.critic_steps += 1
         return self.critic_stats
 
-    def generator_step(self, batch_size: int) -> dict:
+    def generator_step(self, batch_size: int, z: torch.Tensor | None = None) -> dict:
         if batch_size != self.batch_size:
             raise ValueError(f"batch_size must be the captured {self.batch_size}, got {batch_size}")
+        if z is None:
+            self.static_zg.normal_(generator=self.step.noise_generator)
+        else:
+            self.static_zg.copy_(z)
         self.gen_graph.replay()
         return self.gen_stats
 

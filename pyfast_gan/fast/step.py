@@ -133,8 +133,11 @@ class FastStep:
         self.objective.autocast_cache = bool(on)
         self.gen_objective.autocast_cache = bool(on)
 
-    def _fake(self, n: int) -> torch.Tensor:
-        z = torch.randn(n, self.z_dim, device=self.device, generator=self.noise_generator)
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, device=self.device, generator=self.noise_generator)
+
+    def _fake(self, n: int, z: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.noise(n) if z is None else z
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                              enabled=self.amp == "bf16",
                                              cache_enabled=self.autocast_cache):
@@ -144,10 +147,12 @@ class FastStep:
         # real and fake share a dtype (the interpolation needs it); autocast casts again
         return fake.float()
 
-    def critic_step(self, real: torch.Tensor, alpha: torch.Tensor | None = None) -> dict:
+    def critic_step(self, real: torch.Tensor, alpha: torch.Tensor | None = None,
+                    z: torch.Tensor | None = None) -> dict:
+        """One critic update. ``alpha`` (N,) and ``z`` (N, z_dim) are drawn when None."""
         if real.dim() == 4:
             real = real.contiguous(memory_format=self.memory_format)
-        fake = self._fake(real.shape[0])
+        fake = self._fake(real.shape[0], z)
         self.opt_d.zero_grad(set_to_none=True)
         loss, stats = self.objective(self.D, real, fake, self.critic_steps, alpha=alpha)
         loss.backward()
@@ -159,8 +164,8 @@ class FastStep:
         self.critic_steps += 1
         return {"loss_d": loss.detach(), **stats}
 
-    def generator_step(self, batch_size: int) -> dict:
-        z = torch.randn(batch_size, self.z_dim, device=self.device, generator=self.noise_generator)
+    def generator_step(self, batch_size: int, z: torch.Tensor | None = None) -> dict:
+        z = self.noise(batch_size) if z is None else z
         for p in self.D.parameters():
             p.requires_grad_(False)
         try:

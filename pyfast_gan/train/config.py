@@ -126,7 +126,7 @@ def _field_type(f: dataclasses.Field):
 # CPU in minutes (measured; see README).
 TOY_DEFAULTS = dict(arch="mlp", base=512, z_dim=2, batch_size=256, steps=3000,
                     sample_every=500, checkpoint_every=1000, log_every=20, n_samples=1000)
-DIGITS_DEFAULTS = dict(base=32, z_dim=64, steps=1500, sample_every=250, checkpoint_every=500)
+DIGITS_DEFAULTS = dict(base=16, z_dim=64, steps=1500, sample_every=250, checkpoint_every=500)
 
 
 def fast_settings(device: str) -> dict:

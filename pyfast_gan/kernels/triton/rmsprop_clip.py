@@ -76,7 +76,7 @@ def _rmsprop_clip_kernel(addr_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
             g = -g
         if USE_WD:
             g = _rnd(tl.fma(wd, p, g), DTYPE, COMPUTE)
-        s = tl.load(s_ptr + idx, mask=m, other=0.0).to(COMPUTE)
+        s = tl.load(s_ptr + idx, mask=m, other=1.0).to(COMPUTE)  # masked lanes: no 0/0
         s = _rnd(s * alpha, DTYPE, COMPUTE)
         s = _rnd(tl.fma(oma * g, g, s), DTYPE, COMPUTE)
         tl.store(s_ptr + idx, s.to(DTYPE), mask=m)

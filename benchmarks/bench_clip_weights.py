@@ -1,0 +1,99 @@
+"""Weight clipping of a critic: per-parameter clamp_ loop vs torch's foreach pair vs
+pyfast_gan.clip_weights_ (each impl available on the device), in one run.
+
+    python benchmarks/bench_clip_weights.py [--device cpu|cuda] [--dtype float32] [--save]
+
+Parameter sets: the DCGAN-64 critic's 13 tensors (2.77M weights) and a 10x larger
+list (the same tensors 10 times: 130 tensors, 27.7M weights). GB/s counts the bytes a
+clamp must move: one read and one write of every weight.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import print_table, save_results, time_fn  # noqa: E402
+
+import pyfast_gan  # noqa: E402
+from pyfast_gan.ops._dispatch import native_available, triton_available  # noqa: E402
+
+C = 0.01
+
+
+def critic_params(device, dtype, copies=1) -> list[torch.Tensor]:
+    try:
+        from pyfast_gan.models import DCGANCritic
+
+        net = DCGANCritic(image_size=64, channels=3)
+    except ImportError:  # the same layers, inline
+        from torch import nn
+
+        net = nn.Sequential(
+            nn.Conv2d(3, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
+            nn.Conv2d(128, 256, 4, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2),
+            nn.Conv2d(256, 512, 4, 2, 1, bias=False), nn.BatchNorm2d(512), nn.LeakyReLU(0.2),
+            nn.Conv2d(512, 1, 4, 1, 0),
+        )
+    shapes = [p.shape for p in net.parameters()]
+    # Weights straddling +-c (DCGAN's N(0, 0.02) init), fresh per copy.
+    return [torch.randn(s, device=device).mul_(2 * C).to(dtype) for _ in range(copies) for s in shapes]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--save", action="store_true", help="write JSON to benchmarks/results/")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+
+    impls = []
+    if native_available("clip", device)[0]:
+        impls.append(device.type)
+    if device.type == "cuda" and triton_available(device)[0]:
+        impls.append("triton")  # the interpreter on CPU is a test vehicle, not a contender
+
+    rows = []
+    for name, copies in (("dcgan64_critic", 1), ("dcgan64_critic_x10", 10)):
+        params = critic_params(device, dtype, copies)
+        numel = sum(p.numel() for p in params)
+        nbytes = 2 * numel * params[0].element_size()
+
+        def loop():
+            for p in params:
+                p.clamp_(-C, C)
+
+        def foreach():
+            torch._foreach_clamp_min_(params, -C)
+            torch._foreach_clamp_max_(params, C)
+
+        cands = [("per-param clamp_ loop", loop), ("_foreach_clamp_min_/max_", foreach)]
+        for impl in impls:
+            cands.append((f"clip_weights_ ({impl})", lambda impl=impl: pyfast_gan.clip_weights_(params, C, impl=impl)))
+        base = None
+        for label, fn in cands:
+            t = time_fn(fn, device, warmup=5, iters=args.iters)
+            base = base or t["median_ms"]
+            rows.append({
+                "impl": label, "params": f"{name} ({len(params)} tensors, {numel / 1e6:.2f}M)",
+                "dtype": args.dtype, "median_ms": t["median_ms"], "min_ms": t["min_ms"],
+                "speedup": base / t["median_ms"], "GB/s": nbytes / (t["median_ms"] * 1e-3) / 1e9,
+            })
+    print(f"device: {device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"device: {device}")
+    print_table(rows, ["impl", "params", "dtype", "median_ms", "min_ms", "speedup", "GB/s"])
+    if device.type != "cuda":
+        print("GPU numbers: not measured on this host")
+    if args.save:
+        print("saved", save_results("clip_weights", device, rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
