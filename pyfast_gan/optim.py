@@ -19,7 +19,7 @@ import torch
 from torch.optim import Optimizer
 
 from . import _native
-from .ops._dispatch import check_impl_arg, resolve
+from .ops._dispatch import check_impl_arg, native_available, resolve
 from .ops.clip_weights import is_dense
 
 try:
@@ -60,18 +60,26 @@ def rmsprop_clip_reference(params, grads, square_avgs, grad_avgs, momentum_buffe
             param.clamp_(-clip_value, clip_value)
 
 
-def _all_finite(grads: list[torch.Tensor]) -> bool:
-    """One fused max-|g| reduction per (device, dtype) group and one host sync per device.
-    Max-abs (ord=inf) rather than the 2-norm, which would overflow for finite grads."""
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+def _all_finite(grads: list[torch.Tensor], native: bool) -> bool:
+    """One fused reduction per device (the native ``any_nonfinite`` kernel, else
+    ``torch._foreach_norm(ord=inf)`` per dtype) and one host sync per device. Max-abs
+    rather than the 2-norm, which would overflow for large finite gradients."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
     for g in grads:
         if g.numel():
-            groups.setdefault((g.device, g.dtype), []).append(g)
-    flags: dict[torch.device, list[torch.Tensor]] = {}
-    for (dev, _), gs in groups.items():
-        norms = torch._foreach_norm(gs, math.inf)
-        flags.setdefault(dev, []).append(torch.stack(norms).isfinite().all())
-    return all(bool(torch.stack(f).all()) for f in flags.values())
+            by_device.setdefault(g.device, []).append(g)
+    for dev, gs in by_device.items():
+        if native and native_available(_FAMILY, dev)[0]:
+            bad = torch.ops.pyfast_gan.any_nonfinite(gs)
+        else:
+            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+            for g in gs:
+                by_dtype.setdefault(g.dtype, []).append(g)
+            flags = [torch.stack(torch._foreach_norm(lst, math.inf)).isfinite().all() for lst in by_dtype.values()]
+            bad = torch.stack(flags).logical_not().any()
+        if bool(bad):
+            return False
+    return True
 
 
 class RMSpropClip(Optimizer):
@@ -131,6 +139,14 @@ class RMSpropClip(Optimizer):
         self.__dict__.setdefault("last_step_skipped", False)
         self.__dict__.setdefault("skipped_steps", 0)
 
+    def load_state_dict(self, state_dict) -> None:
+        # ``impl`` says where this process runs the step (a checkpoint written with
+        # impl="cuda" must load on a CPU host), so it is kept, not restored.
+        impls = [g["impl"] for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for g, impl in zip(self.param_groups, impls):
+            g["impl"] = impl
+
     def _init_state(self, group, p):
         state = self.state[p]
         if len(state) == 0:
@@ -151,6 +167,7 @@ class RMSpropClip(Optimizer):
                 loss = closure()
         work = []
         check = []
+        native_check = True
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
@@ -161,7 +178,8 @@ class RMSpropClip(Optimizer):
             work.append((group, params))
             if group["skip_nonfinite"]:
                 check.extend(p.grad for p in params)
-        if check and not _all_finite(check):
+                native_check = native_check and group["impl"] != "reference"
+        if check and not _all_finite(check, native_check):
             self.last_step_skipped = True
             self.skipped_steps += 1
             return loss
@@ -186,10 +204,12 @@ class RMSpropClip(Optimizer):
             state = self._init_state(group, p)
             steps.append(state["step"])
             by_device.setdefault(p.device, []).append((p, state))
+        # Resolve first: an impl that cannot run must raise before any state changes.
+        which_by_device = {device: resolve(_OP, _FAMILY, group["impl"], device) for device in by_device}
         # Steps are 0-d CPU tensors (RMSprop's non-capturable layout): one foreach op.
         torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
         for device, items in by_device.items():
-            which = resolve(_OP, _FAMILY, group["impl"], device)
+            which = which_by_device[device]
             fast, slow = [], []
             for p, state in items:
                 (fast if which != "reference" and _kernel_ok(p, state, centered, momentum) else slow).append((p, state))
@@ -247,6 +267,10 @@ def _register_fake() -> None:
     def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha, eps, weight_decay,
                            momentum, centered, maximize, clip_value):
         return None
+
+    @torch.library.register_fake("pyfast_gan::any_nonfinite")
+    def _any_nonfinite_fake(tensors):
+        return torch.empty((), dtype=torch.bool, device=tensors[0].device)
 
 
 _register_fake()

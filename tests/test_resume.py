@@ -30,6 +30,16 @@ VARIANTS = {
     "dcgan-fp16": ["--loss", "dcgan", "--batch-size", "8", "--amp", "fp16", *IMG],
 }
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: OpenMP synchronisation dominates, and on a shared 2-core runner its
+    # spin-waiting made these runs up to 40x slower (measured).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def _ck(out: Path) -> dict:
     return torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
@@ -106,6 +116,7 @@ def test_signal_writes_checkpoint_and_exits_cleanly(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyfast_gan.train", *TOY, "--steps", "100000", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120

@@ -215,6 +215,10 @@ def test_rmsprop_state_dict_loads_into_rmsprop_clip_and_continues(one_thread):
     g = ours.param_groups[0]
     assert g["lr"] == 1e-3 and g["centered"] and g["momentum"] == 0.9
     assert g["clip_value"] == C and g["skip_nonfinite"] is True and g["impl"] == "auto"
+    # impl is this process's choice, never taken from a checkpoint.
+    other = RMSpropClip(b.parameters(), impl="reference")
+    other.load_state_dict(copy.deepcopy(ours.state_dict()))
+    assert other.param_groups[0]["impl"] == "reference" and other.param_groups[0]["lr"] == 1e-3
     assert all(torch.is_tensor(ours.state[p]["step"]) for p in b.parameters())
     for real, fake in batches[5:]:
         # Both optimizers get critic a's gradients (see the 100-step test on chaos).
@@ -402,3 +406,46 @@ def test_cuda_kernel_many_tensors_per_dtype(dtype):
                                        False, C)
     for ours, theirs in zip(mine, lists):
         assert_close_lists(ours, theirs, dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_any_nonfinite_kernel(dtype):
+    op = torch.ops.pyfast_gan.any_nonfinite
+    gen = torch.Generator().manual_seed(21)
+    ts = [torch.randn(s, generator=gen).to(dtype) for s in [(), (1,), (5, 3, 7, 9), (3 * 65536 + 11,)]]
+    ts.append(torch.randn(8, 6, generator=gen).to(dtype)[:, ::2])  # strided view
+    ts.append(torch.full((9,), torch.finfo(dtype).max, dtype=dtype))  # large but finite
+    assert op(ts).dtype == torch.bool and not op(ts).item()
+    for i, idx in [(0, ()), (1, (0,)), (2, (4, 2, 6, 8)), (3, (2 * 65536 + 3,)), (3, (3 * 65536 + 10,)), (4, (7, 1))]:
+        for bad in (float("inf"), -float("inf"), float("nan")):
+            t = ts[i]
+            keep = t[idx].clone()
+            t[idx] = bad
+            assert op(ts).item(), (i, idx, bad)
+            t[idx] = keep
+    assert not op(ts).item()
+    torch.library.opcheck(torch.ops.pyfast_gan.any_nonfinite.default, (ts[:3],))
+
+
+@pytest.mark.cuda
+def test_any_nonfinite_cuda():
+    op = torch.ops.pyfast_gan.any_nonfinite
+    ts = [torch.randn(n, device="cuda") for n in (1, 70000, 5)]
+    assert not op(ts).item()
+    ts[1][69999] = float("nan")
+    assert op(ts).item() and op(ts).device.type == "cuda"
+
+
+@needs_native
+def test_native_step_bumps_version_counters():
+    # As torch's in-place updates do: autograd must notice params changed after a save.
+    p = nn.Parameter(torch.randn(10) * 0.02)
+    p.grad = torch.randn(10)
+    opt = RMSpropClip([p], lr=1e-3, impl="cpu")
+    y = (p * p).sum()  # saves p for backward
+    v = p._version
+    opt.step()
+    assert p._version > v
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

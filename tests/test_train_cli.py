@@ -23,6 +23,16 @@ TINY = ["--base", "4", "--z-dim", "8", "--batch-size", "8", "--n-critic", "2", "
 TOY = ["--data", "8gaussians", "--base", "16", "--batch-size", "32", "--n-critic", "2",
        "--n-samples", "200", "--no-progress"]
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: OpenMP synchronisation dominates, and on a shared 2-core runner its
+    # spin-waiting made these runs up to 40x slower (measured).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def _read_jsonl(p: Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
@@ -247,7 +257,7 @@ def test_repeated_nonfinite_stops_with_message(tmp_path, capsys):
 
 def test_module_entry_point_subprocess(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "pyfast_gan.train", "--steps", "2", "--out", str(out), *TINY],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -99,55 +99,92 @@ inline void split_chunk(const scalar_t* __restrict__ g, scalar_t* __restrict__ g
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// Baseline x86-64 build; fp32 gets an AVX2 path chosen at run time. The product
-// a*r + b*f is rounded the same way as the reference's (no FMA contraction).
-__attribute__((target("avx2"))) void lerp_avx2(const float* __restrict__ r, const float* __restrict__ f,
-                                               float* __restrict__ o, float a, float b, int64_t len) {
-  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-  int64_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    const __m256 x = _mm256_mul_ps(va, _mm256_loadu_ps(r + i));
-    const __m256 y = _mm256_mul_ps(vb, _mm256_loadu_ps(f + i));
-    _mm256_storeu_ps(o + i, _mm256_add_ps(x, y));
-  }
-  for (; i < len; ++i) o[i] = a * r[i] + b * f[i];
+// Baseline x86-64 build; fp32/fp16/bf16 get an AVX2 path chosen at run time
+// (same helpers as csrc/cpu/gradient_norm_penalty.cpp). a*r + b*f is rounded
+// the way the reference rounds it: two products and a sum in fp32, no FMA, one
+// final rounding to the storage dtype.
+#define PFG_AVX2 __attribute__((target("avx2,f16c"), always_inline)) inline
+
+PFG_AVX2 __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+PFG_AVX2 __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+PFG_AVX2 __m256 load8(const c10::BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+PFG_AVX2 void store8(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
+PFG_AVX2 void store8(c10::Half* p, __m256 x) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+}
+PFG_AVX2 void store8(c10::BFloat16* p, __m256 x) {
+  // Round to nearest even, as c10::BFloat16's conversion; NaN stays a quiet NaN.
+  __m256i xi = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(xi, 16), _mm256_set1_epi32(1));
+  xi = _mm256_srli_epi32(_mm256_add_epi32(xi, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  xi = _mm256_blendv_epi8(xi, _mm256_set1_epi32(0x7fc0), nan);
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256(xi, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
 }
 
-__attribute__((target("avx2"))) void split_avx2(const float* __restrict__ g, float* __restrict__ gr,
-                                                float* __restrict__ gf, float a, float b, int64_t len) {
+template <typename scalar_t>
+__attribute__((target("avx2,f16c"))) void lerp_avx2(const scalar_t* __restrict__ r, const scalar_t* __restrict__ f,
+                                                     scalar_t* __restrict__ o, float a, float b, int64_t len) {
   const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
   int64_t i = 0;
   for (; i + 8 <= len; i += 8) {
-    const __m256 x = _mm256_loadu_ps(g + i);
-    _mm256_storeu_ps(gr + i, _mm256_mul_ps(va, x));
-    _mm256_storeu_ps(gf + i, _mm256_mul_ps(vb, x));
+    const __m256 x = _mm256_mul_ps(va, load8(r + i));
+    const __m256 y = _mm256_mul_ps(vb, load8(f + i));
+    store8(o + i, _mm256_add_ps(x, y));
   }
   for (; i < len; ++i) {
-    gr[i] = a * g[i];
-    gf[i] = b * g[i];
+    const float x = a * static_cast<float>(r[i]);
+    const float y = b * static_cast<float>(f[i]);
+    o[i] = static_cast<scalar_t>(x + y);
   }
 }
 
-const bool kHasAvx2 = __builtin_cpu_supports("avx2");
-
-template <>
-inline void lerp_chunk<float, float>(const float* __restrict__ r, const float* __restrict__ f, float* __restrict__ o,
-                                     float a, float b, int64_t len) {
-  if (kHasAvx2) return lerp_avx2(r, f, o, a, b, len);
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) o[i] = a * r[i] + b * f[i];
-}
-
-template <>
-inline void split_chunk<float, float>(const float* __restrict__ g, float* __restrict__ gr, float* __restrict__ gf,
-                                      float a, float b, int64_t len) {
-  if (kHasAvx2) return split_avx2(g, gr, gf, a, b, len);
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    gr[i] = a * g[i];
-    gf[i] = b * g[i];
+template <typename scalar_t>
+__attribute__((target("avx2,f16c"))) void split_avx2(const scalar_t* __restrict__ g, scalar_t* __restrict__ gr,
+                                                     scalar_t* __restrict__ gf, float a, float b, int64_t len) {
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const __m256 x = load8(g + i);
+    store8(gr + i, _mm256_mul_ps(va, x));
+    store8(gf + i, _mm256_mul_ps(vb, x));
+  }
+  for (; i < len; ++i) {
+    gr[i] = static_cast<scalar_t>(a * static_cast<float>(g[i]));
+    gf[i] = static_cast<scalar_t>(b * static_cast<float>(g[i]));
   }
 }
+
+const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+
+#define PFG_SPECIALIZE_AVX2(T)                                                                            \
+  template <>                                                                                             \
+  inline void lerp_chunk<T, float>(const T* __restrict__ r, const T* __restrict__ f, T* __restrict__ o, float a, \
+                                   float b, int64_t len) {                                                \
+    if (kHasAvx2) return lerp_avx2<T>(r, f, o, a, b, len);                                                \
+    _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) {                                               \
+      o[i] = static_cast<T>(a * static_cast<float>(r[i]) + b * static_cast<float>(f[i]));                 \
+    }                                                                                                     \
+  }                                                                                                       \
+  template <>                                                                                             \
+  inline void split_chunk<T, float>(const T* __restrict__ g, T* __restrict__ gr, T* __restrict__ gf, float a, \
+                                    float b, int64_t len) {                                               \
+    if (kHasAvx2) return split_avx2<T>(g, gr, gf, a, b, len);                                             \
+    _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) {                                               \
+      gr[i] = static_cast<T>(a * static_cast<float>(g[i]));                                               \
+      gf[i] = static_cast<T>(b * static_cast<float>(g[i]));                                               \
+    }                                                                                                     \
+  }
+PFG_SPECIALIZE_AVX2(float)
+PFG_SPECIALIZE_AVX2(c10::Half)
+PFG_SPECIALIZE_AVX2(c10::BFloat16)
+#undef PFG_SPECIALIZE_AVX2
 #endif
 
 template <typename scalar_t, typename acc_t>

@@ -201,29 +201,25 @@ def _install_fast_paths(state: TrainState, cfg: TrainConfig) -> None:
     torch cannot use says so once and falls back to the eager step."""
     if cfg.compile:
         try:
-            from pyfast_gan.fast import compile as fast_compile
-        except ImportError:
-            _say("--compile: pyfast_gan.fast is not available in this build; running eager")
+            from pyfast_gan.fast import make_critic_objective as make_fast_objective
+        except ImportError as e:
+            _say(f"--compile: pyfast_gan.fast is not importable ({e}); running eager")
         else:
-            fn = getattr(fast_compile, "install", None)
-            if fn is None:
-                _say("--compile: pyfast_gan.fast.compile has no install(); running eager")
-            else:
-                fn(state)
+            amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[state.amp_dtype]
+            # Verified against the eager objective at its first call; falls back with a
+            # message if the installed torch cannot compile through the double backward.
+            state.critic_objective = make_fast_objective(
+                state.loss_fn, cfg.gp_weight, compile=True, lazy_gp=cfg.lazy_gp, amp=amp,
+                scaler=state.scaler_d, impl=cfg.impl)
     if cfg.cuda_graphs:
         if state.device.type != "cuda":
             _say("--cuda-graphs: needs a CUDA device; ignored on cpu")
         else:
-            try:
-                from pyfast_gan.fast import cuda_graphs
-            except ImportError:
-                _say("--cuda-graphs: pyfast_gan.fast is not available in this build; ignored")
-            else:
-                fn = getattr(cuda_graphs, "install", None)
-                if fn is None:
-                    _say("--cuda-graphs: pyfast_gan.fast.cuda_graphs has no install(); ignored")
-                else:
-                    fn(state)
+            # Capture needs a step without host syncs; the trainer's step syncs once per
+            # optimizer step for its health check. pyfast_gan.fast.cuda_graphs.graph_step
+            # captures pyfast_gan.fast.step.FastStep (see benchmarks/bench_train.py).
+            _say("--cuda-graphs: not used by the trainer's health-checked step yet; ignored "
+                 "(see pyfast_gan.fast.cuda_graphs)")
 
 
 def _merge_resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, Path]:
