@@ -76,8 +76,11 @@ def main(argv=None):
         s()
     med = {n: [] for n in steps}
     mins = {n: [] for n in steps}
-    for _ in range(a.rounds):
-        for n, s in steps.items():
+    names = list(steps)
+    for r in range(a.rounds):
+        # Rotate the order each round so no variant always runs first after a switch.
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            s = steps[n]
             t = time_fn(s, device, warmup=1, iters=a.iters)
             med[n].append(t["median_ms"])
             mins[n].append(t["min_ms"])

@@ -71,8 +71,11 @@ def run(device, shapes, dtypes, rounds, iters, with_compile) -> list[dict]:
                 s()
             med = {n: [] for n in steps}
             mins = {n: [] for n in steps}
-            for _ in range(rounds):
-                for name, s in steps.items():
+            names = list(steps)
+            for r in range(rounds):
+                # Rotate the order each round so no impl always runs first after a switch.
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    s = steps[name]
                     t = time_fn(s, device, warmup=1, iters=iters)
                     med[name].append(t["median_ms"])
                     mins[name].append(t["min_ms"])

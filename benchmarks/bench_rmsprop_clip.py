@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, save_results, time_fn  # noqa: E402
-from bench_clip_weights import critic_params  # noqa: E402
+from _common import print_table, save_results  # noqa: E402
+from bench_clip_weights import critic_params, round_robin  # noqa: E402
 
 from pyfast_gan.ops._dispatch import native_available, triton_available  # noqa: E402
 from pyfast_gan.optim import RMSpropClip  # noqa: E402
@@ -34,16 +33,6 @@ def make_params(device, dtype, copies):
     for p in params:
         p.grad = torch.randn_like(p).mul_(1e-2)
     return params
-
-
-def round_robin(cands, device, rounds, iters):
-    times = {label: [] for label, _ in cands}
-    for _, fn in cands:
-        time_fn(fn, device, warmup=3, iters=1)
-    for _ in range(rounds):
-        for label, fn in cands:
-            times[label].append(time_fn(fn, device, warmup=1, iters=iters)["median_ms"])
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ import torch
 
 from pyfast_gan.losses import PRESETS
 from pyfast_gan.train import TrainConfig, build_parser, parse_args, resolve
-from pyfast_gan.train.config import DIGITS_DEFAULTS, TOY_DEFAULTS, load_config_file
+from pyfast_gan.train.config import DIGITS_DEFAULTS, TOY_DEFAULTS, TOY_LOSS_DEFAULTS, load_config_file
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -56,9 +56,18 @@ def test_presets_fill_only_unset_fields(loss):
     r = resolve(cfg, explicit, cuda_available=False)
     assert r.lr == 3e-3  # explicit wins over the preset
     for k, v in PRESETS[loss].items():
-        if k not in ("lr",) and k not in TOY_DEFAULTS:
+        if k not in ("lr",) and k not in TOY_DEFAULTS and k not in TOY_LOSS_DEFAULTS.get(loss, {}):
             assert getattr(r, k) == (tuple(v) if isinstance(v, (list, tuple)) else v), (loss, k)
     assert r.arch == "mlp" and r.z_dim == TOY_DEFAULTS["z_dim"]
+
+
+def test_toy_wgan_gp_uses_the_toy_codes_settings():
+    r = resolve(*parse_args(["--data", "25gaussians"]), cuda_available=False)
+    assert (r.gp_weight, r.betas, r.batch_size, r.z_dim, r.arch) == (0.1, (0.5, 0.9), 256, 2, "mlp")
+    r = resolve(*parse_args(["--data", "25gaussians", "--gp-weight", "10"]), cuda_available=False)
+    assert r.gp_weight == 10.0
+    r = resolve(*parse_args(["--data", "25gaussians", "--loss", "wgan"]), cuda_available=False)
+    assert r.lr == 5e-5  # toy overrides are WGAN-GP's only
 
 
 def test_wgan_preset_is_the_papers():

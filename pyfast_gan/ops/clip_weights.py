@@ -38,9 +38,10 @@ def collect_tensors(params, argname: str = "params") -> list[torch.Tensor]:
             raise ValueError(
                 f"{argname} must be an nn.Module, a tensor or an iterable of tensors, got {type(params).__name__}"
             ) from None
-    for i, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{argname}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        for i, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{argname}[{i}] must be a torch.Tensor, got {type(t).__name__}")
     return tensors
 
 
@@ -58,7 +59,10 @@ def check_clip_value(clip_value, argname: str = "clip_value") -> float:
 
 
 def _check_tensors(tensors: list[torch.Tensor], argname: str = "params") -> None:
+    # Set/all() first: this runs on every WGAN critic step, so the common case stays cheap.
     dev = tensors[0].device
+    if len({t.device for t in tensors}) == 1 and all(t.is_floating_point() for t in tensors):
+        return
     for i, t in enumerate(tensors):
         if t.device != dev:
             raise ValueError(f"{argname}: all tensors must be on one device, got {dev} and {t.device} (index {i})")
@@ -105,11 +109,19 @@ def _triton_clip(tensors: list[torch.Tensor], c: float) -> None:
         triton_clip_weights_(group, c)
 
 
+_RESOLVED: dict[tuple[str, str, str], str] = {}
+
+
 @torch.compiler.assume_constant_result
 def resolve_impl(op: str, impl: str, device: str) -> str:
-    """``_dispatch.resolve`` evaluated once at trace time under torch.compile (it checks
-    files and environment variables, which dynamo cannot trace)."""
-    return resolve(op, _FAMILY, impl, torch.device(device))
+    """``_dispatch.resolve``, memoized (it runs on every critic step and costs more than
+    clamping a small critic), and evaluated once at trace time under torch.compile (it
+    checks files and environment variables, which dynamo cannot trace)."""
+    key = (op, impl, device)
+    which = _RESOLVED.get(key)
+    if which is None:
+        which = _RESOLVED[key] = resolve(op, _FAMILY, impl, torch.device(device))
+    return which
 
 
 def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
@@ -125,10 +137,10 @@ def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
     On CUDA the dense tensors of each dtype take one launch (several only when the
     argument table overflows: more than 110 tensors or 320 chunks of 64K elements).
     """
-    check_impl_arg(impl)
     tensors = collect_tensors(params)
     c = check_clip_value(clip_value)
     if not tensors:
+        check_impl_arg(impl)
         return
     _check_tensors(tensors)
     which = resolve_impl(_OP, impl, str(tensors[0].device))

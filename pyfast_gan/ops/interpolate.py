@@ -122,8 +122,7 @@ def _check(real, fake, alpha, generator) -> torch.Tensor | None:
         return None
     if not isinstance(alpha, torch.Tensor):
         raise ValueError(f"alpha must be a tensor of shape ({n},) or None, got {type(alpha).__name__}")
-    if alpha.numel() != n or (alpha.dim() > 0 and alpha.shape[0] != n) or any(s != 1 for s in alpha.shape[1:]) \
-            or alpha.dim() == 0:
+    if alpha.dim() == 0 or alpha.shape[0] != n or any(s != 1 for s in alpha.shape[1:]):
         raise ValueError(f"alpha must have one value per sample, shape ({n},) or ({n}, 1, ...), "
                          f"got {tuple(alpha.shape)}")
     if not alpha.is_floating_point():
