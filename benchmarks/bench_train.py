@@ -26,7 +26,6 @@ every row alike); the speedup is the median over rounds of (row it/s / naive it/
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ from torch.utils.flop_counter import flop_registry
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, print_table, save_results, sync  # noqa: E402
 
-from pyfast_gan.fast.cuda_graphs import cuda_graphs_unsupported_reason, graph_step  # noqa: E402
+from pyfast_gan.fast.cuda_graphs import graph_step  # noqa: E402
 from pyfast_gan.fast.step import FastStep, make_optimizers  # noqa: E402
 from pyfast_gan.models import DCGANCritic, DCGANGenerator  # noqa: E402
 
@@ -358,6 +357,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--save", action="store_true", help="write JSON under benchmarks/results/")
+    p.add_argument("--out", default=None, help="JSON path for --save (default: "
+                   "benchmarks/results/bench_train_<device>.json)")
     return p.parse_args(argv)
 
 
@@ -382,7 +383,7 @@ def main(argv=None):
     for n in notes:
         print("note:", n)
     if args.save:
-        path = save_results("bench_train", device, rows, extra={"args": vars(args)})
+        path = save_results("bench_train", device, rows, extra={"args": vars(args)}, path=args.out)
         print("saved", path)
     return rows
 
