@@ -165,3 +165,17 @@ def test_fast_fills_unset_switches_only():
     assert r.fast and r.compile is False and r.impl == "auto"
     r = resolve(*parse_args(["--fast", "--device", "cuda"]), cuda_available=True)
     assert r.amp == "bf16" and r.channels_last and r.compile and r.cuda_graphs
+
+
+def test_fast_on_cpu_skips_compile_and_uses_bf16_only_with_native_support(monkeypatch):
+    from pyfast_gan.train import config as C
+
+    r = resolve(*parse_args(["--fast", "--device", "cpu"]), cuda_available=False)
+    assert r.channels_last and not r.compile and not r.cuda_graphs and r.impl == "auto"
+    assert r.amp == ("bf16" if C.cpu_has_fast_bf16() else "off")
+    monkeypatch.setattr(C, "cpu_has_fast_bf16", lambda: False)
+    assert resolve(*parse_args(["--fast", "--device", "cpu"]), cuda_available=False).amp == "off"
+    monkeypatch.setattr(C, "cpu_has_fast_bf16", lambda: True)
+    assert resolve(*parse_args(["--fast", "--device", "cpu"]), cuda_available=False).amp == "bf16"
+    # an explicit flag still wins
+    assert resolve(*parse_args(["--fast", "--device", "cpu", "--amp", "off"]), cuda_available=False).amp == "off"

@@ -276,3 +276,55 @@ def test_module_entry_point_subprocess(tmp_path):
     finally:
         sys.argv = old_argv
     assert e.value.code == 0 and png.is_file()
+
+
+def test_fast_on_cpu_runs_without_compile(tmp_path, capsys):
+    from pyfast_gan.train.config import cpu_has_fast_bf16
+
+    out = tmp_path / "run"
+    # --cuda-graphs on a CPU says so once and the run continues eagerly
+    assert main(["--fast", "--cuda-graphs", "--device", "cpu", "--steps", "7", "--log-every", "7",
+                 "--out", str(out), *TINY]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["channels_last"] and not cfg["compile"] and cfg["impl"] == "auto"
+    assert cfg["amp"] == ("bf16" if cpu_has_fast_bf16() else "off")
+    err = capsys.readouterr().err
+    assert err.count("CUDA graphs need a CUDA device") == 1
+    rec = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r][-1]
+    assert rec["step"] == 7 and math.isfinite(rec["loss_d"]) and rec["img_per_s"] > 0
+    assert "compile_time_s" not in rec
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("loss", ["wgan-gp", "wgan"])
+def test_cuda_graphs_cli_on_cuda(tmp_path, capsys, loss):
+    out = tmp_path / "run"
+    assert main(["--loss", loss, "--cuda-graphs", "--amp", "bf16", "--device", "cuda", "--steps", "12",
+                 "--log-every", "6", "--checkpoint-every", "6", "--out", str(out), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "captured" in err, err[-2000:]
+    recs = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r]
+    assert [r["step"] for r in recs] == [6, 12]
+    assert all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in recs)
+    assert recs[0]["capture_time_s"] > 0 and recs[-1]["img_per_s"] > 0
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["step"] == 12 and ck["critic_steps"] == 12 * 2
+    assert all(torch.isfinite(v).all() for v in ck["D"].values() if v.is_floating_point())
+    # the graphed run resumes (into a fresh capture) and continues
+    assert main(["--resume", str(out), "--steps", "14", "--log-every", "2", "--no-progress"]) == 0
+    assert torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["step"] == 14
+
+
+def test_compile_time_reported_apart_from_img_per_s(tmp_path, capsys):
+    out = tmp_path / "run"
+    seen = {}
+    rc = main([*TOY, "--compile", "--steps", "7", "--log-every", "7", "--out", str(out)],
+              hooks={"on_step": lambda st: seen.setdefault("objective", st.critic_objective)})
+    assert rc == 0
+    obj = seen["objective"]
+    assert obj.mode == "compile" and obj.fallback_reason is None
+    rec = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r][0]
+    assert rec["compile_time_s"] == pytest.approx(obj.compile_time_s, abs=1e-3) and rec["compile_time_s"] > 0
+    # img_per_s is timed after the warm-up steps, which hold the compilation
+    assert rec["img_per_s"] > 0 and 2 * 32 / rec["img_per_s"] < rec["compile_time_s"]
+    assert capsys.readouterr().err.count("--compile: compile time") == 1

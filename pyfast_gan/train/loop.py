@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import random
 import signal
 import sys
@@ -32,7 +30,12 @@ class TrainingStopped(RuntimeError):
     """Training stopped because of repeated non-finite losses or gradients."""
 
 
+_QUIET = False  # ranks other than 0 under torchrun say nothing
+
+
 def _say(msg: str) -> None:
+    if _QUIET:
+        return
     print(f"[pyfast_gan.train] {msg}", file=sys.stderr, flush=True)
 
 
@@ -46,8 +49,13 @@ class ImageBatcher:
     otherwise in pinned host memory with asynchronous copies."""
 
     def __init__(self, data: torch.Tensor, device: torch.device, generator: torch.Generator,
-                 memory_format=torch.contiguous_format):
+                 memory_format=torch.contiguous_format, rank: int = 0, world_size: int = 1):
         from pyfast_gan.data import to_float
+
+        # Under torchrun every rank holds the same permutation (same generator seed) and
+        # takes its slice of each global batch (as pyfast_gan.fast.distributed.shard_indices),
+        # so the data position is one number for all ranks and survives a change of world size.
+        self.rank, self.world = rank, world_size
 
         self._to_float = to_float
         self.n = data.shape[0]
@@ -70,14 +78,18 @@ class ImageBatcher:
         self.perm = torch.randperm(self.n, generator=self.gen)
 
     def next(self, batch_size: int) -> torch.Tensor:
-        if batch_size > self.n:
-            raise ValueError(f"--batch-size {batch_size} is larger than the dataset ({self.n} images)")
-        if self.offset + batch_size > self.n:
+        """This process's batch of ``batch_size`` from the next global batch."""
+        gb = batch_size * self.world
+        if gb > self.n:
+            raise ValueError(f"--batch-size {batch_size} x {self.world} processes is larger than "
+                             f"the dataset ({self.n} images)")
+        if self.offset + gb > self.n:
             self.epoch += 1
             self.offset = 0
             self.perm = torch.randperm(self.n, generator=self.gen)
-        idx = self.perm[self.offset:self.offset + batch_size]
-        self.offset += batch_size
+        start = self.offset + self.rank * batch_size
+        idx = self.perm[start:start + batch_size]
+        self.offset += gb
         if self.on_device:
             x = self.data.index_select(0, idx.to(self.data.device, non_blocking=True))
         else:
@@ -98,13 +110,20 @@ class ImageBatcher:
 
 
 class ToyBatcher:
-    def __init__(self, sampler, device: torch.device, generator: torch.Generator):
+    """Fresh toy samples. Under torchrun every rank draws the same global batch (one
+    generator, one seed) and keeps its slice: N processes x B see what one process x N*B
+    would."""
+
+    def __init__(self, sampler, device: torch.device, generator: torch.Generator,
+                 rank: int = 0, world_size: int = 1):
         self.sampler, self.device, self.gen = sampler, device, generator
+        self.rank, self.world = rank, world_size
         self.drawn = 0
 
     def next(self, batch_size: int) -> torch.Tensor:
-        self.drawn += batch_size
-        return self.sampler.sample(batch_size, generator=self.gen).to(self.device)
+        self.drawn += batch_size * self.world
+        x = self.sampler.sample(batch_size * self.world, generator=self.gen)
+        return x[self.rank * batch_size:(self.rank + 1) * batch_size].to(self.device)
 
     def state_dict(self) -> dict:
         return {"kind": "toy", "drawn": self.drawn}
@@ -151,22 +170,29 @@ def _build_models(cfg: TrainConfig, image_size: int, channels: int, is_toy: bool
             M.ResNetCritic(image_size, channels, base=cfg.base, norm=cfg.critic_norm))
 
 
-def _make_optimizers(cfg: TrainConfig, G, D, loss_fn):
+def _make_optimizers(cfg: TrainConfig, G, D, loss_fn, capturable: bool = False):
+    """``capturable``: optimizers whose step can be captured in a CUDA graph (state on the
+    device, no host syncs); the fused RMSpropClip checks gradients on the host, so WGAN
+    then clips after a capturable RMSprop step instead."""
     import pyfast_gan
 
     lr_g = cfg.lr_g or cfg.lr
     clip_after = False
+    cap = {"capturable": True} if capturable else {}
     if cfg.optimizer == "rmsprop":
-        opt_g = torch.optim.RMSprop(G.parameters(), lr=lr_g)
-        if loss_fn.uses_clipping:
+        opt_g = torch.optim.RMSprop(G.parameters(), lr=lr_g, **cap)
+        if loss_fn.uses_clipping and capturable:
+            opt_d = torch.optim.RMSprop(D.parameters(), lr=cfg.lr, capturable=True)
+            clip_after = True
+        elif loss_fn.uses_clipping:
             # Clip fused into the update: one pass over the critic's weights (issue 3).
             opt_d = pyfast_gan.optim.RMSpropClip(D.parameters(), lr=cfg.lr, clip_value=cfg.clip_value,
                                                  impl=cfg.impl)
         else:
-            opt_d = torch.optim.RMSprop(D.parameters(), lr=cfg.lr)
+            opt_d = torch.optim.RMSprop(D.parameters(), lr=cfg.lr, **cap)
     else:
-        opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=tuple(cfg.betas))
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=tuple(cfg.betas), **cap)
+        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), **cap)
         clip_after = loss_fn.uses_clipping
     return opt_g, opt_d, clip_after
 
@@ -196,30 +222,73 @@ def _probe_amp(cfg, device, G, D, z_dim, is_toy) -> torch.dtype | None:
     return dtype
 
 
-def _install_fast_paths(state: TrainState, cfg: TrainConfig) -> None:
+def _cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> str | None:
+    """Why --cuda-graphs cannot be used for this run, or None."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device (running on {device.type})"
+    if cfg.amp == "fp16":
+        return "fp16's GradScaler syncs with the host every step; use --amp bf16"
+    if cfg.lazy_gp > 1:
+        return "--lazy-gp changes the step from one critic iteration to the next"
+    if world > 1:
+        return "the multi-process gradient all-reduce is not captured"
+    return None
+
+
+def _install_fast_paths(state: TrainState, cfg: TrainConfig, batcher, data_gen,
+                        use_graphs: bool) -> None:
     """compile / CUDA graphs (pyfast_gan/fast/). Each switch the device or the installed
     torch cannot use says so once and falls back to the eager step."""
-    if cfg.compile:
-        try:
-            from pyfast_gan.fast import make_critic_objective as make_fast_objective
-        except ImportError as e:
-            _say(f"--compile: pyfast_gan.fast is not importable ({e}); running eager")
-        else:
-            amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[state.amp_dtype]
-            # Verified against the eager objective at its first call; falls back with a
-            # message if the installed torch cannot compile through the double backward.
-            state.critic_objective = make_fast_objective(
-                state.loss_fn, cfg.gp_weight, compile=True, lazy_gp=cfg.lazy_gp, amp=amp,
-                scaler=state.scaler_d, impl=cfg.impl)
-    if cfg.cuda_graphs:
-        if state.device.type != "cuda":
-            _say("--cuda-graphs: needs a CUDA device; ignored on cpu")
-        else:
-            # Capture needs a step without host syncs; the trainer's step syncs once per
-            # optimizer step for its health check. pyfast_gan.fast.cuda_graphs.graph_step
-            # captures pyfast_gan.fast.step.FastStep (see benchmarks/bench_train.py).
-            _say("--cuda-graphs: not used by the trainer's health-checked step yet; ignored "
-                 "(see pyfast_gan.fast.cuda_graphs)")
+    if cfg.compile and not use_graphs:
+        _install_compile(state, cfg)
+    if use_graphs:
+        _install_graphs(state, cfg, batcher, data_gen)
+
+
+def _install_compile(state: TrainState, cfg: TrainConfig) -> None:
+    try:
+        from pyfast_gan.fast import make_critic_objective as make_fast_objective
+    except ImportError as e:
+        _say(f"--compile: pyfast_gan.fast is not importable ({e}); running eager")
+        return
+    amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[state.amp_dtype]
+    # Verified against the eager objective at its first call; falls back with a message if
+    # the installed torch cannot compile through the double backward.
+    state.critic_objective = make_fast_objective(
+        state.loss_fn, cfg.gp_weight, compile=True, lazy_gp=cfg.lazy_gp, amp=amp,
+        scaler=state.scaler_d, impl=cfg.impl)
+
+
+def _install_graphs(state: TrainState, cfg: TrainConfig, batcher, data_gen) -> None:
+    # The trainer's eager step syncs with the host once per optimizer step (health check),
+    # which a graph cannot contain; the graphed step is pyfast_gan.fast's sync-free FastStep,
+    # whose health is checked from its returned stats at every log step instead.
+    from pyfast_gan.fast.cuda_graphs import GraphedStep, graph_step
+    from pyfast_gan.fast.step import FastStep
+
+    amp = {None: "off", torch.bfloat16: "bf16"}.get(state.amp_dtype, "off")
+    fs = FastStep(state.G, state.D, state.opt_g, state.opt_d, state.loss_fn, z_dim=cfg.z_dim,
+                  gp_weight=cfg.gp_weight, clip_value=cfg.clip_value,
+                  clip_after_step=state.clip_after_step, amp=amp,
+                  channels_last=state.memory_format is torch.channels_last,
+                  compile=cfg.compile, impl=cfg.impl, lazy_gp=cfg.lazy_gp)
+    fs.critic_steps = state.critic_steps
+    # A batch for the capture's static buffer, drawn without moving the data position.
+    saved, gen_state = batcher.state_dict(), data_gen.get_state()
+    example = batcher.next(cfg.batch_size)
+    batcher.load_state_dict(saved)
+    data_gen.set_state(gen_state)
+    t0 = time.perf_counter()
+    graphed = graph_step(fs, example)
+    state.extra["capture_time_s"] = time.perf_counter() - t0
+    if isinstance(graphed, GraphedStep):
+        state.extra["graphed"] = graphed
+        _say(f"--cuda-graphs: critic and generator steps captured in "
+             f"{state.extra['capture_time_s']:.1f} s (warm-up and compilation included)")
+    else:
+        _say("--cuda-graphs: capture failed (see the warning above); running the eager step")
+        if cfg.compile:
+            _install_compile(state, cfg)
 
 
 def _merge_resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, Path]:
@@ -291,9 +360,53 @@ class _StopFlag:
 def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None = None) -> dict:
     """Run training for a resolved config. Returns a summary dict (out dir, final step,
     status: 'done' | 'interrupted'). Raises TrainingStopped on repeated non-finite steps,
-    ValueError (incl. pyfast_gan.data.DataError) for bad input before anything is built."""
+    ValueError (incl. pyfast_gan.data.DataError) for bad input before anything is built.
+
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel (pyfast_gan.fast.distributed):
+    rank 0's weights are broadcast once, each rank trains on its slice of a global batch of
+    world_size x batch_size, gradients are averaged in one flat all-reduce per optimizer
+    step (the penalty's included), every rank takes the same skip decision for non-finite
+    steps, and only rank 0 writes or prints anything.
+
+    Resuming on a different number of processes: weights, optimizer state, step counters
+    and the data position (one permutation shared by all ranks, consumed in global batches)
+    carry over exactly; the global batch becomes the new world_size x batch_size. The noise
+    streams (z, the penalty's alpha) are exact only on the same world size (each rank's RNG
+    state is in the checkpoint); otherwise each rank reseeds from (seed, rank, step). Batch
+    norm running statistics are rank 0's.
+    """
+    global _QUIET
+    from pyfast_gan.fast import distributed as dist_mod
+
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    had_group = dist_mod.is_distributed()
+    rank, world, _ = dist_mod.init_distributed(device="cuda" if want_cuda else "cpu")
+    quiet_before = _QUIET
+    _QUIET = rank != 0
+    try:
+        if rank != 0:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _train(cfg, explicit, hooks, rank, world)
+        return _train(cfg, explicit, hooks, rank, world)
+    finally:
+        _QUIET = quiet_before
+        if not had_group:
+            dist_mod.cleanup()
+
+
+def _rank_noise_seed(seed: int, rank: int, step: int) -> int:
+    from pyfast_gan.fast.distributed import per_rank_seed
+
+    return per_rank_seed(seed, rank) + 7_919 * int(step)
+
+
+def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
     from pyfast_gan.losses import get_loss
 
+    main_proc = rank == 0
     hooks = hooks or {}
     explicit = set(explicit or ())
     resume_path = None
@@ -314,23 +427,24 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
         from pyfast_gan.data import ToySampler
 
         sampler = ToySampler(cfg.data)
-        batcher = ToyBatcher(sampler, device, data_gen)
+        batcher = ToyBatcher(sampler, device, data_gen, rank, world)
         image_size, channels = 0, 0
     else:
         from pyfast_gan.data import decode_all, open_dataset
 
         ds = open_dataset(cfg.data, data_format=cfg.data_format, image_size=cfg.image_size or None,
                           channels=cfg.channels or None)
-        if len(ds) < cfg.batch_size:
-            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the dataset "
-                             f"({len(ds)} images in {cfg.data!r})")
+        if len(ds) < cfg.batch_size * world:
+            raise ValueError(f"--batch-size {cfg.batch_size}"
+                             + (f" x {world} processes" if world > 1 else "")
+                             + f" is larger than the dataset ({len(ds)} images in {cfg.data!r})")
         image_size, channels = ds.image_size, ds.channels
         sizes = (32, 64, 96, 128)
         if image_size not in sizes:
             raise ValueError(f"--image-size: the data's size {image_size} is not supported "
                              f"by the models; pass --image-size one of {sizes}")
-        data_u8 = decode_all(ds, num_workers=cfg.num_workers, progress=cfg.progress)
-        batcher = ImageBatcher(data_u8, device, data_gen, memory_format)
+        data_u8 = decode_all(ds, num_workers=cfg.num_workers, progress=cfg.progress and main_proc)
+        batcher = ImageBatcher(data_u8, device, data_gen, memory_format, rank, world)
         del data_u8
     # Record the sizes the data decided, so config.json (and resume) is complete.
     cfg = dataclasses.replace(cfg, image_size=image_size, channels=channels,
@@ -340,7 +454,16 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
     G, D = _build_models(cfg, image_size, channels, is_toy)
     G.to(device=device, memory_format=memory_format)
     D.to(device=device, memory_format=memory_format)
-    opt_g, opt_d, clip_after = _make_optimizers(cfg, G, D, loss_fn)
+    from pyfast_gan.fast import distributed as dist_mod
+
+    # Every rank starts from rank 0's weights (and batch-norm buffers).
+    dist_mod.broadcast_module(G)
+    dist_mod.broadcast_module(D)
+    graphs_blocker = _cuda_graphs_blocker(cfg, device, world) if cfg.cuda_graphs else None
+    use_graphs = cfg.cuda_graphs and graphs_blocker is None
+    if cfg.cuda_graphs and graphs_blocker:
+        _say(f"--cuda-graphs: {graphs_blocker}; running the eager step")
+    opt_g, opt_d, clip_after = _make_optimizers(cfg, G, D, loss_fn, capturable=use_graphs)
     amp_dtype = _probe_amp(cfg, device, G, D, cfg.z_dim, is_toy)
     use_scaler = amp_dtype is torch.float16
     scaler_g = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -361,6 +484,10 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
                        scaler_d=scaler_d, loss_fn=loss_fn, z_dim=cfg.z_dim, amp_dtype=amp_dtype, ema=ema,
                        clip_after_step=clip_after, memory_format=memory_format)
     state.critic_objective = make_critic_objective(loss_fn, cfg, scaler_d)
+    if world > 1:
+        state.grad_sync = dist_mod.make_grad_sync()
+        # Own noise (z, alpha) per rank; data and model RNG stay shared.
+        torch.manual_seed(_rank_noise_seed(cfg.seed, rank, 0))
 
     # Fixed noise for sample grids / toy evaluation: own generators, so drawing it never
     # moves the training RNG streams.
@@ -380,6 +507,11 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
             ema.load_state_dict(ck["ema"])
         batcher.load_state_dict(ck["data"])
         ckpt_mod.set_rng_state(ck["rng"], data_gen)
+        ranks_rng = ck.get("rng_ranks")
+        if ranks_rng is not None and len(ranks_rng) == world:
+            ckpt_mod.set_rng_state(ranks_rng[rank])
+        elif world > 1:
+            torch.manual_seed(_rank_noise_seed(cfg.seed, rank, int(ck["step"])))
         state.step, state.critic_steps = int(ck["step"]), int(ck["critic_steps"])
         state.nonfinite_total = int(ck.get("nonfinite_total", 0))
         fixed_noise = ck["fixed_noise"].cpu()
@@ -392,15 +524,18 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
     out = Path(cfg.out or default_out_dir(cfg))
     cfg = dataclasses.replace(cfg, out=str(out))
     state.cfg = cfg
-    for sub in ("samples", "plots", "checkpoints"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    print(f"pyfast_gan.train: {cfg.loss} on {cfg.data} ({'toy 2-D' if is_toy else f'{channels}x{image_size}x{image_size}'})"
-          f", device {device}, output {out}\nresolved config:\n{_format_config(cfg)}", flush=True)
-    metrics = MetricsWriter(out / "metrics.jsonl")
-    metrics.truncate_after(state.step)
+    metrics = None
+    if main_proc:
+        for sub in ("samples", "plots", "checkpoints"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        procs = f", {world} processes (global batch {cfg.batch_size * world})" if world > 1 else ""
+        print(f"pyfast_gan.train: {cfg.loss} on {cfg.data} ({'toy 2-D' if is_toy else f'{channels}x{image_size}x{image_size}'})"
+              f", device {device}{procs}, output {out}\nresolved config:\n{_format_config(cfg)}", flush=True)
+        metrics = MetricsWriter(out / "metrics.jsonl")
+        metrics.truncate_after(state.step)
 
-    _install_fast_paths(state, cfg)
+    _install_fast_paths(state, cfg, batcher, data_gen, use_graphs)
     if "on_start" in hooks:
         hooks["on_start"](state)
 
@@ -433,6 +568,16 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
         return rec
 
     def save_checkpoint(periodic: bool) -> Path:
+        """Collective under torchrun (every rank's RNG state is gathered); rank 0 writes.
+        Weights and optimizer state are identical on every rank, so rank 0's are the run's."""
+        latest = out / "checkpoints" / "latest.pt"
+        rng = ckpt_mod.rng_state(data_gen)
+        rng_ranks = [rng]
+        if world > 1:
+            rng_ranks = [None] * world
+            torch.distributed.all_gather_object(rng_ranks, rng)
+        if not main_proc:
+            return latest
         payload = {
             "version": 1,
             "step": state.step, "critic_steps": state.critic_steps,
@@ -441,14 +586,14 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "scaler_g": scaler_g.state_dict() if use_scaler else None,
             "scaler_d": scaler_d.state_dict() if use_scaler else None,
-            "rng": ckpt_mod.rng_state(data_gen),
+            "rng": rng,
+            "rng_ranks": rng_ranks, "world_size": world,
             "data": batcher.state_dict(),
             "fixed_noise": fixed_noise.cpu(),
             "config": cfg.to_dict(),
             "elapsed": elapsed_before + (time.perf_counter() - t0),
             "nonfinite_total": state.nonfinite_total,
         }
-        latest = out / "checkpoints" / "latest.pt"
         ckpt_mod.save_atomic(payload, latest)
         if periodic:
             ckpt_mod.save_atomic(payload, out / "checkpoints" / f"step_{state.step:06d}.pt")
@@ -469,10 +614,17 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
     status = "done"
     mid_step = False
     t0 = time.perf_counter()
-    pbar = tqdm(total=cfg.steps, initial=state.step, disable=not cfg.progress, dynamic_ncols=True,
+    pbar = tqdm(total=cfg.steps, initial=state.step, disable=not (cfg.progress and main_proc), dynamic_ncols=True,
                 desc=f"{cfg.loss}", unit="step", file=sys.stderr)
     last_img_s = None
     postfix: dict = {}
+    graphed = state.extra.get("graphed")
+    compile_reported = False
+    last_checked = state.step  # graphed steps: stats known finite up to this step
+
+    def compile_time() -> float:
+        obj = graphed.step.objective if graphed is not None else state.critic_objective
+        return float(getattr(obj, "compile_time_s", 0.0) or 0.0)
 
     def check_health():
         streak = max(state.nonfinite_streak_d, state.nonfinite_streak_g)
@@ -485,43 +637,115 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
                 f"non-finite loss or gradient (--max-nonfinite {cfg.max_nonfinite}); {kept_msg}. "
                 "Try a lower --lr, --amp off, or check the data.")
 
+    def check_graphed_health():
+        # A graphed step cannot be skipped (the update is inside the graph) and checking
+        # it would sync every step; its losses are checked here, at log and checkpoint
+        # steps. A non-finite gradient shows as a non-finite loss one step later.
+        nonlocal last_checked
+        vals = [v for k, vs in acc.items() if k.startswith("loss") for v in vs]
+        if vals and not bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in vals])).all()):
+            kept = out / "checkpoints" / "latest.pt"
+            kept_msg = (f"the last good checkpoint is kept at {kept}" if kept.exists()
+                        else "no checkpoint had been written yet")
+            raise TrainingStopped(
+                f"stopped at step {state.step}: non-finite loss in the CUDA-graphed step after "
+                f"step {last_checked} (graphed steps cannot be skipped); {kept_msg}. Resume "
+                "without --cuda-graphs (non-finite steps are then skipped), or lower --lr.")
+        last_checked = state.step
+
+    def graphed_critic(real):
+        s = graphed.critic_step(real)
+        state.critic_steps = graphed.step.critic_steps
+        # the graph's outputs are overwritten by the next replay
+        return {("loss_d_adv" if k == "loss" else k): v.detach().float().clone() for k, v in s.items()}
+
+    def graphed_generator():
+        s = graphed.generator_step(cfg.batch_size)
+        if state.ema is not None:
+            state.ema.update(state.G)
+        return {(k if k == "loss_g" else f"g_{k}"): v.detach().float().clone()
+                for k, v in s.items() if k != "wasserstein"}
+
+    def agreed(flag: bool) -> bool:
+        """True on every rank when it is True on any (a stop must happen at the same step
+        everywhere or the others wait forever in the next all-reduce)."""
+        if world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
     try:
         with _StopFlag() as stop:
             while state.step < cfg.steps:
-                if stop.signum is not None:
+                if agreed(stop.signum is not None):
                     status = "interrupted"
                     break
                 mid_step = True
                 ts = time.perf_counter()
                 for _ in range(n_critic_for(state.step)):
-                    s = critic_step(state, batcher.next(cfg.batch_size))
-                    skipped += s.pop("skipped")
+                    real = batcher.next(cfg.batch_size)
+                    if graphed is not None:
+                        s = graphed_critic(real)
+                    else:
+                        s = critic_step(state, real)
+                        skipped += s.pop("skipped")
                     for k, v in s.items():
                         acc[k].append(v)
                     check_health()
-                s = generator_step(state, cfg.batch_size)
-                skipped += s.pop("skipped")
+                if graphed is not None:
+                    s = graphed_generator()
+                else:
+                    s = generator_step(state, cfg.batch_size)
+                    skipped += s.pop("skipped")
                 for k, v in s.items():
                     acc[k].append(v)
                 state.step += 1
                 mid_step = False
+                last = state.step == cfg.steps
+                logging = state.step % cfg.log_every == 0 or last
+                if graphed is not None and (logging or state.step - start_step == WARMUP_STEPS):
+                    # Replays are asynchronous: wait for the queued work so the timed
+                    # window holds exactly its own steps (and none of the warm-up's).
+                    torch.cuda.synchronize(device)
                 dt = time.perf_counter() - ts
                 if state.step - start_step > WARMUP_STEPS:
                     step_time += dt
                     step_count += 1
                 check_health()
                 pbar.update(1)
-                last = state.step == cfg.steps
-                if state.step % cfg.log_every == 0 or last:
-                    rec = {"step": state.step}
-                    for k, vals in acc.items():
-                        t = torch.stack([v.float().reshape(()) for v in vals])
+                healthy = state.nonfinite_streak_d == 0 and state.nonfinite_streak_g == 0
+                if logging:
+                    if graphed is not None:
+                        check_graphed_health()
+                    keys = sorted(acc)
+                    means = []
+                    for k in keys:
+                        t = torch.stack([v.float().reshape(()) for v in acc[k]])
                         fin = t[torch.isfinite(t)]
-                        rec[k] = float(fin.mean()) if fin.numel() else float("nan")
-                    rec["img_per_s"] = (step_count * cfg.batch_size / step_time) if step_count else None
+                        means.append(fin.mean() if fin.numel() else torch.tensor(float("nan"), device=t.device))
+                    if world > 1 and means:
+                        # Logged values are means over ranks (each rank saw its own shard).
+                        m = torch.stack(means)
+                        torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.SUM)
+                        means = list(m / world)
+                    rec = {"step": state.step}
+                    rec.update({k: float(v) for k, v in zip(keys, means)})
+                    # Images per second over the whole job (all processes), timed from the
+                    # step after warm-up, so compilation and capture are not in it.
+                    rec["img_per_s"] = (step_count * cfg.batch_size * world / step_time) if step_count else None
                     rec["skipped"] = skipped
                     rec["time"] = round(elapsed_before + time.perf_counter() - t0, 3)
-                    metrics.write(rec)
+                    if not compile_reported and (cfg.compile or graphed is not None):
+                        compile_reported = True
+                        if cfg.compile:
+                            rec["compile_time_s"] = round(compile_time(), 3)
+                            _say(f"--compile: compile time {rec['compile_time_s']:.1f} s (start-up "
+                                 "verification included; not counted in img_per_s)")
+                        if graphed is not None:
+                            rec["capture_time_s"] = round(state.extra["capture_time_s"], 3)
+                    if main_proc:
+                        metrics.write(rec)
                     last_img_s = rec["img_per_s"] or last_img_s
                     postfix.update(D=f"{rec.get('loss_d', float('nan')):.3g}",
                                    G=f"{rec.get('loss_g', float('nan')):.3g}")
@@ -531,7 +755,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
                     acc.clear()
                     skipped = 0
                     step_time, step_count = 0.0, 0
-                if state.step % cfg.sample_every == 0 or last:
+                if (state.step % cfg.sample_every == 0 or last) and main_proc:
                     ev = write_samples()
                     if ev:
                         metrics.write({"step": state.step, **ev})
@@ -539,9 +763,11 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
                         pbar.set_postfix(postfix, refresh=False)
                     plot_losses(metrics.records, out / "plots" / "losses.png")
                 # Only healthy states are checkpointed, so after a run of non-finite steps
-                # latest.pt is the last good state.
-                healthy = state.nonfinite_streak_d == 0 and state.nonfinite_streak_g == 0
+                # latest.pt is the last good state. (The streaks are equal on every rank,
+                # so all ranks join the collective checkpoint together.)
                 if (state.step % cfg.checkpoint_every == 0 or last) and healthy:
+                    if graphed is not None:
+                        check_graphed_health()
                     save_checkpoint(periodic=state.step % cfg.checkpoint_every == 0)
                 if "on_step" in hooks:
                     hooks["on_step"](state)
@@ -556,13 +782,14 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None, hooks: dict | None
 
     if status == "interrupted":
         path = save_checkpoint(periodic=False)
-        write_samples()
-        plot_losses(metrics.records, out / "plots" / "losses.png")
+        if main_proc:
+            write_samples()
+            plot_losses(metrics.records, out / "plots" / "losses.png")
         note = "" if not mid_step else (" (interrupted inside a step: that step's partial update "
                                         "is in the checkpoint, so the resumed run is not bitwise exact)")
         _say(f"interrupted at step {state.step}: checkpoint written to {path}{note}. "
              f"Continue with: python -m pyfast_gan.train --resume {out}")
-    else:
+    elif main_proc:
         plot_losses(metrics.records, out / "plots" / "losses.png")
         print(f"done: {state.step} steps in {time.perf_counter() - t0:.1f} s; outputs in {out}", flush=True)
     return {"out": str(out), "step": state.step, "status": status, "state": state}

@@ -8,7 +8,7 @@ Two hooks make the step replaceable piece by piece (pyfast_gan/fast/):
   for one process; a flat all-reduce under torchrun.
 
 Health: every optimizer step checks that the loss and the gradient norm are finite (one
-device->host sync). A non-finite step is skipped (no parameter or optimizer-state update)
+device->host sync; under torchrun the flags are all-reduced so every rank skips together). A non-finite step is skipped (no parameter or optimizer-state update)
 and reported in the returned stats; the loop stops after ``max_nonfinite`` in a row (of
 critic steps, or of generator steps). Under
 fp16 the GradScaler handles overflowing gradients itself (it skips the step and lowers the
@@ -99,8 +99,13 @@ def _finish(state: TrainState, module, opt, scaler, loss, after_step=None) -> tu
     if scaler.is_enabled():
         scaler.unscale_(opt)
     gnorm = _grad_norm(module)
-    loss_ok, grad_ok = torch.stack([torch.isfinite(loss.detach().float()),
-                                    torch.isfinite(gnorm)]).tolist()
+    flags = torch.stack([torch.isfinite(loss.detach().float()), torch.isfinite(gnorm)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank must take the same skip decision or their parameters drift apart:
+        # the gradients are already averaged, but each rank's loss is its own shard's.
+        flags = flags.to(torch.int32)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+    loss_ok, grad_ok = (bool(v) for v in flags.tolist())
     if scaler.is_enabled() and loss_ok:
         # Overflowing fp16 gradients: GradScaler skips the update and lowers the scale.
         scaler.step(opt)
