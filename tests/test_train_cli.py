@@ -328,3 +328,49 @@ def test_compile_time_reported_apart_from_img_per_s(tmp_path, capsys):
     # img_per_s is timed after the warm-up steps, which hold the compilation
     assert rec["img_per_s"] > 0 and 2 * 32 / rec["img_per_s"] < rec["compile_time_s"]
     assert capsys.readouterr().err.count("--compile: compile time") == 1
+
+
+def test_graphed_step_branch_with_an_eager_stand_in(tmp_path, monkeypatch, capsys):
+    """The trainer's --cuda-graphs branch (FastStep stats, health checks at log steps, EMA,
+    counters, checkpoints) run on CPU, with graph_step replaced by the un-captured FastStep:
+    capture itself needs CUDA (test_cuda_graphs_cli_on_cuda)."""
+    from pyfast_gan.fast import cuda_graphs
+    from pyfast_gan.train import loop
+
+    class StandIn:
+        def __init__(self, step, real_example):
+            self.step = step
+
+        def critic_step(self, real):
+            return self.step.critic_step(real)
+
+        def generator_step(self, batch_size):
+            return self.step.generator_step(batch_size)
+
+    make_opts = loop._make_optimizers
+    monkeypatch.setattr(loop, "_cuda_graphs_blocker", lambda cfg, device, world: None)
+    # capturable optimizers are CUDA-only; the stand-in runs eagerly anyway
+    monkeypatch.setattr(loop, "_make_optimizers", lambda *a, capturable=False: make_opts(*a))
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", StandIn)
+    monkeypatch.setattr(cuda_graphs, "graph_step", lambda step, real: StandIn(step, real))
+    out = tmp_path / "run"
+    assert main(["--cuda-graphs", "--ema", "0.9", "--steps", "7", "--log-every", "7",
+                 "--out", str(out), *TINY]) == 0
+    assert "captured" in capsys.readouterr().err
+    rec = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r][-1]
+    assert math.isfinite(rec["loss_d"]) and math.isfinite(rec["loss_g"]) and rec["gp"] > 0
+    assert rec["capture_time_s"] >= 0 and rec["img_per_s"] > 0
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["step"] == 7 and ck["critic_steps"] == 14
+    assert ck["ema"]["num_updates"] == 7  # one EMA update per graphed generator step
+
+    # a non-finite loss cannot be skipped in a graph: the run stops at the next check
+    def poison(state):
+        with torch.no_grad():
+            for p in state.D.parameters():
+                p.fill_(float("nan"))
+
+    rc = main(["--cuda-graphs", "--steps", "4", "--log-every", "2", "--out", str(tmp_path / "bad"),
+               *TINY], hooks={"on_start": poison})
+    assert rc == 3
+    assert "graphed steps cannot be skipped" in capsys.readouterr().err

@@ -12,8 +12,9 @@ benchmarks/bench_train.py:
   graphs (cuda_graphs.py);
 * no host synchronisation inside a step: stats stay on the device.
 
-The trainer (pyfast_gan/train/steps.py) has its own eager step with health checks; this
-one exists for the benchmark and for CUDA-graph capture, which needs a step without syncs.
+The trainer (pyfast_gan/train/steps.py) has its own eager step with per-step health checks;
+this one serves the benchmark and CUDA-graph capture, which needs a step without syncs: the
+trainer runs it, graphed, under ``--cuda-graphs`` and checks its returned losses at log steps.
 """
 from __future__ import annotations
 

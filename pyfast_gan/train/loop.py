@@ -191,10 +191,29 @@ def _make_optimizers(cfg: TrainConfig, G, D, loss_fn, capturable: bool = False):
         else:
             opt_d = torch.optim.RMSprop(D.parameters(), lr=cfg.lr, **cap)
     else:
-        opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=tuple(cfg.betas), **cap)
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), **cap)
+        def lr_(v):
+            # A captured step bakes a float lr into the graph; a device tensor is read at
+            # each replay, so --lr-decay reaches graphed steps (_apply_lr_decay fills it).
+            return torch.tensor(float(v), device=next(G.parameters()).device) if capturable else v
+
+        opt_g = torch.optim.Adam(G.parameters(), lr=lr_(lr_g), betas=tuple(cfg.betas), **cap)
+        opt_d = torch.optim.Adam(D.parameters(), lr=lr_(cfg.lr), betas=tuple(cfg.betas), **cap)
         clip_after = loss_fn.uses_clipping
     return opt_g, opt_d, clip_after
+
+
+def _apply_lr_decay(cfg: TrainConfig, step: int, opt_g, opt_d) -> None:
+    """Set both optimizers' lr for generator step ``step`` under --lr-decay. Computed from the
+    step counter alone (no scheduler state), so a resumed run sets exactly the same lrs."""
+    if cfg.lr_decay == "none":
+        return
+    frac = max(0.0, 1.0 - step / cfg.steps)
+    for opt, base in ((opt_g, cfg.lr_g or cfg.lr), (opt_d, cfg.lr)):
+        for group in opt.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(base * frac)  # a captured (CUDA-graph) step reads it in place
+            else:
+                group["lr"] = base * frac
 
 
 def _probe_amp(cfg, device, G, D, z_dim, is_toy) -> torch.dtype | None:
@@ -222,6 +241,29 @@ def _probe_amp(cfg, device, G, D, z_dim, is_toy) -> torch.dtype | None:
     return dtype
 
 
+def _fit_optimizer_state(opt: torch.optim.Optimizer, capturable: bool) -> None:
+    """After load_state_dict, whose param groups are the checkpoint's: a run with and one
+    without --cuda-graphs use different optimizer classes/options for the same state
+    (RMSprop capturable vs the fused RMSpropClip, Adam capturable or not), so fill options
+    the saved groups lack from this optimizer's defaults, and make a graphed run's groups
+    capturable with their step counters on the device."""
+    for group in opt.param_groups:
+        for k, v in opt.defaults.items():
+            group.setdefault(k, v)
+        if "capturable" in opt.defaults:
+            group["capturable"] = capturable
+        lr = group.get("lr")
+        if isinstance(opt, torch.optim.Adam) and capturable and not torch.is_tensor(lr):
+            group["lr"] = torch.tensor(float(lr), device=group["params"][0].device)
+        elif torch.is_tensor(lr) and not capturable:
+            group["lr"] = float(lr)  # non-capturable foreach steps take a float lr
+        on_device = capturable or bool(group.get("fused"))
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device if on_device else "cpu")
+
+
 def _cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> str | None:
     """Why --cuda-graphs cannot be used for this run, or None."""
     if device.type != "cuda":
@@ -232,6 +274,8 @@ def _cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> 
         return "--lazy-gp changes the step from one critic iteration to the next"
     if world > 1:
         return "the multi-process gradient all-reduce is not captured"
+    if getattr(cfg, "lr_decay", "none") != "none" and cfg.optimizer == "rmsprop":
+        return "--lr-decay with RMSprop is not captured (a graphed RMSprop step bakes in its lr)"
     return None
 
 
@@ -501,6 +545,8 @@ def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
         D.load_state_dict(ck["D"])
         opt_g.load_state_dict(ck["opt_g"])
         opt_d.load_state_dict(ck["opt_d"])
+        _fit_optimizer_state(opt_g, capturable=use_graphs)
+        _fit_optimizer_state(opt_d, capturable=use_graphs)
         scaler_g.load_state_dict(ck["scaler_g"]) if ck.get("scaler_g") and use_scaler else None
         scaler_d.load_state_dict(ck["scaler_d"]) if ck.get("scaler_d") and use_scaler else None
         if ema is not None and ck.get("ema") is not None:
@@ -682,6 +728,7 @@ def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
                     status = "interrupted"
                     break
                 mid_step = True
+                _apply_lr_decay(cfg, state.step, opt_g, opt_d)
                 ts = time.perf_counter()
                 for _ in range(n_critic_for(state.step)):
                     real = batcher.next(cfg.batch_size)
@@ -704,7 +751,8 @@ def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
                 mid_step = False
                 last = state.step == cfg.steps
                 logging = state.step % cfg.log_every == 0 or last
-                if graphed is not None and (logging or state.step - start_step == WARMUP_STEPS):
+                if (graphed is not None and device.type == "cuda"
+                        and (logging or state.step - start_step == WARMUP_STEPS)):
                     # Replays are asynchronous: wait for the queued work so the timed
                     # window holds exactly its own steps (and none of the warm-up's).
                     torch.cuda.synchronize(device)
