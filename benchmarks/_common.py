@@ -5,6 +5,7 @@ machine hits baseline and candidate alike.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -112,3 +113,62 @@ def save_results(name: str, device, rows: list[dict], extra: dict | None = None,
     with open(path, "w") as f:
         json.dump({"benchmark": name, "environment": env, "results": rows, **(extra or {})}, f, indent=2)
     return path
+
+
+SPEED_COLUMNS = ["impl", "shape", "dtype", "median_ms", "min_ms", "speedup_vs_ref", "speedup_vs_compiled", "GB/s"]
+
+
+def compare_steps(steps: dict[str, Callable[[], object]], device, *, rounds: int, iters: int, shape, dname: str,
+                  nbytes: int) -> list[dict]:
+    """Times ``steps`` (must include "reference") in interleaved rounds; one row per impl.
+
+    Impls take turns within each round so the noise of a shared machine hits all of
+    them alike; medians over all rounds give the speedups.
+    """
+    for s in steps.values():  # compile / first-call costs stay out of the timings
+        s()
+    med = {n: [] for n in steps}
+    mins = {n: [] for n in steps}
+    names = list(steps)
+    for r in range(rounds):
+        # Rotate the order each round so no impl always runs first after a switch.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            s = steps[name]
+            t = time_fn(s, device, warmup=1, iters=iters)
+            med[name].append(t["median_ms"])
+            mins[name].append(t["min_ms"])
+    ref = statistics.median(med["reference"])
+    comp = statistics.median(med["reference+compile"]) if "reference+compile" in med else None
+    rows = []
+    for name in steps:
+        m = statistics.median(med[name])
+        rows.append({
+            "impl": name, "shape": "x".join(map(str, shape)), "dtype": dname,
+            "median_ms": m, "min_ms": min(mins[name]),
+            "speedup_vs_ref": ref / m, "speedup_vs_compiled": (comp / m) if comp else None,
+            "GB/s": nbytes / (m * 1e-3) / 1e9,
+        })
+    return rows
+
+
+def speed_cli(name: str, doc: str | None, run: Callable, shapes: list, dtypes: dict, argv=None) -> list[dict]:
+    """Command line of the fwd+bwd speed benchmarks: ``run(device, shapes, dtypes, rounds, iters, with_compile)``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=8, help="timed calls per impl per round")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    p.add_argument("--shapes", default="all", help="'all' or e.g. 256x3x64x64,64x3x96x96")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--save", action="store_true", help="write JSON to benchmarks/results/")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    shapes = shapes if a.shapes == "all" else [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
+    dtypes = {k: dtypes[k] for k in a.dtypes.split(",")}
+    env = environment(device)
+    print(f"# {name} fwd+bwd on {env['device']} ({env['cpu_threads']} threads), torch {env['torch']}")
+    rows = run(device, shapes, dtypes, a.rounds, a.iters, not a.no_compile)
+    print_table(rows, SPEED_COLUMNS)
+    if a.save:
+        print("saved", save_results(name, device, rows))
+    return rows

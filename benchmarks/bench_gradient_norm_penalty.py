@@ -11,15 +11,13 @@ that must move: grad read forward, grad read backward, grad_input written.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, print_table, save_results, time_fn  # noqa: E402
+from _common import compare_steps, speed_cli  # noqa: E402
 
 import pyfast_gan as pg  # noqa: E402
 from pyfast_gan.ops import gradient_norm_penalty as gnp  # noqa: E402
@@ -57,52 +55,13 @@ def run(device: torch.device, shapes, dtypes, rounds: int, iters: int, with_comp
         for dname, dtype in dtypes.items():
             g = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
             steps = {name: make_step(fn, g) for name, fn in cands.items()}
-            for s in steps.values():  # compile / first-call costs stay out of the timings
-                s()
-            med = {n: [] for n in steps}
-            mins = {n: [] for n in steps}
-            names = list(steps)
-            for r in range(rounds):
-                # Rotate the order each round so no impl always runs first after a switch.
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    s = steps[name]
-                    t = time_fn(s, device, warmup=1, iters=iters)
-                    med[name].append(t["median_ms"])
-                    mins[name].append(t["min_ms"])
             nbytes = 3 * g.numel() * g.element_size()
-            ref = statistics.median(med["reference"])
-            comp = statistics.median(med["reference+compile"]) if "reference+compile" in med else None
-            for name in steps:
-                m = statistics.median(med[name])
-                rows.append({
-                    "impl": name, "shape": "x".join(map(str, shape)), "dtype": dname,
-                    "median_ms": m, "min_ms": min(mins[name]),
-                    "speedup_vs_ref": ref / m, "speedup_vs_compiled": (comp / m) if comp else None,
-                    "GB/s": nbytes / (m * 1e-3) / 1e9,
-                })
+            rows += compare_steps(steps, device, rounds=rounds, iters=iters, shape=shape, dname=dname, nbytes=nbytes)
     return rows
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=8, help="timed calls per impl per round")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
-    p.add_argument("--shapes", default="all", help="'all' or e.g. 256x3x64x64,64x3x96x96")
-    p.add_argument("--dtypes", default="fp32,bf16")
-    p.add_argument("--save", action="store_true", help="write JSON to benchmarks/results/")
-    a = p.parse_args(argv)
-    device = torch.device(a.device)
-    shapes = SHAPES if a.shapes == "all" else [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
-    dtypes = {k: DTYPES[k] for k in a.dtypes.split(",")}
-    env = environment(device)
-    print(f"# gradient_norm_penalty fwd+bwd on {env['device']} ({env['cpu_threads']} threads), torch {env['torch']}")
-    rows = run(device, shapes, dtypes, a.rounds, a.iters, not a.no_compile)
-    print_table(rows, ["impl", "shape", "dtype", "median_ms", "min_ms", "speedup_vs_ref", "speedup_vs_compiled", "GB/s"])
-    if a.save:
-        print("saved", save_results("gradient_norm_penalty", device, rows))
-    return rows
+    return speed_cli("gradient_norm_penalty", __doc__, run, SHAPES, DTYPES, argv)
 
 
 def test_benchmark_gradient_norm_penalty(benchmark):

@@ -14,6 +14,8 @@
 // processed as flat [N, M] memory and grad_input keeps its layout; other strided
 // tensors are copied to contiguous first.
 #include "common.h"
+#include "cpu/avx2_io.h"
+#include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -38,15 +40,6 @@ Mode parse_mode(c10::string_view mode) {
   if (mode == "zero_centered") return Mode::ZeroCentered;
   PFG_CHECK_ARG(false, "mode", "must be 'two_sided', 'one_sided' or 'zero_centered', got '", std::string(mode), "'");
   return Mode::TwoSided;
-}
-
-// True when every sample occupies one dense block of memory with the batch dim
-// outermost, so the tensor can be walked as flat [N, M] memory from data_ptr().
-bool per_sample_dense(const at::Tensor& t) {
-  if (t.numel() == 0) return true;
-  if (!t.is_non_overlapping_and_dense()) return false;
-  const int64_t n = t.size(0);
-  return n <= 1 || t.stride(0) == t.numel() / n;
 }
 
 // Work unit: one chunk of one sample. 16K elements (64 KiB of fp32) keeps the
@@ -78,31 +71,6 @@ inline void scale_into(scalar_t* __restrict__ out, const scalar_t* __restrict__ 
 // fp16 and bf16 get an AVX2/FMA/F16C path chosen at run time. Four independent
 // 8-lane accumulators hide the FMA latency: one accumulator made the forward ~2x
 // slower than torch.linalg.vector_norm on a 2-core EPYC.
-#define PFG_AVX2 __attribute__((target("avx2,fma,f16c"), always_inline)) inline
-
-PFG_AVX2 __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-PFG_AVX2 __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-PFG_AVX2 __m256 load8(const c10::BFloat16* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-PFG_AVX2 void store8(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
-PFG_AVX2 void store8(c10::Half* p, __m256 x) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-}
-PFG_AVX2 void store8(c10::BFloat16* p, __m256 x) {
-  // Round to nearest even, as c10::BFloat16's conversion; NaN stays a quiet NaN.
-  __m256i xi = _mm256_castps_si256(x);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(xi, 16), _mm256_set1_epi32(1));
-  xi = _mm256_srli_epi32(_mm256_add_epi32(xi, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-  xi = _mm256_blendv_epi8(xi, _mm256_set1_epi32(0x7fc0), nan);
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256(xi, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-}
-
 template <typename scalar_t>
 __attribute__((target("avx2,fma,f16c"))) float sumsq_avx2(const scalar_t* __restrict__ p, int64_t len) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();

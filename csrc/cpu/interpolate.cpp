@@ -9,6 +9,8 @@
 // stream keyed by `seed` with counter n, bit-for-bit the stream of Triton's
 // tl.rand(seed, n), so the CPU, CUDA and Triton kernels agree on alpha for a seed.
 #include "common.h"
+#include "cpu/avx2_io.h"
+#include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
@@ -23,13 +25,6 @@
 
 namespace pyfast_gan {
 namespace {
-
-bool per_sample_dense(const at::Tensor& t) {
-  if (t.numel() == 0) return true;
-  if (!t.is_non_overlapping_and_dense()) return false;
-  const int64_t n = t.size(0);
-  return n <= 1 || t.stride(0) == t.numel() / n;
-}
 
 constexpr int64_t kChunk = 16384;
 
@@ -100,34 +95,9 @@ inline void split_chunk(const scalar_t* __restrict__ g, scalar_t* __restrict__ g
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // Baseline x86-64 build; fp32/fp16/bf16 get an AVX2 path chosen at run time
-// (same helpers as csrc/cpu/gradient_norm_penalty.cpp). a*r + b*f is rounded
+// (load8/store8 from cpu/avx2_io.h). a*r + b*f is rounded
 // the way the reference rounds it: two products and a sum in fp32, no FMA, one
 // final rounding to the storage dtype.
-#define PFG_AVX2 __attribute__((target("avx2,f16c"), always_inline)) inline
-
-PFG_AVX2 __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-PFG_AVX2 __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-PFG_AVX2 __m256 load8(const c10::BFloat16* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-PFG_AVX2 void store8(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
-PFG_AVX2 void store8(c10::Half* p, __m256 x) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-}
-PFG_AVX2 void store8(c10::BFloat16* p, __m256 x) {
-  // Round to nearest even, as c10::BFloat16's conversion; NaN stays a quiet NaN.
-  __m256i xi = _mm256_castps_si256(x);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(xi, 16), _mm256_set1_epi32(1));
-  xi = _mm256_srli_epi32(_mm256_add_epi32(xi, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-  xi = _mm256_blendv_epi8(xi, _mm256_set1_epi32(0x7fc0), nan);
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256(xi, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-}
-
 template <typename scalar_t>
 __attribute__((target("avx2,f16c"))) void lerp_avx2(const scalar_t* __restrict__ r, const scalar_t* __restrict__ f,
                                                      scalar_t* __restrict__ o, float a, float b, int64_t len) {

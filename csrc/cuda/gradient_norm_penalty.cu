@@ -7,6 +7,7 @@
 // atomics, no memset) and applies the penalty.
 // Backward: one read of grad, one write of grad_input, coef computed per thread.
 #include "common.h"
+#include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -32,18 +33,6 @@ int parse_mode(c10::string_view mode) {
   PFG_CHECK_ARG(false, "mode", "must be 'two_sided', 'one_sided' or 'zero_centered', got '", std::string(mode), "'");
   return kTwoSided;
 }
-
-bool per_sample_dense(const at::Tensor& t) {
-  if (t.numel() == 0) return true;
-  if (!t.is_non_overlapping_and_dense()) return false;
-  const int64_t n = t.size(0);
-  return n <= 1 || t.stride(0) == t.numel() / n;
-}
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) VecT {
-  T v[V];
-};
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t block_sum(acc_t v) {

@@ -3,6 +3,7 @@
 // interpolate_rand draws alpha[n] in the kernel from Philox4x32-10 keyed by a
 // device-side seed (no host sync), the same stream as Triton's tl.rand(seed, n).
 #include "common.h"
+#include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -18,18 +19,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8192;
-
-bool per_sample_dense(const at::Tensor& t) {
-  if (t.numel() == 0) return true;
-  if (!t.is_non_overlapping_and_dense()) return false;
-  const int64_t n = t.size(0);
-  return n <= 1 || t.stride(0) == t.numel() / n;
-}
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) VecT {
-  T v[V];
-};
 
 __device__ __forceinline__ float philox_uniform(uint64_t seed, uint32_t counter) {
   uint32_t c0 = counter, c1 = 0, c2 = 0, c3 = 0;
