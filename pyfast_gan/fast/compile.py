@@ -87,11 +87,7 @@ def interpolate_leaf(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor
     function treat it as a plain graph input.
     """
     with torch.no_grad():
-        try:
-            x_hat, _ = pyfast_gan.interpolate(real, fake, alpha, impl=impl)
-        except NotImplementedError:  # the fused op has not landed: same formula in PyTorch
-            a = alpha.reshape(-1, *([1] * (real.dim() - 1))).to(real.dtype)
-            x_hat = a * real + (1 - a) * fake
+        x_hat, _ = pyfast_gan.interpolate(real, fake, alpha, impl=impl)
     return x_hat.detach().requires_grad_(True)
 
 
@@ -279,14 +275,9 @@ class CriticObjective:
             loss, stats = self.loss_fn.critic(real_out, fake_out)
             if not gp_now:
                 return loss, stats
-            try:
-                gp = pyfast_gan.gradient_penalty(critic, real, fake, weight=weight,
-                                                 center=self.center, alpha=alpha,
-                                                 scaler=self.scaler, impl=self.impl)
-            except NotImplementedError:  # the fused op has not landed yet
-                gp = None
-        if gp is None:
-            return self._reference_eager(critic, real, fake, gp_now, weight, alpha)
+            gp = pyfast_gan.gradient_penalty(critic, real, fake, weight=weight,
+                                             center=self.center, alpha=alpha,
+                                             scaler=self.scaler, impl=self.impl)
         stats = dict(stats)
         stats["gp"] = gp.detach() / weight if weight else gp.detach()
         return loss + gp, stats

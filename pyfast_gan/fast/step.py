@@ -18,7 +18,6 @@ trainer runs it, graphed, under ``--cuda-graphs`` and checks its returned losses
 """
 from __future__ import annotations
 
-import warnings
 
 import torch
 from torch import nn
@@ -51,14 +50,9 @@ def make_optimizers(G: nn.Module, D: nn.Module, loss_name: str, *, lr: float, be
         if capturable:  # RMSpropClip checks gradients on the host (skip_nonfinite)
             opt_d = torch.optim.RMSprop(D.parameters(), lr=lr, foreach=True, capturable=True)
             return opt_g, opt_d, True
-        try:
-            opt_d = pyfast_gan.optim.RMSpropClip(D.parameters(), lr=lr, clip_value=clip_value,
-                                                 impl=impl, skip_nonfinite=False)
-            return opt_g, opt_d, False
-        except (NotImplementedError, TypeError):
-            opt_d = torch.optim.RMSprop(D.parameters(), lr=lr, foreach=True,
-                                        capturable=capturable)
-            return opt_g, opt_d, True
+        opt_d = pyfast_gan.optim.RMSpropClip(D.parameters(), lr=lr, clip_value=clip_value,
+                                             impl=impl, skip_nonfinite=False)
+        return opt_g, opt_d, False
     kw = dict(lr=lr, betas=tuple(betas))
     if fused and _fused_adam_ok(device):
         kw["fused"] = True
@@ -72,24 +66,10 @@ def make_optimizers(G: nn.Module, D: nn.Module, loss_name: str, *, lr: float, be
     return opt_g, opt_d, False
 
 
-_clip_warned = False
-
-
 @torch.no_grad()
 def clip_(params, clip_value: float, impl: str = "auto") -> None:
-    """Clamp every parameter to [-c, c]: the fused op, else two foreach launches."""
-    global _clip_warned
-    params = list(params)
-    try:
-        pyfast_gan.clip_weights_(params, clip_value, impl=impl)
-        return
-    except NotImplementedError:
-        if not _clip_warned:
-            _clip_warned = True
-            warnings.warn("pyfast_gan.clip_weights_ is unavailable; clipping with "
-                          "torch._foreach_clamp_min_/max_", RuntimeWarning, stacklevel=2)
-    torch._foreach_clamp_min_(params, -clip_value)
-    torch._foreach_clamp_max_(params, clip_value)
+    """Clamp every parameter to [-c, c] in one fused launch (pyfast_gan.clip_weights_)."""
+    pyfast_gan.clip_weights_(list(params), clip_value, impl=impl)
 
 
 class FastStep:
