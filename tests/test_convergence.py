@@ -32,7 +32,10 @@ def _train_records(out: Path) -> list[dict]:
 
 
 CASES = {
-    "toy-8gaussians": ["--data", "8gaussians", "--base", "64", "--batch-size", "64"],
+    # lr pinned (not the toy default, which is tuned for mode coverage at 1e-3 with decay):
+    # this test compares kernels, and rounding differences grow with the step size.
+    "toy-8gaussians": ["--data", "8gaussians", "--base", "64", "--batch-size", "64",
+                       "--lr", "2e-4", "--lr-decay", "none"],
     "digits-dcgan": ["--base", "4", "--z-dim", "16", "--batch-size", "16"],
 }
 
