@@ -59,8 +59,9 @@ def round_robin(cands, device, rounds, iters):
     return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_clip_bench_args(doc: str, argv=None):
+    """The command line shared by the clip-family benchmarks: (args, device, dtype, impls)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -71,13 +72,16 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-
     impls = []
     if native_available("clip", device)[0]:
         impls.append(device.type)
     if device.type == "cuda" and triton_available(device)[0]:
         impls.append("triton")  # the interpreter on CPU is a test vehicle, not a contender
+    return args, device, getattr(torch, args.dtype), impls
+
+
+def main(argv=None):
+    args, device, dtype, impls = parse_clip_bench_args(__doc__, argv)
 
     rows = []
     for name, copies in (("dcgan64_critic", 1), ("dcgan64_critic_x10", 10)):

@@ -11,7 +11,6 @@ Candidates are timed round-robin so load on a shared host hits all of them alike
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,9 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, save_results  # noqa: E402
-from bench_clip_weights import critic_params, round_robin  # noqa: E402
+from bench_clip_weights import critic_params, parse_clip_bench_args, round_robin  # noqa: E402
 
-from pyfast_gan.ops._dispatch import native_available, triton_available  # noqa: E402
 from pyfast_gan.optim import RMSpropClip  # noqa: E402
 
 C = 0.01
@@ -36,23 +34,7 @@ def make_params(device, dtype, copies):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--save", action="store_true", help="write JSON to benchmarks/results/")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    impls = []
-    if native_available("clip", device)[0]:
-        impls.append(device.type)
-    if device.type == "cuda" and triton_available(device)[0]:
-        impls.append("triton")
+    args, device, dtype, impls = parse_clip_bench_args(__doc__, argv)
 
     rows = []
     for name, copies in (("dcgan64_critic", 1), ("dcgan64_critic_x10", 10)):
