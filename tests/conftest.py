@@ -29,3 +29,17 @@ def _seed():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model training tests: OpenMP synchronisation
+    dominates there, and on a shared 2-core runner its spin-waiting made those runs up to
+    40x slower (measured); one thread also keeps runs compared against each other
+    deterministic. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

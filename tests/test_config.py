@@ -5,20 +5,12 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 from pyfast_gan.losses import PRESETS
 from pyfast_gan.train import TrainConfig, build_parser, parse_args, resolve
 from pyfast_gan.train.config import DIGITS_DEFAULTS, TOY_DEFAULTS, TOY_LOSS_DEFAULTS, load_config_file
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: OpenMP synchronisation dominates, and on a shared 2-core runner its
-    # spin-waiting made these runs up to 40x slower (measured).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

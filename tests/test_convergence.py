@@ -15,15 +15,7 @@ from pyfast_gan.ops._dispatch import resolve as resolve_impl
 from pyfast_gan.train import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: OpenMP synchronisation dominates, and on a shared 2-core runner its
-    # spin-waiting made these runs up to 40x slower (measured). One thread is also what
-    # makes the two runs below deterministic to compare.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train_records(out: Path) -> list[dict]:

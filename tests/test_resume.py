@@ -30,14 +30,7 @@ VARIANTS = {
     "dcgan-fp16": ["--loss", "dcgan", "--batch-size", "8", "--amp", "fp16", *IMG],
 }
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: OpenMP synchronisation dominates, and on a shared 2-core runner its
-    # spin-waiting made these runs up to 40x slower (measured).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

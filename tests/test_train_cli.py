@@ -23,14 +23,7 @@ TINY = ["--base", "4", "--z-dim", "8", "--batch-size", "8", "--n-critic", "2", "
 TOY = ["--data", "8gaussians", "--base", "16", "--batch-size", "32", "--n-critic", "2",
        "--n-samples", "200", "--no-progress"]
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: OpenMP synchronisation dominates, and on a shared 2-core runner its
-    # spin-waiting made these runs up to 40x slower (measured).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
