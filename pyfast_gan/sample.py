@@ -24,16 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_generator(checkpoint: str, ema: bool = False, device: str = "cpu"):
-    """(generator in eval mode, resolved training config dict) from a checkpoint."""
+    """(generator in eval mode, resolved training config dict with the checkpoint's "step"
+    added) from a checkpoint file or run directory."""
     from pyfast_gan.train import checkpoint as ckpt_mod
     from pyfast_gan.train.config import TOY_DATA, TrainConfig
     from pyfast_gan.train.loop import _build_models
 
     path = ckpt_mod.find_checkpoint(checkpoint)
     ck = ckpt_mod.load(path, map_location=device)
-    cfg = ck["config"]
+    cfg = {**ck["config"], "step": int(ck.get("step", 0))}
     is_toy = cfg["data"] in TOY_DATA
-    c = TrainConfig(**{**cfg, "betas": tuple(cfg["betas"])})
+    c = TrainConfig(**{**ck["config"], "betas": tuple(cfg["betas"])})
     G, _ = _build_models(c, cfg["image_size"], cfg["channels"], is_toy)
     if ema:
         if ck.get("ema") is None:

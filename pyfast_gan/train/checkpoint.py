@@ -57,7 +57,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     for cand in (p / "checkpoints" / "latest.pt", p / "latest.pt"):
         if cand.is_file():
             return cand
-    raise ValueError(f"--resume: no checkpoint found in {str(path)!r} "
+    raise ValueError(f"no checkpoint found in {str(path)!r} "
                      "(expected a .pt file or a run directory with checkpoints/latest.pt)")
 
 

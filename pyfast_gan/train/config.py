@@ -84,6 +84,15 @@ class TrainConfig:
     checkpoint_every: int = _f(1000, "Write checkpoints/step_XXXXXX.pt every this many steps "
                                "(latest.pt is refreshed at the same time and at the end).")
     log_every: int = _f(10, "Append a line to metrics.jsonl every this many steps.")
+    eval_every: int = _f(0, "Score the generator every this many steps and at the end with "
+                         "pyfast_gan.metrics (toy: modes covered; digits: the digits classifier's "
+                         "cFID, IS, classes covered, KL from uniform; images: FID/KID with Inception "
+                         "weights) into metrics.jsonl and plots/metrics.png (0 = off).")
+    eval_n: int = _f(2000, "Generated samples per --eval-every evaluation (fixed noise).")
+    eval_metrics: str = _f("auto", "Metric groups for --eval-every: auto, or a comma list of "
+                           "modes, toy_fd, classifier, fid, kid.")
+    inception_weights: str = _f("", "FID Inception weights for fid/kid (default: pytorch-fid's "
+                                "cached pt_inception-2015-12-05-6726825d.pth, if present).")
     n_samples: int = _f(64, "Images in each sample grid.")
     max_nonfinite: int = _f(20, "Stop after this many consecutive steps with a non-finite loss "
                             "or gradient (each is skipped, not applied).")
@@ -361,6 +370,21 @@ def validate(cfg: TrainConfig) -> None:
         bad("gp-weight", f"must be >= 0, got {cfg.gp_weight}")
     if not 0.0 <= cfg.ema < 1.0:
         bad("ema", f"must be in [0, 1), got {cfg.ema}")
+    if cfg.eval_every < 0:
+        bad("eval-every", f"must be >= 0, got {cfg.eval_every}")
+    if cfg.eval_n < 2:
+        bad("eval-n", f"must be >= 2, got {cfg.eval_n}")
+    from pyfast_gan.metrics.suite import METRIC_GROUPS, applicable
+
+    groups = [m for m in cfg.eval_metrics.replace(",", " ").split() if m]
+    unknown = [m for m in groups if m not in METRIC_GROUPS + ("auto",)]
+    if unknown or not groups:
+        bad("eval-metrics", f"unknown group(s) {unknown or groups}: choose auto or from {', '.join(METRIC_GROUPS)}")
+    misfit = [m for m in groups if m != "auto" and m not in applicable(cfg.data)]
+    if misfit:
+        bad("eval-metrics", f"{', '.join(misfit)} do not apply to {cfg.data!r} (it has {', '.join(applicable(cfg.data))})")
+    if cfg.inception_weights and not os.path.isfile(cfg.inception_weights):
+        bad("inception-weights", f"not a file: {cfg.inception_weights!r}")
     if cfg.resume and not os.path.exists(cfg.resume):
         bad("resume", f"not found: {cfg.resume!r}")
 

@@ -17,7 +17,7 @@ import torch
 
 from . import checkpoint as ckpt_mod
 from .config import TOY_DATA, TrainConfig, default_out_dir, fast_settings, validate
-from .outputs import MetricsWriter, plot_losses, save_image_grid, save_toy_scatter
+from .outputs import MetricsWriter, plot_losses, plot_metrics, save_image_grid, save_toy_scatter
 from .steps import TrainState, critic_step, generator_step, make_critic_objective
 
 # Fields that define the models and data; a resumed run cannot change them.
@@ -489,6 +489,18 @@ def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
                              f"by the models; pass --image-size one of {sizes}")
         data_u8 = decode_all(ds, num_workers=cfg.num_workers, progress=cfg.progress and main_proc)
         batcher = ImageBatcher(data_u8, device, data_gen, memory_format, rank, world)
+    # The evaluator is built before the models, so a bad --eval-metrics or missing Inception
+    # weights fail early; it uses its own generators and never moves the training RNG streams.
+    evaluator = None
+    if cfg.eval_every > 0 and main_proc:
+        from pyfast_gan.metrics.suite import Evaluator, scalar_items
+
+        evaluator = Evaluator(cfg.data, metrics=cfg.eval_metrics, real=None if is_toy else data_u8,
+                              n=cfg.eval_n, seed=cfg.seed + 13, inception_weights=cfg.inception_weights or None,
+                              device=device, progress=cfg.progress)
+        for m, why in evaluator.skipped.items():
+            _say(f"--eval-every: {m} skipped: {why}")
+    if not is_toy:
         del data_u8
     # Record the sizes the data decided, so config.json (and resume) is complete.
     cfg = dataclasses.replace(cfg, image_size=image_size, channels=channels,
@@ -810,6 +822,15 @@ def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
                         postfix["modes"] = f"{ev['modes_covered']}/{ev['num_modes']}"
                         pbar.set_postfix(postfix, refresh=False)
                     plot_losses(metrics.records, out / "plots" / "losses.png")
+                if evaluator is not None and (state.step % cfg.eval_every == 0 or last):
+                    res = scalar_items(evaluator(ema.module if ema is not None else G, cfg.z_dim))
+                    metrics.write({"step": state.step, "eval": res})
+                    plot_metrics(metrics.records, out / "plots" / "metrics.png")
+                    for k in ("cfid", "fid", "toy_fd"):
+                        if k in res:
+                            postfix[k] = f"{res[k]:.3g}"
+                            break
+                    pbar.set_postfix(postfix, refresh=False)
                 # Only healthy states are checkpointed, so after a run of non-finite steps
                 # latest.pt is the last good state. (The streaks are equal on every rank,
                 # so all ranks join the collective checkpoint together.)

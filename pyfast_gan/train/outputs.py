@@ -124,6 +124,40 @@ def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
             ax.legend(fontsize=7, loc="best")
     axes[-1].set_xlabel("generator step")
     fig.tight_layout()
+    _save_fig(fig, path)
+
+
+# Evaluation panels (pyfast_gan.metrics.suite) in the order plots/metrics.png shows them.
+EVAL_PANELS = ("cfid", "classes_covered", "is_score", "kl_uniform", "fid", "kid_mean",
+               "modes_covered", "high_quality_fraction", "toy_fd")
+
+
+def plot_metrics(records: list[dict], path: str | os.PathLike, keys=EVAL_PANELS) -> None:
+    """plots/metrics.png: each evaluation measure (records with an "eval" dict) against step."""
+    evals = [(r["step"], r["eval"]) for r in records if isinstance(r.get("eval"), dict)]
+    keys = [k for k in keys if any(k in e for _, e in evals)]
+    if not keys:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.9 * len(keys)), dpi=100, sharex=True, squeeze=False)
+    for ax, k in zip(axes[:, 0], keys):
+        pts = [(s, e[k]) for s, e in evals if e.get(k) is not None]
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", ms=3, lw=1)
+        ax.set_title(k, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("generator step")
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")

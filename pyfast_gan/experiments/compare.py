@@ -1,0 +1,437 @@
+"""``python -m pyfast_gan.experiments compare``: DCGAN vs WGAN (n_critic 1, 2, 4, 5) vs WGAN-GP
+on the embedded digits and on 25 Gaussians, with the same budget and seeds, scored by
+pyfast_gan.metrics and written up as a markdown report with images.
+
+Budget: every run trains the same number of generator steps with the same batch size,
+architecture, width, noise size and seed; each loss keeps its paper's optimizer settings
+(pyfast_gan.losses.PRESETS; for toy data also the toy defaults of pyfast_gan.train.config).
+So runs with more critic steps per generator step spend more computation: the report shows
+the critic iterations and the wall time next to the scores.
+
+Each run is a ``python -m pyfast_gan.train`` process writing to OUT/runs/<data>/<run>/; a run
+that already finished is reused and an interrupted one is resumed, so the study can be
+stopped and restarted without losing work. The final checkpoints are scored with
+``--final-n`` samples from the same fixed noise.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+# name -> (loss, extra trainer flags)
+RUNS = {
+    "dcgan": ("dcgan", []),
+    "wgan-nc1": ("wgan", ["--n-critic", "1"]),
+    "wgan-nc2": ("wgan", ["--n-critic", "2"]),
+    "wgan-nc4": ("wgan", ["--n-critic", "4"]),
+    "wgan-nc5": ("wgan", ["--n-critic", "5"]),
+    "wgan-gp": ("wgan-gp", []),
+}
+DATA = ("digits", "25gaussians")
+# Per-data budget: the trainer's own defaults for that data (pyfast_gan.train.config), the
+# batch size every run shares, and how often the metrics are taken during training.
+BUDGET = {
+    "digits": dict(steps=1200, batch_size=64, eval_every=100),
+    "25gaussians": dict(steps=3000, batch_size=256, eval_every=250),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pyfast_gan.experiments",
+                                description="Studies that train several runs and report their scores.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="DCGAN vs WGAN (n_critic sweep) vs WGAN-GP, same budget and seeds",
+                       description=__doc__.split("\n\n")[0].replace("``", ""),
+                       epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--data", nargs="+", default=list(DATA), choices=DATA, help="datasets (default: both)")
+    c.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS),
+                   help="runs to compare (default: all)")
+    c.add_argument("--steps", type=int, default=0,
+                   help="generator steps of every run (default: per data, digits 1200, 25gaussians 3000)")
+    c.add_argument("--eval-every", type=int, default=0,
+                   help="score every K steps during training (default: digits 100, 25gaussians 250)")
+    c.add_argument("--eval-n", type=int, default=2000, help="samples per evaluation during training (default: 2000)")
+    c.add_argument("--final-n", type=int, default=10000, help="samples scored at the end (default: 10000)")
+    c.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    c.add_argument("--jobs", type=int, default=2, help="runs trained at once (default: 2)")
+    c.add_argument("--threads", type=int, default=1, help="CPU threads per run (default: 1)")
+    c.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device")
+    c.add_argument("--out", default="docs/results/compare", help="output folder (default: docs/results/compare)")
+    c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def _say(msg: str) -> None:
+    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    p = run_dir / "checkpoints" / "latest.pt"
+    if not p.is_file():
+        return -1
+    try:
+        return int(torch.load(p, map_location="cpu", weights_only=False)["step"])
+    except Exception:
+        return -1
+
+
+def train_run(data: str, name: str, args, run_dir: Path) -> dict:
+    """Train (or resume, or reuse) one run in its own process; returns its record."""
+    loss, extra = RUNS[name]
+    b = BUDGET[data]
+    steps = args.steps or b["steps"]
+    done = _checkpoint_step(run_dir)
+    if done >= steps:
+        return {"data": data, "run": name, "reused": True}
+    cmd = [sys.executable, "-m", "pyfast_gan.train", "--loss", loss, "--data", data, "--steps", str(steps),
+           "--batch-size", str(b["batch_size"]), "--seed", str(args.seed), "--out", str(run_dir),
+           "--eval-every", str(args.eval_every or b["eval_every"]), "--eval-n", str(args.eval_n),
+           "--device", args.device, "--no-progress", *extra]
+    if done >= 0:
+        cmd = [sys.executable, "-m", "pyfast_gan.train", "--resume", str(run_dir), "--steps", str(steps),
+               "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(run_dir / "train.log", "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        raise RuntimeError(f"{data}/{name} failed (exit {rc}); see {run_dir / 'train.log'}")
+    return {"data": data, "run": name, "reused": False, "wall_s": time.perf_counter() - t0}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    from pyfast_gan.train.outputs import read_metrics
+
+    return read_metrics(path)
+
+
+def score_run(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
+    from pyfast_gan.metrics.suite import scalar_items
+    from pyfast_gan.sample import load_generator
+
+    G, cfg = load_generator(str(run_dir), device="cpu")
+    ck = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
+    res = evaluator(G, cfg["z_dim"])
+    recs = _read_jsonl(run_dir / "metrics.jsonl")
+    return {
+        "data": data, "run": name, "loss": cfg["loss"], "n_critic": cfg["n_critic"],
+        "optimizer": cfg["optimizer"], "lr": cfg["lr"], "betas": cfg["betas"], "batch_size": cfg["batch_size"],
+        "steps": int(ck["step"]), "critic_steps": int(ck["critic_steps"]),
+        "train_time_s": round(float(ck.get("elapsed", 0.0)), 1),
+        "scores": scalar_items(res),
+        "counts": res.get("class_counts") or res.get("mode_counts"),
+        "history": [{"step": r["step"], **r["eval"]} for r in recs if isinstance(r.get("eval"), dict)],
+        "losses": [{k: r[k] for k in ("step", "loss_d", "loss_g", "wasserstein") if k in r}
+                   for r in recs if "loss_d" in r],
+    }
+
+
+def real_baseline(data: str, n: int, seed: int, evaluator) -> dict:
+    """The same measures on real data: the held-out digits split, or true 25-Gaussian samples."""
+    from pyfast_gan.metrics.suite import scalar_items
+
+    if data == "digits":
+        from pyfast_gan.metrics.digits_classifier import digits_with_labels, split_indices
+
+        images, labels = digits_with_labels()
+        _, te = split_indices(labels)
+        return scalar_items(evaluator.score_batches([images[te]]))
+    from pyfast_gan.data import ToySampler
+
+    return scalar_items(evaluator.score_batches([ToySampler(data).sample(n, torch.Generator().manual_seed(seed + 99))]))
+
+
+# ---- figures ---------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_samples(data: str, rows: list[dict], out: Path, seed: int) -> Path:
+    """Final samples of every run side by side, from the same 64 noise vectors."""
+    from pyfast_gan.data import ToySampler
+    from pyfast_gan.sample import load_generator
+    from pyfast_gan.train.outputs import image_grid
+
+    plt = _plt()
+    ncol = min(3, len(rows))
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 3.6 * nrow), dpi=110, squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    real = ToySampler(data).sample(2000, torch.Generator().manual_seed(seed + 1)) if data != "digits" else None
+    for ax, row in zip(axes.flat, rows):
+        G, cfg = load_generator(row["dir"], device="cpu")
+        z = torch.randn(64 if data == "digits" else 1000, cfg["z_dim"], generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            x = G(z).float()
+        s = row["scores"]
+        if data == "digits":
+            ax.imshow(image_grid(x, nrow=8)[:, :, 0], cmap="gray", vmin=0, vmax=255)
+            sub = f"cFID {s['cfid']:.1f}, {s['classes_covered']}/10 classes"
+        else:
+            r = real.numpy()
+            ax.scatter(r[:, 0], r[:, 1], s=1, c="tab:orange", alpha=0.4)
+            ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue", alpha=0.4)
+            ax.set_xlim(-2.2, 2.2)
+            ax.set_ylim(-2.2, 2.2)
+            ax.set_aspect("equal")
+            sub = f"{s['modes_covered']}/25 modes, HQ {s['high_quality_fraction']:.2f}"
+        ax.set_title(f"{row['run']}\n{sub}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path = out / f"{data}_samples.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def figure_losses(data: str, rows: list[dict], out: Path) -> Path:
+    plt = _plt()
+    ncol = min(3, len(rows))
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.6 * nrow), dpi=110, squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        for key, lab in (("loss_d", "critic loss"), ("loss_g", "generator loss")):
+            pts = [(r["step"], r[key]) for r in row["losses"] if r.get(key) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, lw=0.8, label=lab)
+        ax.set_title(row["run"], fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("generator step", fontsize=7)
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    path = out / f"{data}_losses.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def figure_metric_vs_step(data: str, rows: list[dict], out: Path) -> Path:
+    plt = _plt()
+    keys = (("cfid", "classifier FID (log)"), ("classes_covered", "classes covered")) if data == "digits" else \
+        (("modes_covered", "modes covered"), ("high_quality_fraction", "high-quality fraction"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.2), dpi=110, squeeze=False)
+    for ax, (key, title) in zip(axes[0], keys):
+        for row in rows:
+            pts = [(h["step"], h[key]) for h in row["history"] if key in h]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", ms=2, lw=1, label=row["run"])
+        if key == "cfid":
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("generator step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out / f"{data}_metric_vs_step.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---- report ----------------------------------------------------------------------------------
+def _machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    except OSError:
+        commit = ""
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu}"
+    return {"device": dev, "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "commit": commit or "unknown", "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+
+
+def _f(v, fmt):
+    return "n/a" if v is None else format(v, fmt)
+
+
+def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
+    m = results["machine"]
+    lines = [
+        "# DCGAN vs WGAN vs WGAN-GP: same budget, same seeds",
+        "",
+        "Produced by (from the repository root, after `bash scripts/setup.sh`):",
+        "",
+        "```",
+        "python -m pyfast_gan.experiments " + " ".join(argv),
+        "```",
+        "",
+        f"Machine: {m['device']}, {m['cpu_count']} cores; {args.jobs} runs at a time with {args.threads} "
+        f"thread(s) each; torch {m['torch']}, Python {m['python']}, commit {m['commit']}, {m['date']}.",
+        "",
+        "Budget: every run of a dataset trains the same number of generator steps with the same batch size, "
+        "model, width, noise size and seed (" + str(args.seed) + "). Each loss keeps its paper's optimizer "
+        "settings (DCGAN: Adam 2e-4, betas (0.5, 0.999); WGAN: RMSprop 5e-5, clip 0.01; WGAN-GP: Adam 1e-4, "
+        "betas (0, 0.9), lambda 10; toy data: the trainer's toy defaults, see `pyfast_gan/train/config.py`). "
+        "Runs with more critic steps per generator step therefore use more computation: the critic steps "
+        "and the training time (the trainer's own clock, start-up and evaluation excluded) are in the tables.",
+        "",
+        "The scores are not tuned: the table shows what these settings give in this budget.",
+        "",
+    ]
+    for data in results["data"]:
+        rows = results["runs"][data]
+        base = results["baselines"][data]
+        lines += [f"## {data}", ""]
+        if data == "digits":
+            acc = rows[0]["scores"].get("classifier_test_accuracy") if rows else None
+            lines += [
+                f"Scored with {args.final_n} samples per run by the digits classifier "
+                f"(`pyfast_gan.metrics.digits_classifier`, test accuracy {_f(acc, '.4f')} on the held-out 20% "
+                "of the digits). cFID: Fréchet distance in its 128-d features to all 1,797 real digits (lower is "
+                "better); IS: exp E KL(p(y|x) || p(y)) (1 to 10); classes: digit classes receiving at least 10% "
+                "of a uniform share of the predictions; KL: predicted-class histogram vs uniform (0 balanced, "
+                "2.30 all one class).",
+                "",
+                "| run | loss | n_critic | generator steps | critic steps | cFID | IS | classes | KL(hist‖U) | "
+                "train time (s) |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for r in rows:
+                s = r["scores"]
+                lines.append(f"| {r['run']} | {r['loss']} | {r['n_critic']} | {r['steps']} | {r['critic_steps']} | "
+                             f"{s['cfid']:.1f} | {s['is_score']:.2f} | {s['classes_covered']}/10 | "
+                             f"{s['kl_uniform']:.3f} | {r['train_time_s']:.0f} |")
+            lines.append(f"| real digits (held-out split, n={base['n']}) | | | | | {base['cfid']:.1f} | "
+                         f"{base['is_score']:.2f} | {base['classes_covered']}/10 | {base['kl_uniform']:.3f} | |")
+            lines += ["", "Predicted-class counts of each run's samples (classes 0-9):", ""]
+            for r in rows:
+                lines.append(f"- {r['run']}: {r['counts']}")
+        else:
+            lines += [
+                f"Scored with {args.final_n} samples per run. A sample is high quality when it lies within 3 "
+                "standard deviations of its nearest mode; a mode is covered when it has at least 10% of a uniform "
+                "share of the high-quality samples (`pyfast_gan.metrics.mode_coverage`). toy FD: Fréchet "
+                "distance between generated and real points.",
+                "",
+                "| run | loss | n_critic | generator steps | critic steps | modes covered | high-quality fraction | "
+                "toy FD | train time (s) |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for r in rows:
+                s = r["scores"]
+                lines.append(f"| {r['run']} | {r['loss']} | {r['n_critic']} | {r['steps']} | {r['critic_steps']} | "
+                             f"{s['modes_covered']}/{s['num_modes']} | {s['high_quality_fraction']:.3f} | "
+                             f"{s['toy_fd']:.4f} | {r['train_time_s']:.0f} |")
+            lines.append(f"| true distribution (n={base['n']}) | | | | | {base['modes_covered']}/{base['num_modes']}"
+                         f" | {base['high_quality_fraction']:.3f} | {base['toy_fd']:.4f} | |")
+        figs = results["figures"][data]
+        lines += [
+            "",
+            f"Final samples (same noise for every run):\n\n![{data} samples]({figs['samples']})",
+            "",
+            f"Scores during training ({args.eval_n} samples per point):\n\n![{data} metric vs step]({figs['metric']})",
+            "",
+            f"Losses:\n\n![{data} losses]({figs['losses']})",
+            "",
+        ]
+    lines += ["Numbers: `results.json` next to this report. Runs (checkpoints, metrics.jsonl, logs) are not "
+              "committed; the command above recreates them.", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def compare(args, argv: list[str]) -> dict:
+    from pyfast_gan.metrics.suite import Evaluator
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(d, r) for d in args.data for r in args.runs]
+    _say(f"{len(jobs)} runs ({', '.join(args.data)} x {', '.join(args.runs)}), {args.jobs} at a time; "
+         f"runs in {out / 'runs'}")
+    if "digits" in args.data:
+        from pyfast_gan.metrics.digits_classifier import load_digits_classifier
+
+        load_digits_classifier(progress=True)  # train it once here, not in every run at the same time
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not args.progress, file=sys.stderr)
+
+    def one(job):
+        d, r = job
+        rec = train_run(d, r, args, out / "runs" / d / r)
+        bar.update(1)
+        _say(f"{d}/{r}: " + ("reused (already finished)" if rec["reused"] else f"trained in {rec['wall_s']:.0f} s"))
+        return rec
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        list(ex.map(one, jobs))
+    bar.close()
+    _say(f"training done in {time.perf_counter() - t0:.0f} s; scoring with {args.final_n} samples each")
+    torch.set_num_threads(max(1, args.jobs * args.threads))
+    results = {"machine": _machine(), "argv": argv, "data": args.data, "runs": {}, "baselines": {}, "figures": {}}
+    for d in args.data:
+        ev = Evaluator(d, n=args.final_n, seed=args.seed, device="cpu")
+        rows = []
+        for r in args.runs:
+            row = score_run(d, r, out / "runs" / d / r, args, ev)
+            row["dir"] = str(out / "runs" / d / r)
+            rows.append(row)
+        results["runs"][d] = rows
+        results["baselines"][d] = real_baseline(d, args.final_n, args.seed, ev)
+        results["figures"][d] = {
+            "samples": figure_samples(d, rows, out, args.seed).name,
+            "losses": figure_losses(d, rows, out).name,
+            "metric": figure_metric_vs_step(d, rows, out).name,
+        }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    report = write_report(out, results, args, argv)
+    _say(f"report: {report}")
+    return results
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("steps", "eval_every"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    if args.eval_n < 2 or args.final_n < 2:
+        parser.error("--eval-n and --final-n must be >= 2")
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
+    if args.command == "compare":
+        try:
+            compare(args, argv)
+        except RuntimeError as e:
+            print(f"pyfast_gan.experiments: {e}", file=sys.stderr)
+            return 1
+    return 0
