@@ -43,3 +43,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """pyfast_gan's cache (the digits classifier, FID reference features) in a fresh folder,
+    so tests never read or write the user's cache and the classifier is trained (once per
+    session) from scratch. Subprocesses inherit it through the environment."""
+    old = os.environ.get("PYFAST_GAN_CACHE")
+    os.environ["PYFAST_GAN_CACHE"] = str(tmp_path_factory.mktemp("pyfast_gan_cache"))
+    yield
+    if old is None:
+        os.environ.pop("PYFAST_GAN_CACHE", None)
+    else:
+        os.environ["PYFAST_GAN_CACHE"] = old

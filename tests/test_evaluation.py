@@ -1,0 +1,308 @@
+"""Sample-quality evaluation: the digits classifier and its scores, the Evaluator, the
+``python -m pyfast_gan.evaluate`` CLI, the trainer's --eval-every and the comparison study."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyfast_gan.data import ToySampler
+from pyfast_gan.metrics.digits_classifier import (
+    DigitsClassifier,
+    cache_dir,
+    classifier_scores,
+    digits_with_labels,
+    load_digits_classifier,
+    split_indices,
+    to_classifier_input,
+)
+from pyfast_gan.metrics.suite import Evaluator, applicable
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def clf() -> DigitsClassifier:
+    return load_digits_classifier(progress=False)  # trained once per session (conftest's cache)
+
+
+# ---- the classifier ---------------------------------------------------------------------------
+def test_classifier_accuracy_on_held_out_digits(clf):
+    images, labels = digits_with_labels()
+    tr, te = split_indices(labels)
+    assert len(set(tr.tolist()) & set(te.tolist())) == 0 and len(tr) + len(te) == 1797
+    # the split is stratified: every class is in the test part in proportion
+    assert torch.bincount(labels[te], minlength=10).min() >= 30
+    _, probs = clf.features_and_probs(images[te])
+    acc = (probs.argmax(1) == labels[te]).double().mean().item()
+    assert acc >= 0.95
+    assert math.isclose(acc, clf.test_accuracy, abs_tol=1e-12)
+
+
+def test_classifier_cache_is_reused_and_a_corrupt_file_retrained(clf, capsys):
+    files = list(cache_dir().glob("digits_classifier_*.pt"))
+    assert len(files) == 1
+    again = load_digits_classifier(progress=False)
+    assert again.test_accuracy == clf.test_accuracy
+    for a, b in zip(again.net.state_dict().values(), clf.net.state_dict().values()):
+        assert torch.equal(a, b)
+    saved = files[0].read_bytes()
+    try:
+        files[0].write_bytes(b"not a checkpoint")
+        fresh = load_digits_classifier(progress=False)
+        assert "ignoring unreadable classifier cache" in capsys.readouterr().err
+        assert fresh.test_accuracy >= 0.95
+    finally:
+        files[0].write_bytes(saved)
+
+
+def test_classifier_scores_on_real_digits_one_class_and_noise(clf):
+    images, labels = digits_with_labels()
+    _, te = split_indices(labels)
+    real = clf.score(images[te])
+    assert real["classes_covered"] == 10 and real["kl_uniform"] < 0.01 and real["is_score"] > 8.5
+    assert real["cfid"] < 20
+    threes = clf.score(images[labels == 3])
+    assert threes["classes_covered"] == 1 and threes["kl_uniform"] > 2.0 and threes["is_score"] < 1.5
+    assert threes["cfid"] > 10 * real["cfid"]
+    noise = clf.score(torch.rand(300, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert noise["cfid"] > 10 * real["cfid"] and noise["is_score"] < 3
+
+
+def test_classifier_scores_formulas_on_constructed_probabilities():
+    k = 10
+    feats = torch.randn(400, 4, dtype=torch.float64)
+    mu, sigma = feats.mean(0).numpy(), np.cov(feats.numpy().T)
+    # confident and balanced: IS = K, KL = 0, all classes
+    onehot = torch.eye(k, dtype=torch.float64).repeat(40, 1)
+    r = classifier_scores(feats, onehot, mu, sigma)
+    assert math.isclose(r["is_score"], k, rel_tol=1e-12) and r["kl_uniform"] == pytest.approx(0, abs=1e-12)
+    assert r["classes_covered"] == k and r["class_counts"] == [40] * k
+    # uniform predictions: IS = 1
+    r = classifier_scores(feats, torch.full((400, k), 1 / k, dtype=torch.float64), mu, sigma)
+    assert math.isclose(r["is_score"], 1.0, rel_tol=1e-12)
+    # two classes 300/100: KL from uniform = sum p log(p K); 3 samples of a third class are
+    # below 10% of a uniform share (ceil(0.1 * 403 / 10) = 5) and do not count as covered
+    p = torch.zeros(403, k, dtype=torch.float64)
+    p[:300, 0] = 1
+    p[300:400, 1] = 1
+    p[400:, 2] = 1
+    r = classifier_scores(torch.randn(403, 4, dtype=torch.float64), p, mu, sigma)
+    h = np.array([300, 100, 3]) / 403
+    assert r["kl_uniform"] == pytest.approx(float(np.sum(h * np.log(h * k))), rel=1e-12)
+    assert r["classes_covered"] == 2
+    # IS of hard labels = exp(H(marginal))
+    assert r["is_score"] == pytest.approx(float(np.exp(-np.sum(h * np.log(h)))), rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        classifier_scores(feats[:1], onehot[:1], mu, sigma)
+
+
+def test_classifier_input_conversion():
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    y = to_classifier_input(x)
+    assert y.shape == (3, 1, 32, 32) and y.min() >= -1 and y.max() <= 1
+    flat = torch.full((2, 1, 32, 32), 0.25)
+    assert torch.equal(to_classifier_input(flat), flat)
+    with pytest.raises(ValueError, match="images"):
+        to_classifier_input(torch.zeros(2, 2, 32, 32))
+
+
+# ---- the Evaluator -------------------------------------------------------------------------------
+class _ModeGenerator(torch.nn.Module):
+    """Maps noise onto chosen modes of a toy mixture (with the mixture's own spread)."""
+
+    def __init__(self, modes, std):
+        super().__init__()
+        self.modes, self.std = modes, std
+
+    def forward(self, z):
+        idx = (z[:, 0].abs() * 1000).long() % self.modes.shape[0]
+        return self.modes[idx] + z * self.std
+
+
+def test_evaluator_toy_modes_all_one_none():
+    s = ToySampler("25gaussians")
+    ev = Evaluator("25gaussians", n=2500, batch_size=700)
+    assert ev.metrics == ("modes", "toy_fd")
+    r = ev(_ModeGenerator(s.modes, s.std), 2)
+    assert r["modes_covered"] == 25 and r["high_quality_fraction"] > 0.97 and r["n"] == 2500
+    assert r["toy_fd"] < 0.02 and sum(r["mode_counts"]) <= 2500
+    one = ev(_ModeGenerator(s.modes[12:13], s.std), 2)
+    assert one["modes_covered"] == 1 and one["toy_fd"] > 0.5
+    far = ev(_ModeGenerator(s.modes[:1] + 10.0, s.std), 2)
+    assert far["modes_covered"] == 0 and far["high_quality_fraction"] == 0.0
+    # the same generator twice: fixed noise, identical scores
+    assert ev(_ModeGenerator(s.modes, s.std), 2)["toy_fd"] == r["toy_fd"]
+
+
+def test_evaluator_does_not_touch_global_rng_or_training_mode():
+    s = ToySampler("8gaussians")
+    g = _ModeGenerator(s.modes, s.std).train()
+    ev = Evaluator("8gaussians", n=100)
+    before = torch.get_rng_state()
+    ev(g, 2)
+    assert torch.equal(before, torch.get_rng_state()) and g.training
+
+
+def test_evaluator_metric_selection_errors(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("PYFAST_GAN_INCEPTION_WEIGHTS", raising=False)
+    assert applicable("swissroll") == ("toy_fd",) and applicable("/some/folder") == ("fid", "kid")
+    with pytest.raises(ValueError, match="unknown metric"):
+        Evaluator("8gaussians", metrics="modes,bogus")
+    with pytest.raises(ValueError, match="do not apply"):
+        Evaluator("digits", metrics=["modes"])
+    with pytest.raises(ValueError, match="pt_inception-2015-12-05"):
+        Evaluator("digits", metrics=["fid"])
+    with pytest.raises(ValueError, match="n must be"):
+        Evaluator("8gaussians", n=1)
+    ev = Evaluator("digits", metrics="auto", n=50)
+    assert ev.metrics == ("classifier",) and set(ev.skipped) == {"fid", "kid"}
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 6 samples of 2048-d features
+def test_evaluator_fid_kid_with_inception_weights(tmp_path):
+    """FID/KID through the Evaluator with random Inception weights (the real ones cannot be
+    downloaded here): a few tiny images, reference features cached and reused."""
+    pytest.importorskip("pytorch_fid")
+    from pyfast_gan.metrics.inception import build_fid_inception_v3
+
+    torch.manual_seed(0)
+    net = build_fid_inception_v3()
+    weights = tmp_path / "inception.pth"
+    torch.save(net.state_dict(), weights)
+    real = (torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+
+    class G(torch.nn.Module):
+        def forward(self, z):
+            return torch.tanh(z[:, :3, None, None].expand(-1, 3, 32, 32) + z[:, 3:4, None, None])
+
+    ev = Evaluator("/data/folder", metrics=["fid", "kid"], real=real, n=6, batch_size=3,
+                   inception_weights=str(weights))
+    r = ev(G(), 4)
+    assert r["fid"] > 0 and math.isfinite(r["fid"]) and math.isfinite(r["kid_mean"])
+    stats = list((cache_dir() / "fid_stats").glob("*.npz"))
+    assert len(stats) == 1
+    ev2 = Evaluator("/data/folder", metrics=["fid", "kid"], real=real, n=6, batch_size=3,
+                    inception_weights=str(weights))
+    np.testing.assert_array_equal(ev2.real_features, ev.real_features.astype(np.float32).astype(np.float64))
+    assert ev2(G(), 4)["fid"] == pytest.approx(r["fid"], rel=1e-4)
+
+
+# ---- CLIs -----------------------------------------------------------------------------------------
+TINY = ["--base", "4", "--z-dim", "8", "--batch-size", "8", "--n-critic", "1", "--no-progress"]
+
+
+def _train(out: Path, *extra: str) -> Path:
+    from pyfast_gan.train import main
+
+    assert main(["--out", str(out), *extra]) == 0
+    return out
+
+
+def test_evaluate_cli_on_tiny_digits_and_toy_checkpoints(tmp_path, capsys):
+    from pyfast_gan.evaluate import main
+
+    run = _train(tmp_path / "d", "--steps", "3", *TINY)
+    assert main(["--checkpoint", str(run), "--n", "300", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "cfid" in out and "classes_covered" in out and "wrote" in out
+    rec = json.loads((run / "eval_step_000003.json").read_text())
+    assert rec["step"] == 3 and rec["n"] == 300 and rec["loss"] == "wgan-gp" and rec["metrics"] == ["classifier"]
+    assert sum(rec["class_counts"]) == 300 and 1 <= rec["classes_covered"] <= 10 and rec["cfid"] > 0
+    # same seed, same numbers; another seed, other noise
+    js = tmp_path / "again.json"
+    assert main(["--checkpoint", str(run / "checkpoints" / "latest.pt"), "--n", "300", "--json", str(js),
+                 "--no-progress"]) == 0
+    assert json.loads(js.read_text())["cfid"] == rec["cfid"]
+    assert main(["--checkpoint", str(run), "--n", "300", "--seed", "5", "--json", str(js), "--no-progress"]) == 0
+    assert json.loads(js.read_text())["cfid"] != rec["cfid"]
+
+    toy = _train(tmp_path / "t", "--data", "25gaussians", "--steps", "3", "--base", "8", "--batch-size", "16",
+                 "--no-progress")
+    assert main(["--checkpoint", str(toy), "--n", "500", "--metrics", "modes", "--no-progress"]) == 0
+    rec = json.loads((toy / "eval_step_000003.json").read_text())
+    assert rec["num_modes"] == 25 and 0 <= rec["modes_covered"] <= 25 and "toy_fd" not in rec
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--n", "1"], "--n must be"),
+    (["--metrics", "modes"], "do not apply"),
+    (["--metrics", "fid", "--inception-weights", "/nonexistent/w.pth"], "w.pth"),
+    (["--batch-size", "0"], "--batch-size"),
+])
+def test_evaluate_cli_errors(tmp_path, capsys, argv, match):
+    from pyfast_gan.evaluate import main
+
+    run = _train(tmp_path / "d", "--steps", "1", *TINY)
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(run), *argv])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "nothing")])
+    assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_train_eval_every_writes_records_and_keeps_the_run_identical(tmp_path):
+    toy = ["--data", "8gaussians", "--steps", "6", "--base", "8", "--batch-size", "16", "--no-progress",
+           "--n-critic", "2"]
+    a = _train(tmp_path / "a", *toy, "--eval-every", "2", "--eval-n", "400")
+    b = _train(tmp_path / "b", *toy)
+    recs = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    assert all(r["eval"]["n"] == 400 and r["eval"]["num_modes"] == 8 for r in evals)
+    assert (a / "plots" / "metrics.png").stat().st_size > 1000
+    assert not (b / "plots" / "metrics.png").exists()
+    # evaluating draws its own noise: the trained weights are bitwise those of a run without it
+    ka = torch.load(a / "checkpoints" / "latest.pt", weights_only=False)
+    kb = torch.load(b / "checkpoints" / "latest.pt", weights_only=False)
+    for key in ("G", "D"):
+        for x, y in zip(ka[key].values(), kb[key].values()):
+            assert torch.equal(x, y)
+
+
+def test_train_eval_on_digits_and_bad_eval_flags(tmp_path, capsys):
+    from pyfast_gan.train import main
+
+    run = _train(tmp_path / "d", "--steps", "2", *TINY, "--eval-every", "1", "--eval-n", "64")
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [r["step"] for r in evals] == [1, 2] and all("cfid" in r["eval"] for r in evals)
+    for argv, match in ((["--eval-every", "-1"], "--eval-every"), (["--eval-n", "1"], "--eval-n"),
+                        (["--eval-metrics", "modes"], "do not apply"),
+                        (["--eval-metrics", "fidd"], "unknown group"),
+                        (["--inception-weights", str(tmp_path / "none.pth")], "--inception-weights")):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "x"), "--steps", "1", *TINY, *argv])
+        assert match in capsys.readouterr().err
+
+
+def test_compare_study_tiny_end_to_end_and_reuse(tmp_path):
+    from pyfast_gan.experiments.compare import main
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", "25gaussians", "--runs", "dcgan", "wgan-gp", "--steps", "4", "--eval-every", "2",
+            "--eval-n", "200", "--final-n", "300", "--jobs", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    report = (out / "README.md").read_text()
+    res = json.loads((out / "results.json").read_text())
+    rows = res["runs"]["25gaussians"]
+    assert [r["run"] for r in rows] == ["dcgan", "wgan-gp"]
+    assert [r["critic_steps"] for r in rows] == [4, 20] and all(r["steps"] == 4 for r in rows)
+    assert all([h["step"] for h in r["history"]] == [2, 4] for r in rows)
+    for r in rows:
+        assert f"| {r['run']} | {r['loss']} |" in report
+        assert f"{r['scores']['modes_covered']}/25" in report
+    assert res["baselines"]["25gaussians"]["modes_covered"] == 25
+    assert "python -m pyfast_gan.experiments compare --data 25gaussians" in report
+    for name in ("25gaussians_samples.png", "25gaussians_losses.png", "25gaussians_metric_vs_step.png"):
+        assert (out / name).stat().st_size > 1000
+    # finished runs are reused, not retrained
+    mtime = os.path.getmtime(out / "runs" / "25gaussians" / "dcgan" / "checkpoints" / "latest.pt")
+    assert main(argv) == 0
+    assert os.path.getmtime(out / "runs" / "25gaussians" / "dcgan" / "checkpoints" / "latest.pt") == mtime
