@@ -186,20 +186,33 @@ def _plt():
     return plt
 
 
+def _panels(n: int, width: float, height: float):
+    """(figure, n axes) on a grid of at most 3 columns; unused cells hidden."""
+    plt = _plt()
+    ncol = min(3, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, height * nrow), dpi=110, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def figure_samples(data: str, rows: list[dict], out: Path, seed: int) -> Path:
     """Final samples of every run side by side, from the same 64 noise vectors."""
     from pyfast_gan.data import ToySampler
     from pyfast_gan.sample import load_generator
     from pyfast_gan.train.outputs import image_grid
 
-    plt = _plt()
-    ncol = min(3, len(rows))
-    nrow = -(-len(rows) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 3.6 * nrow), dpi=110, squeeze=False)
-    for ax in axes.flat[len(rows):]:
-        ax.axis("off")
+    fig, axes = _panels(len(rows), 3.3, 3.6)
     real = ToySampler(data).sample(2000, torch.Generator().manual_seed(seed + 1)) if data != "digits" else None
-    for ax, row in zip(axes.flat, rows):
+    for ax, row in zip(axes, rows):
         G, cfg = load_generator(row["dir"], device="cpu")
         z = torch.randn(64 if data == "digits" else 1000, cfg["z_dim"], generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
@@ -219,21 +232,12 @@ def figure_samples(data: str, rows: list[dict], out: Path, seed: int) -> Path:
         ax.set_title(f"{row['run']}\n{sub}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    path = out / f"{data}_samples.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"{data}_samples.png")
 
 
 def figure_losses(data: str, rows: list[dict], out: Path) -> Path:
-    plt = _plt()
-    ncol = min(3, len(rows))
-    nrow = -(-len(rows) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.6 * nrow), dpi=110, squeeze=False)
-    for ax in axes.flat[len(rows):]:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, rows):
+    fig, axes = _panels(len(rows), 3.3, 2.6)
+    for ax, row in zip(axes, rows):
         for key, lab in (("loss_d", "critic loss"), ("loss_g", "generator loss")):
             pts = [(r["step"], r[key]) for r in row["losses"] if r.get(key) is not None]
             if pts:
@@ -243,20 +247,15 @@ def figure_losses(data: str, rows: list[dict], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("generator step", fontsize=7)
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    path = out / f"{data}_losses.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    axes[0].legend(fontsize=6)
+    return _save(fig, out / f"{data}_losses.png")
 
 
 def figure_metric_vs_step(data: str, rows: list[dict], out: Path) -> Path:
-    plt = _plt()
     keys = (("cfid", "classifier FID (log)"), ("classes_covered", "classes covered")) if data == "digits" else \
         (("modes_covered", "modes covered"), ("high_quality_fraction", "high-quality fraction"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.2), dpi=110, squeeze=False)
-    for ax, (key, title) in zip(axes[0], keys):
+    fig, axes = _panels(len(keys), 5.2, 3.2)
+    for ax, (key, title) in zip(axes, keys):
         for row in rows:
             pts = [(h["step"], h[key]) for h in row["history"] if key in h]
             if pts:
@@ -268,11 +267,7 @@ def figure_metric_vs_step(data: str, rows: list[dict], out: Path) -> Path:
         ax.set_xlabel("generator step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = out / f"{data}_metric_vs_step.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"{data}_metric_vs_step.png")
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -319,6 +314,9 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
         "betas (0, 0.9), lambda 10; toy data: the trainer's toy defaults, see `pyfast_gan/train/config.py`). "
         "Runs with more critic steps per generator step therefore use more computation: the critic steps "
         "and the training time (the trainer's own clock, start-up and evaluation excluded) are in the tables.",
+        "",
+        f"Train times are each run's wall clock while {args.jobs} runs shared the machine (and anything else "
+        "running on it), so they compare only roughly; the critic-step counts are exact.",
         "",
         "The scores are not tuned: the table shows what these settings give in this budget.",
         "",
