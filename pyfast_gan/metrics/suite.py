@@ -138,7 +138,10 @@ class Evaluator:
         from .digits_classifier import cache_dir
         from .inception import FIDInceptionV3, extract_features
 
-        self.inception = FIDInceptionV3(str(self.inception_path)).to(self.device)
+        try:
+            self.inception = FIDInceptionV3(str(self.inception_path)).to(self.device)
+        except ImportError as e:  # torchvision / pytorch-fid missing: a usage error, said plainly
+            raise ValueError(str(e)) from e
         if real is None:
             from pyfast_gan.data import decode_all, open_dataset
 
