@@ -82,13 +82,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     step = cfg["step"]
-    from pyfast_gan.data import DataError
+    from pyfast_gan.data import TOY_DATASETS, DataError
     from pyfast_gan.metrics.suite import Evaluator
 
     data = cfg["data"]
     spec = args.data or data
     try:
-        ev = Evaluator(data if data in ("digits", "8gaussians", "25gaussians", "swissroll") else spec,
+        ev = Evaluator(data if data == "digits" or data in TOY_DATASETS else spec,
                        metrics=args.metrics, data_format=cfg.get("data_format", "auto"),
                        image_size=cfg.get("image_size") or None, channels=cfg.get("channels") or None,
                        n=args.n, batch_size=args.batch_size, seed=args.seed,

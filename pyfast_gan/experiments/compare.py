@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from pyfast_gan.train.outputs import pyplot, save_figure
+
 # name -> (loss, extra trainer flags)
 RUNS = {
     "dcgan": ("dcgan", []),
@@ -177,31 +179,14 @@ def real_baseline(data: str, n: int, seed: int, evaluator) -> dict:
 
 
 # ---- figures ---------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _panels(n: int, width: float, height: float):
     """(figure, n axes) on a grid of at most 3 columns; unused cells hidden."""
-    plt = _plt()
     ncol = min(3, n)
     nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, height * nrow), dpi=110, squeeze=False)
+    fig, axes = pyplot().subplots(nrow, ncol, figsize=(width * ncol, height * nrow), dpi=110, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, list(axes.flat[:n])
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
-    return path
 
 
 def figure_samples(data: str, rows: list[dict], out: Path, seed: int) -> Path:
@@ -232,7 +217,7 @@ def figure_samples(data: str, rows: list[dict], out: Path, seed: int) -> Path:
         ax.set_title(f"{row['run']}\n{sub}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, out / f"{data}_samples.png")
+    return save_figure(fig, out / f"{data}_samples.png")
 
 
 def figure_losses(data: str, rows: list[dict], out: Path) -> Path:
@@ -248,7 +233,7 @@ def figure_losses(data: str, rows: list[dict], out: Path) -> Path:
         ax.tick_params(labelsize=6)
         ax.set_xlabel("generator step", fontsize=7)
     axes[0].legend(fontsize=6)
-    return _save(fig, out / f"{data}_losses.png")
+    return save_figure(fig, out / f"{data}_losses.png")
 
 
 def figure_metric_vs_step(data: str, rows: list[dict], out: Path) -> Path:
@@ -267,7 +252,7 @@ def figure_metric_vs_step(data: str, rows: list[dict], out: Path) -> Path:
         ax.set_xlabel("generator step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    return _save(fig, out / f"{data}_metric_vs_step.png")
+    return save_figure(fig, out / f"{data}_metric_vs_step.png")
 
 
 # ---- report ----------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyfast_gan.data.toy import TOY_DATASETS
+
 from .frechet import feature_statistics, frechet_distance
 
 METRIC_GROUPS = ("modes", "toy_fd", "classifier", "fid", "kid")
-TOY_DATA = ("8gaussians", "25gaussians", "swissroll")
 
 # What each reported number means, for the evaluate table and the report.
 DESCRIPTIONS = {
@@ -47,7 +48,7 @@ DESCRIPTIONS = {
 def applicable(data: str) -> tuple[str, ...]:
     if data in ("8gaussians", "25gaussians"):
         return ("modes", "toy_fd")
-    if data in TOY_DATA:
+    if data in TOY_DATASETS:
         return ("toy_fd",)
     if data == "digits":
         return ("classifier", "fid", "kid")
@@ -118,7 +119,7 @@ class Evaluator:
         self.metrics = tuple(wanted)
 
         self.toy = None
-        if data in TOY_DATA:
+        if data in TOY_DATASETS:
             from pyfast_gan.data import ToySampler
 
             sampler = ToySampler(data)

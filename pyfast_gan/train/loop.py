@@ -684,15 +684,17 @@ def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
         obj = graphed.step.objective if graphed is not None else state.critic_objective
         return float(getattr(obj, "compile_time_s", 0.0) or 0.0)
 
+    def kept_message() -> str:
+        kept = out / "checkpoints" / "latest.pt"
+        return (f"the last good checkpoint is kept at {kept}" if kept.exists()
+                else "no checkpoint had been written yet")
+
     def check_health():
         streak = max(state.nonfinite_streak_d, state.nonfinite_streak_g)
         if streak >= cfg.max_nonfinite:
-            kept = out / "checkpoints" / "latest.pt"
-            kept_msg = (f"the last good checkpoint is kept at {kept}" if kept.exists()
-                        else "no checkpoint had been written yet")
             raise TrainingStopped(
                 f"stopped at step {state.step}: {streak} consecutive steps with a "
-                f"non-finite loss or gradient (--max-nonfinite {cfg.max_nonfinite}); {kept_msg}. "
+                f"non-finite loss or gradient (--max-nonfinite {cfg.max_nonfinite}); {kept_message()}. "
                 "Try a lower --lr, --amp off, or check the data.")
 
     def check_graphed_health():
@@ -702,12 +704,9 @@ def _train(cfg: TrainConfig, explicit, hooks, rank: int, world: int) -> dict:
         nonlocal last_checked
         vals = [v for k, vs in acc.items() if k.startswith("loss") for v in vs]
         if vals and not bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in vals])).all()):
-            kept = out / "checkpoints" / "latest.pt"
-            kept_msg = (f"the last good checkpoint is kept at {kept}" if kept.exists()
-                        else "no checkpoint had been written yet")
             raise TrainingStopped(
                 f"stopped at step {state.step}: non-finite loss in the CUDA-graphed step after "
-                f"step {last_checked} (graphed steps cannot be skipped); {kept_msg}. Resume "
+                f"step {last_checked} (graphed steps cannot be skipped); {kept_message()}. Resume "
                 "without --cuda-graphs (non-finite steps are then skipped), or lower --lr.")
         last_checked = state.step
 

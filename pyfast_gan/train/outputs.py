@@ -51,10 +51,7 @@ def _atomic_pil_save(img, path) -> None:
 
 def save_toy_scatter(fake: torch.Tensor, real: torch.Tensor, path: str | os.PathLike,
                      title: str = "", modes: torch.Tensor | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     r = real.detach().float().cpu().numpy()
@@ -71,13 +68,7 @@ def save_toy_scatter(fake: torch.Tensor, real: torch.Tensor, path: str | os.Path
     ax.legend(loc="upper right", fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -99,10 +90,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
     """plots/losses.png: critic/generator losses, Wasserstein estimate and penalty, and
     images/s, against generator step."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     recs = [r for r in records if "loss_d" in r]
     panels = [("losses", ("loss_d", "loss_g")), ("critic", ("wasserstein", "gp")),
@@ -123,8 +111,7 @@ def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
         if ax.lines:
             ax.legend(fontsize=7, loc="best")
     axes[-1].set_xlabel("generator step")
-    fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
 # Evaluation panels (pyfast_gan.metrics.suite) in the order plots/metrics.png shows them.
@@ -138,10 +125,7 @@ def plot_metrics(records: list[dict], path: str | os.PathLike, keys=EVAL_PANELS)
     keys = [k for k in keys if any(k in e for _, e in evals)]
     if not keys:
         return
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.9 * len(keys)), dpi=100, sharex=True, squeeze=False)
     for ax, k in zip(axes[:, 0], keys):
@@ -151,19 +135,30 @@ def plot_metrics(records: list[dict], path: str | os.PathLike, keys=EVAL_PANELS)
         ax.set_title(k, fontsize=9)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("generator step")
-    fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
 
 
-def _save_fig(fig, path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """tight_layout, then write the PNG atomically (a crash never leaves half a file) and close."""
+    plt = pyplot()
+    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+    return path
 
 
 class MetricsWriter:
