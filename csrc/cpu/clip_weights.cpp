@@ -5,6 +5,7 @@
 // runs one at::parallel_for over the chunks of every tensor, so a critic of many small
 // parameters costs one dispatch instead of one clamp_ per parameter.
 #include "common.h"
+#include "op_checks.h"
 
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -124,16 +125,8 @@ bool kernel_ok(const at::Tensor& t) {
 }
 
 void clip_weights_cpu(at::TensorList tensors, double clip_value) {
-  PFG_CHECK_ARG(clip_value > 0 && std::isfinite(clip_value), "clip_value",
-                "must be a finite number > 0, got ", clip_value);
+  check_clip_weights(tensors, clip_value);
   if (tensors.empty()) return;
-  for (const at::Tensor& t : tensors) {
-    const auto st = t.scalar_type();
-    PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "tensors",
-                  "every tensor must be floating point (float16, bfloat16, float32, float64), got ", st);
-    PFG_CHECK_ARG(t.device() == tensors[0].device(), "tensors", "all tensors must be on one device, got ",
-                  tensors[0].device(), " and ", t.device());
-  }
   // Group by dtype; a tensor that is not dense (a strided view) cannot be walked as one
   // span of memory, so it takes ATen's clamp_ (still exact, one extra dispatch).
   std::vector<at::Tensor> fallback;

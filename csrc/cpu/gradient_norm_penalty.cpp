@@ -14,6 +14,7 @@
 // processed as flat [N, M] memory and grad_input keeps its layout; other strided
 // tensors are copied to contiguous first.
 #include "common.h"
+#include "op_checks.h"
 #include "cpu/avx2_io.h"
 #include "sample_layout.h"
 
@@ -31,16 +32,6 @@
 
 namespace pyfast_gan {
 namespace {
-
-enum class Mode : int { TwoSided = 0, OneSided = 1, ZeroCentered = 2 };
-
-Mode parse_mode(c10::string_view mode) {
-  if (mode == "two_sided") return Mode::TwoSided;
-  if (mode == "one_sided") return Mode::OneSided;
-  if (mode == "zero_centered") return Mode::ZeroCentered;
-  PFG_CHECK_ARG(false, "mode", "must be 'two_sided', 'one_sided' or 'zero_centered', got '", std::string(mode), "'");
-  return Mode::TwoSided;
-}
 
 // Work unit: one chunk of one sample. 16K elements (64 KiB of fp32) keeps the
 // per-task overhead small while still splitting a single large sample (N = 1)
@@ -130,20 +121,10 @@ PFG_SPECIALIZE_AVX2(c10::BFloat16)
 #undef PFG_SPECIALIZE_AVX2
 #endif
 
-void check_grad(const at::Tensor& grad) {
-  PFG_CHECK_ARG(grad.dim() >= 2, "grad", "must have a batch dim and at least one more dim, got shape ", grad.sizes());
-  PFG_CHECK_ARG(grad.size(0) > 0, "grad", "has an empty batch (N = 0)");
-  PFG_CHECK_ARG(at::isFloatingType(grad.scalar_type()), "grad", "must be a floating tensor, got ", grad.scalar_type());
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_cpu(const at::Tensor& grad_in, double center,
                                                              c10::string_view mode_s) {
-  check_grad(grad_in);
-  const Mode mode = parse_mode(mode_s);
+  check_penalty_grad(grad_in);
+  const PenaltyMode mode = parse_penalty_mode(mode_s);
   const at::Tensor grad = per_sample_dense(grad_in) ? grad_in : grad_in.contiguous();
   const int64_t N = grad.size(0);
   const int64_t M = grad.numel() / N;
@@ -176,9 +157,9 @@ std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_cpu(const at::Tensor& g
       const acc_t r = std::sqrt(sq);
       nrm[n] = r;
       switch (mode) {
-        case Mode::TwoSided: pen[n] = (r - c) * (r - c); break;
-        case Mode::OneSided: { const acc_t d = std::max<acc_t>(r - c, 0); pen[n] = d * d; break; }
-        case Mode::ZeroCentered: pen[n] = r * r; break;
+        case kTwoSided: pen[n] = (r - c) * (r - c); break;
+        case kOneSided: { const acc_t d = std::max<acc_t>(r - c, 0); pen[n] = d * d; break; }
+        case kZeroCentered: pen[n] = r * r; break;
       }
     }
   });
@@ -187,17 +168,10 @@ std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_cpu(const at::Tensor& g
 
 at::Tensor gradient_norm_penalty_backward_cpu(const at::Tensor& grad_penalty_in, const at::Tensor& grad_in,
                                               const at::Tensor& norm_in, double center, c10::string_view mode_s) {
-  check_grad(grad_in);
-  const Mode mode = parse_mode(mode_s);
+  check_penalty_grad(grad_in);
+  const PenaltyMode mode = parse_penalty_mode(mode_s);
+  check_penalty_backward(grad_penalty_in, grad_in, norm_in);
   const int64_t N = grad_in.size(0);
-  const auto acc = acc_dtype(grad_in.scalar_type());
-  PFG_CHECK_ARG(grad_penalty_in.dim() == 1 && grad_penalty_in.size(0) == N, "grad_penalty",
-                "must have shape (", N, ",), got ", grad_penalty_in.sizes());
-  PFG_CHECK_ARG(norm_in.dim() == 1 && norm_in.size(0) == N, "norm", "must have shape (", N, ",), got ", norm_in.sizes());
-  PFG_CHECK_ARG(grad_penalty_in.scalar_type() == acc, "grad_penalty", "must be ", acc, ", got ", grad_penalty_in.scalar_type());
-  PFG_CHECK_ARG(norm_in.scalar_type() == acc, "norm", "must be ", acc, ", got ", norm_in.scalar_type());
-  PFG_CHECK_ARG(grad_penalty_in.device() == grad_in.device(), "grad_penalty", "must be on ", grad_in.device());
-  PFG_CHECK_ARG(norm_in.device() == grad_in.device(), "norm", "must be on ", grad_in.device());
   const at::Tensor grad = per_sample_dense(grad_in) ? grad_in : grad_in.contiguous();
   // mean's backward hands over an expanded (stride-0) tensor: materialise the N values.
   const at::Tensor gp = grad_penalty_in.contiguous();
@@ -215,9 +189,9 @@ at::Tensor gradient_norm_penalty_backward_cpu(const at::Tensor& grad_penalty_in,
     for (int64_t n = 0; n < N; ++n) {
       const acc_t r = nrm[n];
       switch (mode) {
-        case Mode::TwoSided: coef[n] = r > 0 ? gpp[n] * 2 * (r - c) / r : acc_t(0); break;
-        case Mode::OneSided: coef[n] = (r > 0 && r > c) ? gpp[n] * 2 * (r - c) / r : acc_t(0); break;
-        case Mode::ZeroCentered: coef[n] = gpp[n] * 2; break;
+        case kTwoSided: coef[n] = r > 0 ? gpp[n] * 2 * (r - c) / r : acc_t(0); break;
+        case kOneSided: coef[n] = (r > 0 && r > c) ? gpp[n] * 2 * (r - c) / r : acc_t(0); break;
+        case kZeroCentered: coef[n] = gpp[n] * 2; break;
       }
     }
     const scalar_t* g = grad.const_data_ptr<scalar_t>();

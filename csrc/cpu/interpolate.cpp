@@ -9,6 +9,7 @@
 // stream keyed by `seed` with counter n, bit-for-bit the stream of Triton's
 // tl.rand(seed, n), so the CPU, CUDA and Triton kernels agree on alpha for a seed.
 #include "common.h"
+#include "op_checks.h"
 #include "cpu/avx2_io.h"
 #include "sample_layout.h"
 
@@ -49,21 +50,6 @@ inline float philox_uniform(uint64_t seed, uint32_t counter) {
   int32_t x = static_cast<int32_t>(c0);
   if (x < 0) x = ~x;
   return static_cast<float>(x) * 4.6566127342e-10f;
-}
-
-at::ScalarType alpha_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_pair(const at::Tensor& real, const at::Tensor& fake) {
-  PFG_CHECK_ARG(real.dim() >= 1, "real", "must have a batch dim, got a 0-d tensor");
-  PFG_CHECK_ARG(real.size(0) > 0, "real", "has an empty batch (N = 0)");
-  PFG_CHECK_ARG(fake.sizes() == real.sizes(), "fake", "must have the shape of real ", real.sizes(), ", got ", fake.sizes());
-  PFG_CHECK_ARG(fake.scalar_type() == real.scalar_type(), "fake", "must have the dtype of real (", real.scalar_type(),
-                "), got ", fake.scalar_type());
-  PFG_CHECK_ARG(fake.device() == real.device(), "fake", "must be on the device of real (", real.device(), "), got ",
-                fake.device());
-  PFG_CHECK_ARG(at::isFloatingType(real.scalar_type()), "real", "must be a floating tensor, got ", real.scalar_type());
 }
 
 // Brings real and fake to one shared dense-per-sample layout (real's when it has one).
@@ -172,13 +158,9 @@ void lerp_samples(const scalar_t* r, const scalar_t* f, scalar_t* o, const acc_t
 }
 
 at::Tensor interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& alpha_in) {
-  check_pair(real_in, fake_in);
+  check_interpolate_pair(real_in, fake_in);
+  check_interpolate_alpha(alpha_in, real_in);
   const int64_t N = real_in.size(0);
-  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
-                alpha_in.sizes());
-  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(real_in.scalar_type()), "alpha", "must be ",
-                alpha_dtype(real_in.scalar_type()), ", got ", alpha_in.scalar_type());
-  PFG_CHECK_ARG(alpha_in.device() == real_in.device(), "alpha", "must be on ", real_in.device());
   auto [real, fake] = common_layout(real_in, fake_in);
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor out = at::empty_like(real);
@@ -193,11 +175,11 @@ at::Tensor interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in,
 
 std::tuple<at::Tensor, at::Tensor> interpolate_rand_cpu(const at::Tensor& real_in, const at::Tensor& fake_in,
                                                         const at::Tensor& seed) {
-  check_pair(real_in, fake_in);
+  check_interpolate_pair(real_in, fake_in);
   PFG_CHECK_ARG(seed.numel() == 1 && seed.scalar_type() == at::kLong, "seed", "must be a one-element int64 tensor");
   const int64_t N = real_in.size(0);
   const uint64_t s = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
-  at::Tensor alpha = at::empty({N}, real_in.options().dtype(alpha_dtype(real_in.scalar_type())));
+  at::Tensor alpha = at::empty({N}, real_in.options().dtype(acc_dtype(real_in.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES(alpha.scalar_type(), "interpolate_rand_cpu_alpha", [&] {
     scalar_t* a = alpha.mutable_data_ptr<scalar_t>();
     for (int64_t n = 0; n < N; ++n) a[n] = static_cast<scalar_t>(philox_uniform(s, static_cast<uint32_t>(n)));
@@ -206,12 +188,8 @@ std::tuple<at::Tensor, at::Tensor> interpolate_rand_cpu(const at::Tensor& real_i
 }
 
 std::tuple<at::Tensor, at::Tensor> interpolate_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& alpha_in) {
-  PFG_CHECK_ARG(grad_out_in.dim() >= 1 && grad_out_in.size(0) > 0, "grad_out", "must have a non-empty batch dim");
+  check_interpolate_backward(grad_out_in, alpha_in);
   const int64_t N = grad_out_in.size(0);
-  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
-                alpha_in.sizes());
-  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(grad_out_in.scalar_type()), "alpha", "must be ",
-                alpha_dtype(grad_out_in.scalar_type()), ", got ", alpha_in.scalar_type());
   const at::Tensor go = per_sample_dense(grad_out_in) ? grad_out_in : grad_out_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor grad_real = at::empty_like(go);

@@ -1,6 +1,7 @@
 // CUDA clip_weights_: every dense tensor of the list clamped by one multi-tensor launch
 // per dtype (see multi_tensor_apply.cuh for when the table overflows into more).
 #include "common.h"
+#include "op_checks.h"
 #include "cuda/multi_tensor_apply.cuh"
 
 #include <ATen/ops/clamp.h>
@@ -46,16 +47,8 @@ struct ClipFunctor {
 };
 
 void clip_weights_cuda(at::TensorList tensors, double clip_value) {
-  PFG_CHECK_ARG(clip_value > 0 && std::isfinite(clip_value), "clip_value", "must be a finite number > 0, got ",
-                clip_value);
+  check_clip_weights(tensors, clip_value);
   if (tensors.empty()) return;
-  for (const at::Tensor& t : tensors) {
-    const auto st = t.scalar_type();
-    PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "tensors",
-                  "every tensor must be floating point (float16, bfloat16, float32, float64), got ", st);
-    PFG_CHECK_ARG(t.device() == tensors[0].device(), "tensors", "all tensors must be on one device, got ",
-                  tensors[0].device(), " and ", t.device());
-  }
   std::vector<at::Tensor> fallback;
   for (at::ScalarType st : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
     std::vector<std::vector<at::Tensor>> lists(1);

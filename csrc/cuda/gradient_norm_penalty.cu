@@ -7,6 +7,7 @@
 // atomics, no memset) and applies the penalty.
 // Backward: one read of grad, one write of grad_input, coef computed per thread.
 #include "common.h"
+#include "op_checks.h"
 #include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
@@ -23,16 +24,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8192;  // elements per block: 32 per thread at 256 threads
-
-enum Mode : int { kTwoSided = 0, kOneSided = 1, kZeroCentered = 2 };
-
-int parse_mode(c10::string_view mode) {
-  if (mode == "two_sided") return kTwoSided;
-  if (mode == "one_sided") return kOneSided;
-  if (mode == "zero_centered") return kZeroCentered;
-  PFG_CHECK_ARG(false, "mode", "must be 'two_sided', 'one_sided' or 'zero_centered', got '", std::string(mode), "'");
-  return kTwoSided;
-}
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t block_sum(acc_t v) {
@@ -124,17 +115,13 @@ bool can_vectorize(const void* p, int64_t M) {
 
 void check_grad(const at::Tensor& grad) {
   PFG_CHECK_ARG(grad.is_cuda(), "grad", "must be a CUDA tensor, got device ", grad.device());
-  PFG_CHECK_ARG(grad.dim() >= 2, "grad", "must have a batch dim and at least one more dim, got shape ", grad.sizes());
-  PFG_CHECK_ARG(grad.size(0) > 0, "grad", "has an empty batch (N = 0)");
-  PFG_CHECK_ARG(at::isFloatingType(grad.scalar_type()), "grad", "must be a floating tensor, got ", grad.scalar_type());
+  check_penalty_grad(grad);
 }
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_cuda(const at::Tensor& grad_in, double center,
                                                               c10::string_view mode_s) {
   check_grad(grad_in);
-  const int mode = parse_mode(mode_s);
+  const int mode = parse_penalty_mode(mode_s);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = per_sample_dense(grad_in) ? grad_in : grad_in.contiguous();
   const int64_t N = grad.size(0);
@@ -167,17 +154,9 @@ std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_cuda(const at::Tensor& 
 at::Tensor gradient_norm_penalty_backward_cuda(const at::Tensor& grad_penalty_in, const at::Tensor& grad_in,
                                                const at::Tensor& norm_in, double center, c10::string_view mode_s) {
   check_grad(grad_in);
-  const int mode = parse_mode(mode_s);
+  const int mode = parse_penalty_mode(mode_s);
+  check_penalty_backward(grad_penalty_in, grad_in, norm_in);
   const int64_t N = grad_in.size(0);
-  const auto acc = acc_dtype(grad_in.scalar_type());
-  PFG_CHECK_ARG(grad_penalty_in.dim() == 1 && grad_penalty_in.size(0) == N, "grad_penalty", "must have shape (", N,
-                ",), got ", grad_penalty_in.sizes());
-  PFG_CHECK_ARG(norm_in.dim() == 1 && norm_in.size(0) == N, "norm", "must have shape (", N, ",), got ", norm_in.sizes());
-  PFG_CHECK_ARG(grad_penalty_in.scalar_type() == acc, "grad_penalty", "must be ", acc, ", got ",
-                grad_penalty_in.scalar_type());
-  PFG_CHECK_ARG(norm_in.scalar_type() == acc, "norm", "must be ", acc, ", got ", norm_in.scalar_type());
-  PFG_CHECK_ARG(grad_penalty_in.device() == grad_in.device(), "grad_penalty", "must be on ", grad_in.device());
-  PFG_CHECK_ARG(norm_in.device() == grad_in.device(), "norm", "must be on ", grad_in.device());
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = per_sample_dense(grad_in) ? grad_in : grad_in.contiguous();
   const at::Tensor gp = grad_penalty_in.contiguous();

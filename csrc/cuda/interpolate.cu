@@ -3,6 +3,7 @@
 // interpolate_rand draws alpha[n] in the kernel from Philox4x32-10 keyed by a
 // device-side seed (no host sync), the same stream as Triton's tl.rand(seed, n).
 #include "common.h"
+#include "op_checks.h"
 #include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
@@ -90,18 +91,9 @@ __global__ void __launch_bounds__(kThreads) lerp_backward_kernel(const scalar_t*
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-at::ScalarType alpha_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 void check_pair(const at::Tensor& real, const at::Tensor& fake) {
   PFG_CHECK_ARG(real.is_cuda(), "real", "must be a CUDA tensor, got device ", real.device());
-  PFG_CHECK_ARG(real.dim() >= 1, "real", "must have a batch dim, got a 0-d tensor");
-  PFG_CHECK_ARG(real.size(0) > 0, "real", "has an empty batch (N = 0)");
-  PFG_CHECK_ARG(fake.sizes() == real.sizes(), "fake", "must have the shape of real ", real.sizes(), ", got ", fake.sizes());
-  PFG_CHECK_ARG(fake.scalar_type() == real.scalar_type(), "fake", "must have the dtype of real (", real.scalar_type(),
-                "), got ", fake.scalar_type());
-  PFG_CHECK_ARG(fake.device() == real.device(), "fake", "must be on the device of real (", real.device(), "), got ",
-                fake.device());
-  PFG_CHECK_ARG(at::isFloatingType(real.scalar_type()), "real", "must be a floating tensor, got ", real.scalar_type());
+  check_interpolate_pair(real, fake);
 }
 
 template <bool RAND>
@@ -132,12 +124,7 @@ void launch_lerp(const at::Tensor& real_in, const at::Tensor& fake_in, at::Tenso
 
 at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha_in) {
   check_pair(real, fake);
-  const int64_t N = real.size(0);
-  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
-                alpha_in.sizes());
-  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(real.scalar_type()), "alpha", "must be ",
-                alpha_dtype(real.scalar_type()), ", got ", alpha_in.scalar_type());
-  PFG_CHECK_ARG(alpha_in.device() == real.device(), "alpha", "must be on ", real.device());
+  check_interpolate_alpha(alpha_in, real);
   const c10::cuda::CUDAGuard guard(real.device());
   // The kernel only reads alpha in this mode; the cast drops const for the shared signature.
   at::Tensor alpha = alpha_in.contiguous();
@@ -152,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> interpolate_rand_cuda(const at::Tensor& real,
   PFG_CHECK_ARG(seed.numel() == 1 && seed.scalar_type() == at::kLong, "seed", "must be a one-element int64 tensor");
   PFG_CHECK_ARG(seed.device() == real.device(), "seed", "must be on ", real.device(), " (it is read in the kernel)");
   const c10::cuda::CUDAGuard guard(real.device());
-  at::Tensor alpha = at::empty({real.size(0)}, real.options().dtype(alpha_dtype(real.scalar_type())));
+  at::Tensor alpha = at::empty({real.size(0)}, real.options().dtype(acc_dtype(real.scalar_type())));
   at::Tensor out;
   launch_lerp<true>(real, fake, out, alpha, seed.const_data_ptr<int64_t>());
   return {out, alpha};
@@ -160,13 +147,8 @@ std::tuple<at::Tensor, at::Tensor> interpolate_rand_cuda(const at::Tensor& real,
 
 std::tuple<at::Tensor, at::Tensor> interpolate_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& alpha_in) {
   PFG_CHECK_ARG(grad_out_in.is_cuda(), "grad_out", "must be a CUDA tensor, got device ", grad_out_in.device());
-  PFG_CHECK_ARG(grad_out_in.dim() >= 1 && grad_out_in.size(0) > 0, "grad_out", "must have a non-empty batch dim");
+  check_interpolate_backward(grad_out_in, alpha_in);
   const int64_t N = grad_out_in.size(0);
-  PFG_CHECK_ARG(alpha_in.dim() == 1 && alpha_in.size(0) == N, "alpha", "must have shape (", N, ",), got ",
-                alpha_in.sizes());
-  PFG_CHECK_ARG(alpha_in.scalar_type() == alpha_dtype(grad_out_in.scalar_type()), "alpha", "must be ",
-                alpha_dtype(grad_out_in.scalar_type()), ", got ", alpha_in.scalar_type());
-  PFG_CHECK_ARG(alpha_in.device() == grad_out_in.device(), "alpha", "must be on ", grad_out_in.device());
   const c10::cuda::CUDAGuard guard(grad_out_in.device());
   const at::Tensor go = per_sample_dense(grad_out_in) ? grad_out_in : grad_out_in.contiguous();
   const at::Tensor alpha = alpha_in.contiguous();
