@@ -10,6 +10,7 @@
 // tl.rand(seed, n), so the CPU, CUDA and Triton kernels agree on alpha for a seed.
 #include "common.h"
 #include "op_checks.h"
+#include "philox.h"
 #include "cpu/avx2_io.h"
 #include "sample_layout.h"
 
@@ -28,29 +29,6 @@ namespace pyfast_gan {
 namespace {
 
 constexpr int64_t kChunk = 16384;
-
-inline uint32_t umulhi32(uint32_t a, uint32_t b) {
-  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
-}
-
-// Triton's philox (language/random.py): key = seed (lo, hi), counter = (n, 0, 0, 0),
-// first output word mapped to [0, 1) by uint_to_uniform_float.
-inline float philox_uniform(uint64_t seed, uint32_t counter) {
-  uint32_t c0 = counter, c1 = 0, c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-    const uint32_t a = c0, b = c2;
-    c0 = umulhi32(0xCD9E8D57u, b) ^ c1 ^ k0;
-    c2 = umulhi32(0xD2511F53u, a) ^ c3 ^ k1;
-    c1 = 0xCD9E8D57u * b;
-    c3 = 0xD2511F53u * a;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  int32_t x = static_cast<int32_t>(c0);
-  if (x < 0) x = ~x;
-  return static_cast<float>(x) * 4.6566127342e-10f;
-}
 
 // Brings real and fake to one shared dense-per-sample layout (real's when it has one).
 std::pair<at::Tensor, at::Tensor> common_layout(const at::Tensor& real, const at::Tensor& fake) {

@@ -4,6 +4,7 @@
 // device-side seed (no host sync), the same stream as Triton's tl.rand(seed, n).
 #include "common.h"
 #include "op_checks.h"
+#include "philox.h"
 #include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
@@ -20,24 +21,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8192;
-
-__device__ __forceinline__ float philox_uniform(uint64_t seed, uint32_t counter) {
-  uint32_t c0 = counter, c1 = 0, c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-#pragma unroll
-  for (int r = 0; r < 10; ++r) {
-    const uint32_t a = c0, b = c2;
-    c0 = __umulhi(0xCD9E8D57u, b) ^ c1 ^ k0;
-    c2 = __umulhi(0xD2511F53u, a) ^ c3 ^ k1;
-    c1 = 0xCD9E8D57u * b;
-    c3 = 0xD2511F53u * a;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  int32_t x = static_cast<int32_t>(c0);
-  if (x < 0) x = ~x;
-  return static_cast<float>(x) * 4.6566127342e-10f;
-}
 
 // RAND: alpha[n] comes from Philox(seed, n) and block (n, 0) stores it; otherwise it is read.
 template <typename scalar_t, typename acc_t, int V, bool RAND>
