@@ -80,6 +80,17 @@ def parse_clip_bench_args(doc: str, argv=None):
     return args, device, getattr(torch, args.dtype), impls
 
 
+def report_clip_bench(op: str, device, rows: list[dict], save: bool) -> list[dict]:
+    """Print the table (and the JSON file with --save) of a clip-family benchmark."""
+    print(f"device: {device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"device: {device}")
+    print_table(rows, ["impl", "params", "dtype", "median_ms", "min_ms", "speedup", "GB/s"])
+    if device.type != "cuda":
+        print("GPU numbers: not measured on this host")
+    if save:
+        print("saved", save_results(op, device, rows))
+    return rows
+
+
 def main(argv=None):
     args, device, dtype, impls = parse_clip_bench_args(__doc__, argv)
 
@@ -109,13 +120,7 @@ def main(argv=None):
                 "dtype": args.dtype, "median_ms": med, "min_ms": mn, "speedup": base / med,
                 "GB/s": nbytes / (med * 1e-3) / 1e9,
             })
-    print(f"device: {device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"device: {device}")
-    print_table(rows, ["impl", "params", "dtype", "median_ms", "min_ms", "speedup", "GB/s"])
-    if device.type != "cuda":
-        print("GPU numbers: not measured on this host")
-    if args.save:
-        print("saved", save_results("clip_weights", device, rows))
-    return rows
+    return report_clip_bench("clip_weights", device, rows, args.save)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, save_results  # noqa: E402
-from bench_clip_weights import critic_params, parse_clip_bench_args, round_robin  # noqa: E402
+from bench_clip_weights import critic_params, parse_clip_bench_args, report_clip_bench, round_robin  # noqa: E402
 
 from pyfast_gan.optim import RMSpropClip  # noqa: E402
 
@@ -77,13 +76,7 @@ def main(argv=None):
                 "dtype": args.dtype, "median_ms": med, "min_ms": mn, "speedup": base / med,
                 "GB/s": nbytes[label] / (med * 1e-3) / 1e9,
             })
-    print(f"device: {device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"device: {device}")
-    print_table(rows, ["impl", "params", "dtype", "median_ms", "min_ms", "speedup", "GB/s"])
-    if device.type != "cuda":
-        print("GPU numbers: not measured on this host")
-    if args.save:
-        print("saved", save_results("rmsprop_clip", device, rows))
-    return rows
+    return report_clip_bench("rmsprop_clip", device, rows, args.save)
 
 
 if __name__ == "__main__":
