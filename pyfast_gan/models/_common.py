@@ -17,6 +17,18 @@ def check_image_args(image_size: int, channels: int, sizes=IMAGE_SIZES) -> None:
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
 
 
+def check_model_args(image_size: int, channels: int, base: int, *, z_dim: int | None = None,
+                     norm: str | None = None) -> None:
+    """The constructor checks every image generator (z_dim given) and critic (norm given) shares."""
+    check_image_args(image_size, channels)
+    if norm is not None:
+        check_norm(norm)
+    if z_dim is not None and (z_dim < 1 or base < 1):
+        raise ValueError(f"z_dim and base must be positive, got z_dim={z_dim}, base={base}")
+    if base < 1:
+        raise ValueError(f"base must be positive, got {base}")
+
+
 def spatial_plan(image_size: int) -> tuple[int, int]:
     """(start, n_doublings): the smallest feature map and how many x2 steps reach image_size.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_image_args, check_norm, critic_norm, init_dcgan_weights, spatial_plan
+from ._common import check_model_args, critic_norm, init_dcgan_weights, spatial_plan
 
 # Widest layer = base * this; without a cap 128 px would start at base*16 (1024 at base 64)
 # for little gain, doubling the generator's parameters.
@@ -25,9 +25,7 @@ class DCGANGenerator(nn.Module):
 
     def __init__(self, image_size: int, channels: int, z_dim: int = 100, base: int = 64):
         super().__init__()
-        check_image_args(image_size, channels)
-        if z_dim < 1 or base < 1:
-            raise ValueError(f"z_dim and base must be positive, got z_dim={z_dim}, base={base}")
+        check_model_args(image_size, channels, base, z_dim=z_dim)
         self.image_size, self.channels, self.z_dim = image_size, channels, z_dim
         start, n = spatial_plan(image_size)
         widths = _widths(base, n)
@@ -59,10 +57,7 @@ class DCGANCritic(nn.Module):
 
     def __init__(self, image_size: int, channels: int, base: int = 64, norm: str = "batch"):
         super().__init__()
-        check_image_args(image_size, channels)
-        check_norm(norm)
-        if base < 1:
-            raise ValueError(f"base must be positive, got {base}")
+        check_model_args(image_size, channels, base, norm=norm)
         self.image_size, self.channels, self.norm = image_size, channels, norm
         start, n = spatial_plan(image_size)
         widths = _widths(base, n)[::-1]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_image_args, check_norm, critic_norm, spatial_plan
+from ._common import check_model_args, critic_norm, spatial_plan
 
 
 class _UpBlock(nn.Module):
@@ -70,9 +70,7 @@ class ResNetGenerator(nn.Module):
 
     def __init__(self, image_size: int = 32, channels: int = 3, z_dim: int = 128, base: int = 128):
         super().__init__()
-        check_image_args(image_size, channels)
-        if z_dim < 1 or base < 1:
-            raise ValueError(f"z_dim and base must be positive, got z_dim={z_dim}, base={base}")
+        check_model_args(image_size, channels, base, z_dim=z_dim)
         self.image_size, self.channels, self.z_dim, self.base = image_size, channels, z_dim, base
         self.start, n = spatial_plan(image_size)
         self.fc = nn.Linear(z_dim, self.start * self.start * base)
@@ -93,10 +91,7 @@ class ResNetCritic(nn.Module):
 
     def __init__(self, image_size: int = 32, channels: int = 3, base: int = 128, norm: str = "none"):
         super().__init__()
-        check_image_args(image_size, channels)
-        check_norm(norm)
-        if base < 1:
-            raise ValueError(f"base must be positive, got {base}")
+        check_model_args(image_size, channels, base, norm=norm)
         self.image_size, self.channels, self.norm = image_size, channels, norm
         start, n = spatial_plan(image_size)
         n_down = n - 1  # to 2*start: 8x8 at 32 px, as in the paper
