@@ -68,11 +68,7 @@ def _empty_in_kernel_layout(t: torch.Tensor) -> torch.Tensor:
 def reference_per_sample(grad: torch.Tensor, center: float = 1.0, mode: str = "two_sided") -> torch.Tensor:
     """The definition every kernel is tested against: plain PyTorch autograd."""
     norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=1, dtype=acc_dtype(grad.dtype))
-    if mode == "two_sided":
-        return (norm - center).square()
-    if mode == "one_sided":
-        return torch.clamp_min(norm - center, 0.0).square()
-    return norm.square()
+    return _penalty_of_norm(norm, center, mode)
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,6 +137,30 @@ def _check(grad, center, mode, reduction) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def penalty_and_norm(grad: torch.Tensor, *, center: float = 1.0, mode: str = "two_sided",
+                     impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(penalty[n], norm[n])`` of ``grad`` (N, ...): the per-sample penalty (differentiable)
+    and the per-sample gradient norm (a constant), from one pass of the kernel. The norm is
+    what the trainer logs as ``grad_norm_x_hat``; the penalty what it adds to the loss."""
+    _check(grad, center, mode, "none")
+    which = _resolve(impl, grad.device.type)
+    center = float(center)
+    if which == "reference":
+        norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=1, dtype=acc_dtype(grad.dtype))
+        return _penalty_of_norm(norm, center, mode), norm.detach()
+    if which == "triton":
+        return torch.ops.pyfast_gan.triton_gradient_norm_penalty(grad, center, mode)
+    return torch.ops.pyfast_gan.gradient_norm_penalty(grad, center, mode)
+
+
+def _penalty_of_norm(norm: torch.Tensor, center: float, mode: str) -> torch.Tensor:
+    if mode == "two_sided":
+        return (norm - center).square()
+    if mode == "one_sided":
+        return torch.clamp_min(norm - center, 0.0).square()
+    return norm.square()
+
+
 def gradient_norm_penalty(grad: torch.Tensor, *, center: float = 1.0, mode: str = "two_sided",
                           reduction: str = "mean", impl: str = "auto") -> torch.Tensor:
     """Per-sample gradient-norm penalty of ``grad`` (N, ...), reduced over the batch.
@@ -149,14 +169,7 @@ def gradient_norm_penalty(grad: torch.Tensor, *, center: float = 1.0, mode: str 
     "cuda" or "triton". Returns fp32 (fp64 for fp64 ``grad``).
     """
     _check(grad, center, mode, reduction)
-    which = _resolve(impl, grad.device.type)
-    center = float(center)
-    if which == "reference":
-        per_sample = reference_per_sample(grad, center, mode)
-    elif which == "triton":
-        per_sample, _ = torch.ops.pyfast_gan.triton_gradient_norm_penalty(grad, center, mode)
-    else:
-        per_sample, _ = torch.ops.pyfast_gan.gradient_norm_penalty(grad, center, mode)
+    per_sample, _ = penalty_and_norm(grad, center=center, mode=mode, impl=impl)
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":

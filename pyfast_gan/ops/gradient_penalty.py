@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .gradient_norm_penalty import MODES, gradient_norm_penalty
+from .gradient_norm_penalty import MODES, penalty_and_norm
 from .interpolate import interpolate
 
 
@@ -42,19 +42,36 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     Returns a scalar (fp32; fp64 for fp64 inputs) ready to add to the critic loss.
     ``critic`` must return one value per sample, shape (N,) or (N, 1).
     """
-    if not callable(critic):
-        raise ValueError(f"critic must be callable (an nn.Module or function), got {type(critic).__name__}")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
         raise ValueError(f"weight must be a finite number, got {weight!r}")
+    if not isinstance(real, torch.Tensor) or not isinstance(fake, torch.Tensor):
+        raise ValueError("real and fake must be tensors")
+    _check_critic_args(critic, mode, scaler)
+    x_hat, _ = interpolate(real.detach(), fake.detach(), alpha, impl=impl)
+    penalty, _ = penalty_at(critic, x_hat.detach().requires_grad_(True), center=center, mode=mode,
+                            scaler=scaler, impl=impl)
+    return weight * penalty
+
+
+def _check_critic_args(critic, mode, scaler) -> None:
+    if not callable(critic):
+        raise ValueError(f"critic must be callable (an nn.Module or function), got {type(critic).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if scaler is not None and not (hasattr(scaler, "scale") and hasattr(scaler, "is_enabled")):
         raise ValueError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
-    if not isinstance(real, torch.Tensor) or not isinstance(fake, torch.Tensor):
-        raise ValueError("real and fake must be tensors")
 
-    x_hat, _ = interpolate(real.detach(), fake.detach(), alpha, impl=impl)
-    x_hat = x_hat.detach().requires_grad_(True)
+
+def penalty_at(critic: Callable[[torch.Tensor], torch.Tensor], x_hat: torch.Tensor, *, center: float = 1.0,
+               mode: str = "two_sided", scaler=None, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(penalty, grad_norm)``: the unweighted mean penalty of ``critic``'s input gradient at
+    ``x_hat`` (a leaf that requires grad) and the mean input-gradient norm (a constant).
+
+    The one place the penalty statistic is computed: :func:`gradient_penalty` and every mode
+    of the trainer's critic objective (eager, AMP, compiled) call it, so ``gp`` and
+    ``grad_norm_x_hat`` mean the same everywhere. Traceable by ``torch.compile(fullgraph=True)``
+    with ``torch._dynamo.config.trace_autograd_ops`` (the kernels have fake impls).
+    """
     out = critic(x_hat)
     n = x_hat.shape[0]
     if not isinstance(out, torch.Tensor):
@@ -71,4 +88,5 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
         grad = grad.float() * inv_scale if grad.dtype != torch.float64 else grad * inv_scale
     else:
         (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-    return weight * gradient_norm_penalty(grad, center=center, mode=mode, reduction="mean", impl=impl)
+    per_sample, norm = penalty_and_norm(grad, center=center, mode=mode, impl=impl)
+    return per_sample.mean(), norm.mean()
