@@ -2,6 +2,7 @@
 from .ops.interpolate import interpolate
 from .ops.gradient_norm_penalty import gradient_norm_penalty
 from .ops.gradient_penalty import gradient_penalty
+from .ops.r1_penalty import r1_penalty
 from .ops.clip_weights import clip_weights_
 from . import optim
 
@@ -10,6 +11,7 @@ __all__ = [
     "interpolate",
     "gradient_norm_penalty",
     "gradient_penalty",
+    "r1_penalty",
     "clip_weights_",
     "optim",
     "__version__",

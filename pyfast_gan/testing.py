@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 # One tolerance table for every kernel-vs-reference comparison: (atol, rtol) by
 # the dtype the kernel computes in. Low precision follows flash-attention's rule
@@ -44,3 +45,33 @@ def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         assert not view.is_contiguous() or t.numel() <= 1
         return view
     raise ValueError(f"unknown layout {layout!r}")
+
+
+# Small critics for the gradient-penalty tests: each returns one value per sample and has
+# non-zero second derivatives, so the double backward through the penalty is exercised.
+
+
+def conv_critic() -> nn.Sequential:
+    """(N, 3, 11, 12) -> (N, 1): strided convs, LeakyReLU, a linear head."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+        nn.Flatten(), nn.Linear(16 * 3 * 3, 1),
+    )
+
+
+def conv_head_critic() -> nn.Sequential:
+    """(N, 3, 8, 8) -> (N, 1, 1, 1): a DCGAN critic's last conv without the ``.view``."""
+    return nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1), nn.Softplus(), nn.Conv2d(8, 1, 4, 1, 0))
+
+
+class SmoothMLPCritic(nn.Module):
+    """(N, d) -> (N,); softplus and tanh keep second derivatives non-zero."""
+
+    def __init__(self, d: int = 7, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.Softplus(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)

@@ -57,3 +57,20 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("PYFAST_GAN_CACHE", None)
     else:
         os.environ["PYFAST_GAN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def readme_example():
+    """``find(marker)``: the README's one ```python block that contains ``marker``, for tests
+    that run the examples it shows."""
+    import re
+    from pathlib import Path
+
+    blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).parents[1] / "README.md").read_text(), re.S)
+
+    def find(marker: str) -> str:
+        found = [b for b in blocks if marker in b]
+        assert len(found) == 1, f"{len(found)} README python blocks contain {marker!r}"
+        return found[0]
+
+    return find

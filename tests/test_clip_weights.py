@@ -171,6 +171,23 @@ def test_bad_tensors():
         clip_weights_([torch.randn(3)], C, impl="cuda")
 
 
+@pytest.mark.parametrize("impl", ["reference", "auto", pytest.param("cpu", marks=needs_native), "triton"])
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_tensor_is_a_value_error_naming_it(impl, layout):
+    if impl == "triton":
+        pytest.importorskip("triton")
+    # Issue 15: the dispatcher's NotImplementedError, after the reference had already
+    # clamped the tensors before the sparse one.
+    dense = [torch.randn(50) * 2 * C, torch.randn(4, 6) * 2 * C]
+    sparse = (torch.randn(5, 5) * 2 * C).to_sparse(layout=layout)
+    before = [t.clone() for t in dense]
+    with pytest.raises(ValueError, match=rf"params\[2\] must be a dense \(strided\) tensor, got layout {layout}"):
+        clip_weights_(dense + [sparse], C, impl=impl)
+    assert_bitwise(dense, before)  # nothing touched
+    assert dense[0].abs().max() > C
+
+
 @needs_native
 def test_native_op_checks_its_arguments():
     op = torch.ops.pyfast_gan.clip_weights_

@@ -3,6 +3,7 @@ import math
 import pickle
 import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -18,9 +19,11 @@ from pyfast_gan.data import (
     decode_all,
     detect_format,
     digits_dataset,
+    load_image,
     open_dataset,
     to_float,
 )
+from pyfast_gan.data.images import to_8bit
 
 
 def _rand_img(rng, h, w, mode="RGB"):
@@ -101,6 +104,60 @@ def test_folder_default_size_is_64(folder):
         ds = open_dataset(str(root), progress=False)
     assert ds.image_size == 64 and ds[0].shape == (3, 64, 64)
     assert detect_format(root) == "folder"
+
+
+def _gradient16(rng, h=24, w=32):
+    """A 0..65535 ramp with random jitter, and the values where v >> 8 changes."""
+    ramp = np.linspace(0, 65535, h * w).reshape(h, w) + rng.integers(-300, 300, size=(h, w))
+    v = np.clip(ramp, 0, 65535).astype(np.uint16)
+    v.flat[:6] = [0, 255, 256, 32767, 65280, 65535]
+    return v
+
+
+def test_16bit_png_scaled_to_8bit_by_its_high_byte(tmp_path):
+    # Issue 15: Pillow's convert() clips 16-bit gray at 255, so this ramp came back white.
+    rng = np.random.default_rng(6)
+    v = _gradient16(rng)
+    Image.fromarray(v).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode == "I;16"
+    want = torch.from_numpy((v >> 8).astype(np.uint8))
+    # 32x24 at size 24: no resize, a center crop of columns 4..27.
+    gray = load_image(tmp_path / "g16.png", 24, channels=1)
+    assert gray.dtype == torch.uint8 and torch.equal(gray[0], want[:, 4:28])
+    rgb = load_image(tmp_path / "g16.png", 24, channels=3)
+    assert all(torch.equal(rgb[c], want[:, 4:28]) for c in range(3))
+    # The same rule as Pillow's own 16-bit RGB PNG decoder: the picture stored as 48-bit
+    # colour (written by hand; Pillow cannot write it) loads to the same 8 bits.
+    rgb48 = np.repeat(v[:, :, None], 3, axis=2).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in rgb48)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 24, 16, 2, 0, 0, 0))
+    (tmp_path / "rgb48.png").write_bytes(png + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert torch.equal(load_image(tmp_path / "rgb48.png", 24, channels=3), rgb)
+
+
+def test_16bit_modes_and_transparency(tmp_path):
+    rng = np.random.default_rng(7)
+    v = _gradient16(rng, 5, 9)
+    want = (v >> 8).astype(np.uint8)
+    for im in (Image.fromarray(v), Image.fromarray(v.astype(">u2")), Image.fromarray(v.astype(np.int32))):
+        assert im.mode in ("I;16", "I;16B", "I")
+        out = to_8bit(im)
+        assert out.mode == "L" and np.array_equal(np.asarray(out), want), im.mode
+    # Mode "I" holds 32 bits: values outside 0..65535 are clipped, not wrapped.
+    wide = v.astype(np.int32)
+    wide.flat[:2] = [-5, 70000]
+    assert np.asarray(to_8bit(Image.fromarray(wide))).flat[:2].tolist() == [0, 255]
+    # A PNG tRNS value marks exactly that 16-bit value transparent: composited over white.
+    clear = int(v[2, 3])
+    Image.fromarray(v).save(tmp_path / "t16.png", transparency=clear)
+    x = load_image(tmp_path / "t16.png", 5, channels=1)[0].numpy()
+    assert np.array_equal(x, np.where(v[:, 2:7] == clear, 255, want[:, 2:7]))
+    assert (v == clear).sum() < v.size and x[2, 1] == 255
 
 
 def test_truncated_file_skipped_at_decode(tmp_path):

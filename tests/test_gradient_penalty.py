@@ -1,13 +1,20 @@
 """gradient_penalty: parameter gradients (double backward) against the paper's
 formula written with autograd only, for every impl; the AMP recipe; errors."""
+import contextlib
+import re
+import warnings
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import pyfast_gan as pg
 from pyfast_gan import _native
+from pyfast_gan.ops import _dispatch
 from pyfast_gan.ops._dispatch import triton_available
-from pyfast_gan.testing import tol
+from pyfast_gan.ops.gradient_penalty import penalty_at
+from pyfast_gan.testing import SmoothMLPCritic, conv_critic, conv_head_critic, tol
 
 HAS_NATIVE = _native.load("penalty")
 HAS_TRITON = triton_available(torch.device("cpu"))[0] or torch.cuda.is_available()
@@ -21,26 +28,9 @@ IMPLS = [
 ]
 
 
-def conv_critic():
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-        nn.Flatten(), nn.Linear(16 * 3 * 3, 1),
-    )
-
-
-class MLPCritic(nn.Module):
-    """Returns shape (N,) (the conv critic returns (N, 1)); softplus keeps second derivatives non-zero."""
-
-    def __init__(self, d=7):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, 32), nn.Softplus(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
-
-    def forward(self, x):
-        return self.net(x).squeeze(1)
-
-
-CRITICS = {"conv": (conv_critic, (4, 3, 11, 12)), "mlp": (MLPCritic, (5, 7))}
+# "head" returns (N, 1, 1, 1), a DCGAN conv head before its .view (issue 15).
+CRITICS = {"conv": (conv_critic, (4, 3, 11, 12)), "mlp": (SmoothMLPCritic, (5, 7)),
+           "head": (conv_head_critic, (4, 3, 8, 8))}
 
 
 def paper_penalty(critic, real, fake, alpha, weight=10.0, center=1.0, mode="two_sided"):
@@ -60,7 +50,7 @@ def paper_penalty(critic, real, fake, alpha, weight=10.0, center=1.0, mode="two_
 
 
 @pytest.mark.parametrize("impl,device", IMPLS)
-@pytest.mark.parametrize("critic_name", ["conv", "mlp"])
+@pytest.mark.parametrize("critic_name", list(CRITICS))
 @pytest.mark.parametrize("mode", ["two_sided", "one_sided", "zero_centered"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_parameter_gradients_match_paper(impl, device, critic_name, mode, dtype):
@@ -102,7 +92,7 @@ def test_channels_last_input(impl, device):
 
 @pytest.mark.parametrize("impl,device", IMPLS)
 def test_random_alpha_and_training_step(impl, device):
-    critic = MLPCritic().to(device)
+    critic = SmoothMLPCritic().to(device)
     opt = torch.optim.SGD(critic.parameters(), lr=1e-2)
     real, fake = torch.randn(6, 7, device=device), torch.randn(6, 7, device=device, requires_grad=True)
     loss = critic(fake).mean() - critic(real).mean() + pg.gradient_penalty(critic, real, fake, impl=impl)
@@ -167,8 +157,44 @@ def test_amp_fp16_autocast_with_scaler(impl):
     torch.testing.assert_close(gp, ref, atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("impl", ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="no native"))])
+def test_amp_fp16_default_scale_skips_then_matches_fp32(impl):
+    """GradScaler's default init_scale, 2**16, is above fp16's largest value (65504), the
+    gradient the critic's fp16 head receives: the penalty is non-finite there, the scaler
+    skips the step and halves the scale, and at the scale it backs off to the penalty
+    equals fp32's. With growth_interval=2 the scaler grows back to 2**16 and skips again,
+    as the module doc says a run does every 2000 steps."""
+    critic, real, fake, alpha, ref, _ = _amp_setup()
+    scaler = torch.amp.GradScaler("cpu", growth_interval=2)
+    assert scaler.get_scale() == 2.0**16  # the default this test is about
+    # A small lr: the critic stays near the one the fp32 reference saw.
+    opt = torch.optim.SGD(critic.parameters(), lr=1e-4)
+    history = []
+    for _ in range(6):
+        scale = scaler.get_scale()
+        before = [p.detach().clone() for p in critic.parameters()]
+        with torch.autocast("cpu", dtype=torch.float16):
+            gp = pg.gradient_penalty(critic, real, fake, alpha=alpha, scaler=scaler, impl=impl)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(gp).backward()
+        scaler.step(opt)
+        scaler.update()
+        moved = any(not torch.equal(p, q) for p, q in zip(critic.parameters(), before))
+        history.append((scale, bool(torch.isfinite(gp)), moved))
+        if torch.isfinite(gp):
+            assert moved and scaler.get_scale() in (scale, 2 * scale), history
+            # Only the first finite penalty is compared: later steps moved the critic.
+            if sum(f for _, f, _ in history) == 1:
+                torch.testing.assert_close(gp, ref, atol=1e-2, rtol=1e-2)
+        else:
+            assert not moved and scaler.get_scale() == scale / 2, history
+    # 2**16 overflows, 2**15 holds; growth to 2**16 overflows again after two good steps.
+    assert history == [(2.0**16, False, False), (2.0**15, True, True), (2.0**15, True, True),
+                       (2.0**16, False, False), (2.0**15, True, True), (2.0**15, True, True)]
+
+
 def test_errors():
-    critic = MLPCritic()
+    critic = SmoothMLPCritic()
     r = torch.randn(4, 7)
     with pytest.raises(ValueError, match="critic must be callable"):
         pg.gradient_penalty("critic", r, r)
@@ -186,8 +212,12 @@ def test_errors():
         pg.gradient_penalty(critic, r, r.double())
     with pytest.raises(ValueError, match="real has an empty batch"):
         pg.gradient_penalty(critic, torch.randn(0, 7), torch.randn(0, 7))
-    with pytest.raises(ValueError, match=r"critic output must have one value per sample, shape \(4,\) or \(4, 1\); got \(4, 2\)"):
-        pg.gradient_penalty(nn.Linear(7, 2), r, r)
+    for bad in (lambda x: critic(x).unsqueeze(1).expand(4, 2), lambda x: critic(x).repeat(2),
+                lambda x: critic(x).view(1, 4), lambda x: critic(x).view(4, 1, 1).expand(4, 1, 3)):
+        shape = tuple(bad(r).shape)
+        with pytest.raises(ValueError, match=r"critic output must have one value per sample, shape \(4,\) or "
+                                             rf"\(4, 1, \.\.\.\); got {re.escape(str(shape))}"):
+            pg.gradient_penalty(bad, r, r)
     with pytest.raises(ValueError, match=r"critic output must have one value per sample.*got \(\)"):
         pg.gradient_penalty(lambda x: x.sum(), r, r)
     with pytest.raises(ValueError, match="critic output must be a tensor"):
@@ -198,7 +228,97 @@ def test_errors():
         pg.gradient_penalty(critic, r, r, impl="fast")
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "inference_mode+enable_grad"])
+def test_grad_mode_off_is_named(mode):
+    critic, r = SmoothMLPCritic(), torch.randn(4, 7)
+    with (torch.no_grad() if mode == "no_grad" else torch.inference_mode()):
+        with torch.enable_grad() if "enable_grad" in mode else contextlib.nullcontext():
+            with pytest.raises(ValueError, match="gradient mode is off.*needs grad mode on and inference mode off"):
+                pg.gradient_penalty(critic, r, r)
+    # A critic that ignores its input, under grad mode, keeps the old message.
+    with pytest.raises(ValueError, match="critic output does not depend on its input"):
+        pg.gradient_penalty(lambda x: torch.randn(4), r, r)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="no native"))])
+def test_weight_numpy_and_tensor(impl, monkeypatch):
+    critic = SmoothMLPCritic()
+    real, fake, alpha = torch.randn(5, 7), torch.randn(5, 7), torch.rand(5)
+    unweighted = pg.gradient_penalty(critic, real, fake, alpha=alpha, weight=1.0, impl=impl)
+    w = float(torch.rand(()) * 20)
+    for weight in (np.float32(w), np.float64(w), np.int64(3), torch.tensor(w), torch.tensor(w, dtype=torch.float64),
+                   torch.tensor([w]), torch.tensor(3)):
+        gp = pg.gradient_penalty(critic, real, fake, alpha=alpha, weight=weight, impl=impl)
+        want = float(weight) * unweighted
+        assert gp.shape == () and gp.dtype == torch.float32, type(weight)
+        torch.testing.assert_close(gp, want, rtol=2e-7, atol=0, msg=lambda m: f"{weight!r}: {m}")
+    # A tensor weight is multiplied in as a tensor: it is never read on the host (a GPU
+    # weight costs no sync) and, if it requires grad, gets the penalty as its gradient.
+    def no_host_read(*args, **kwargs):
+        raise AssertionError("the weight was read on the host")
+
+    weight = torch.tensor(w, requires_grad=True)
+    monkeypatch.setattr(torch.Tensor, "item", no_host_read)
+    monkeypatch.setattr(torch.Tensor, "__float__", no_host_read)
+    gp = pg.gradient_penalty(critic, real, fake, alpha=alpha, weight=weight, impl=impl)
+    monkeypatch.undo()
+    (g,) = torch.autograd.grad(gp, weight)
+    torch.testing.assert_close(g, unweighted.detach())
+
+
+def test_weight_errors():
+    critic, r = SmoothMLPCritic(), torch.randn(4, 7)
+    for bad in (np.float32("inf"), np.float64("nan"), float("-inf"), np.bool_(True), True, "10", None, 1j):
+        with pytest.raises(ValueError, match="weight must be a finite number or a one-element tensor"):
+            pg.gradient_penalty(critic, r, r, weight=bad)
+    with pytest.raises(ValueError, match=r"weight must be a finite number or a one-element tensor, got a tensor "
+                                         r"of shape \(2,\)"):
+        pg.gradient_penalty(critic, r, r, weight=torch.tensor([10.0, 1.0]))
+    with pytest.raises(ValueError, match="weight must be a real number, got a tensor of dtype torch.bool"):
+        pg.gradient_penalty(critic, r, r, weight=torch.tensor(True))
+    with pytest.raises(ValueError, match=r"weight must be on the device of real \(cpu\) or the CPU, got meta"):
+        pg.gradient_penalty(critic, r, r, weight=torch.tensor(10.0, device="meta"))
+
+
+def bn_critic(track_running_stats=True):
+    return nn.Sequential(nn.Linear(7, 16), nn.BatchNorm1d(16, track_running_stats=track_running_stats), nn.Softplus(),
+                         nn.Linear(16, 1))
+
+
+class BNCritic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = bn_critic()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_batch_norm_critic_warns_once_per_class(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_warned", set())  # a fresh process's state
+    r = torch.randn(6, 7)
+    msg = r"gradient_penalty: critic \w+ normalises with batch statistics \(its BatchNorm1d '(net\.)?1' is in training"
+    with pytest.warns(RuntimeWarning, match=msg + r".*critic has no batch norm") as rec:
+        pg.gradient_penalty(bn_critic(), r, r)
+        pg.gradient_penalty(bn_critic(), r, r)  # another instance of the class: no second warning
+        pg.gradient_penalty(BNCritic(), r, r)  # another class: its own warning
+    assert [str(w.message).split(": critic ")[1].split()[0] for w in rec] == ["Sequential", "BNCritic"]
+    assert all(w.filename == __file__ for w in rec)  # points at the caller's line
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pg.gradient_penalty(bn_critic().eval(), r, r)  # running statistics: per sample
+        pg.gradient_penalty(SmoothMLPCritic(), r, r)
+        pg.gradient_penalty(lambda x: bn_critic()(x), r, r)  # not a module: not inspected
+        # The trainer's entry point decides for itself.
+        x = r.clone().requires_grad_(True)
+        penalty_at(bn_critic(), x)
+    # Eval mode without running statistics still normalises with the batch's.
+    with pytest.warns(RuntimeWarning, match="normalises with batch statistics"):
+        pg.gradient_penalty(bn_critic(track_running_stats=False).eval(), r, r)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
 def test_unavailable_impl_raises():
     with pytest.raises(RuntimeError, match="impl='cuda' needs CUDA tensors"):
-        pg.gradient_penalty(MLPCritic(), torch.randn(2, 7), torch.randn(2, 7), impl="cuda")
+        pg.gradient_penalty(SmoothMLPCritic(), torch.randn(2, 7), torch.randn(2, 7), impl="cuda")

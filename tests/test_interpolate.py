@@ -197,3 +197,23 @@ def test_native_checks_name_arguments():
         ops.interpolate(r, torch.randn(4, 2), torch.rand(4))
     with pytest.raises(ValueError, match="seed"):
         ops.interpolate_rand(r, r, torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("impl,device", IMPLS + [pytest.param("reference", "cpu")])
+def test_x_hat_requires_grad_only_through_its_inputs(impl, device):
+    # What the README states: x_hat is not a leaf made for the penalty, alpha is a constant.
+    real, fake, alpha = _inputs((3, 2, 4), torch.float32, "contiguous", device)
+    for a in (None, alpha.clone().requires_grad_(True)):
+        x, out_alpha = pg.interpolate(real, fake, a, impl=impl)
+        assert not x.requires_grad and not out_alpha.requires_grad
+        x, out_alpha = pg.interpolate(real, fake.clone().requires_grad_(True), a, impl=impl)
+        assert x.requires_grad and not x.is_leaf and not out_alpha.requires_grad
+        with torch.no_grad():
+            assert not pg.interpolate(real.clone().requires_grad_(True), fake, a, impl=impl)[0].requires_grad
+
+
+def test_readme_example(readme_example, capsys):
+    ns = {}
+    exec(readme_example("pyfast_gan.interpolate("), ns)
+    assert capsys.readouterr().out.startswith("torch.Size([8]) False")
+    assert ns["x_hat"].is_leaf and ns["x_hat"].requires_grad

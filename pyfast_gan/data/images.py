@@ -40,15 +40,41 @@ def _header_ok(path: Path) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
+# Pillow's integer modes wider than 8 bits: 16-bit gray PNGs open as "I;16" (older Pillow:
+# "I"); the others are the same data in another byte order.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit gray image -> 8-bit "L" (or "LA" when it has a transparent value), keeping
+    the high byte of each value: v -> v >> 8, values outside 0..65535 clipped first.
+
+    Pillow's own ``convert("L")`` clips these modes at 255 instead of scaling: 99.6% of
+    a 0..65535 gradient came back as 255 (issue 15). The high byte is the rule Pillow
+    itself applies when it opens 16-bit RGB and gray+alpha PNGs as 8-bit "RGB"/"RGBA",
+    so a 16-bit picture gives the same 8 bits whether it is stored as gray or as colour.
+    Other modes are returned unchanged."""
+    if im.mode not in HIGH_BIT_DEPTH_MODES:
+        return im
+    v = np.asarray(im).astype(np.int64)  # any byte order -> native integers
+    gray = Image.fromarray((np.clip(v, 0, 65535) >> 8).astype(np.uint8))
+    t = im.info.get("transparency")
+    if isinstance(t, int):  # a PNG tRNS value: that exact 16-bit value is transparent
+        alpha = Image.fromarray(np.where(v == t, 0, 255).astype(np.uint8))
+        return Image.merge("LA", (gray, alpha))
+    return gray
+
+
 def load_image(path: Path | str, image_size: int, channels: int) -> torch.Tensor:
-    """One file -> uint8 (channels, S, S): EXIF-rotated, converted to RGB (or L), shorter
-    side resized to S (bicubic; pillow's filters antialias when shrinking), center-cropped."""
+    """One file -> uint8 (channels, S, S): EXIF-rotated, 16-bit gray reduced to 8 bits
+    (:func:`to_8bit`), converted to RGB (or L), shorter side resized to S (bicubic;
+    pillow's filters antialias when shrinking), center-cropped."""
     mode = "RGB" if channels == 3 else "L"
     with Image.open(path) as im:
         # JPEG: let the decoder shrink by a power of two first (never below S), much faster
         # for photos far larger than the training size.
         im.draft(mode, (image_size, image_size))
-        im = ImageOps.exif_transpose(im)
+        im = to_8bit(ImageOps.exif_transpose(im))
         if im.mode != mode:
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 # Transparent pixels over white, not over whatever colour they happen to hold.

@@ -20,11 +20,13 @@ IMPLS = ("auto", "reference", "cpu", "cuda", "triton")
 _warned: set[tuple[str, str]] = set()
 
 
-def warn_once(key: str, msg: str) -> None:
+def warn_once(key: str, msg: str, stacklevel: int = 3) -> None:
+    """A RuntimeWarning, once per process per (key, msg). ``stacklevel`` counts as in
+    ``warnings.warn`` called here: the default 3 names the caller of warn_once's caller."""
     if (key, msg) in _warned:
         return
     _warned.add((key, msg))
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
 
 def triton_available(device: torch.device) -> tuple[bool, str]:

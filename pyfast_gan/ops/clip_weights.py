@@ -61,13 +61,18 @@ def check_clip_value(clip_value, argname: str = "clip_value") -> float:
 def _check_tensors(tensors: list[torch.Tensor], argname: str = "params") -> None:
     # Set/all() first: this runs on every WGAN critic step, so the common case stays cheap.
     dev = tensors[0].device
-    if len({t.device for t in tensors}) == 1 and all(t.is_floating_point() for t in tensors):
+    if len({t.device for t in tensors}) == 1 and all(t.is_floating_point() and t.layout == torch.strided
+                                                      for t in tensors):
         return
     for i, t in enumerate(tensors):
         if t.device != dev:
             raise ValueError(f"{argname}: all tensors must be on one device, got {dev} and {t.device} (index {i})")
         if not t.is_floating_point():
             raise ValueError(f"{argname}[{i}] must be a floating-point tensor, got dtype {t.dtype}")
+        if t.layout != torch.strided:
+            # Sparse (and other) layouts have no clamp_ kernel: without this the dispatcher's
+            # NotImplementedError came out of the middle of the reference loop (issue 15).
+            raise ValueError(f"{argname}[{i}] must be a dense (strided) tensor, got layout {t.layout}")
 
 
 def clip_weights_reference(tensors: Iterable[torch.Tensor], clip_value: float) -> None:
@@ -129,7 +134,7 @@ def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
 
     Args:
         params: an ``nn.Module`` (its parameters), a tensor, or an iterable of tensors, all
-            floating point and on one device.
+            dense (strided), floating point and on one device.
         clip_value: the bound c > 0 (finite).
         impl: "auto" | "reference" | "cpu" | "cuda" | "triton" (see ``ops._dispatch``).
 
@@ -151,9 +156,10 @@ def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
             _check_tensors(tensors)
             _triton_clip(tensors, c)
         else:
-            # The kernel checks dtypes and devices itself (the fake impl too); the Python
-            # check runs only to name the offending tensor, saving ~1 us per tensor per
-            # step on the common path.
+            # The kernel checks dtypes and devices itself (the fake impl too), and the
+            # dispatcher refuses a sparse tensor (NotImplementedError, a RuntimeError) before
+            # the kernel runs; the Python check runs only to name the offending tensor,
+            # saving ~1 us per tensor per step on the common path.
             try:
                 torch.ops.pyfast_gan.clip_weights_(tensors, c)
             except (ValueError, RuntimeError):

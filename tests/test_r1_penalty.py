@@ -1,0 +1,126 @@
+"""r1_penalty against R1 written with autograd only (Mescheder et al. 2018, eq. 9):
+values and parameter gradients over shapes, dtypes and impls; a float64 gradcheck of the
+parameter gradient; the scaler recipe; errors."""
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+import pyfast_gan as pg
+from pyfast_gan import _native
+from pyfast_gan.testing import SmoothMLPCritic, conv_critic, conv_head_critic, tol
+
+HAS_NATIVE = _native.load("penalty")
+IMPLS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="native library not built"))]
+# (critic, input shape): (N,), (N, 1) and (N, 1, 1, 1) outputs; a batch of one.
+CASES = {
+    "mlp": (SmoothMLPCritic, (5, 7)),
+    "mlp-n1": (SmoothMLPCritic, (1, 7)),
+    "conv": (conv_critic, (3, 3, 11, 12)),
+    "head": (conv_head_critic, (4, 3, 8, 8)),
+}
+
+
+def r1_autograd(critic, real, gamma):
+    """gamma / 2 * E[||grad_x D(x)||^2] at x = real, autograd only."""
+    x = real.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return gamma / 2 * g.flatten(1).pow(2).sum(1).mean()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_autograd_formula(impl, case, dtype):
+    make, shape = CASES[case]
+    critic = make().to(dtype)
+    params = list(critic.parameters())
+    real = torch.randn(shape, dtype=dtype, requires_grad=True)  # must not receive a gradient
+    gamma = float(torch.rand(()) * 10 + 0.1)
+    r1 = pg.r1_penalty(critic, real, gamma, impl=impl)
+    ref = r1_autograd(critic, real, gamma)
+    assert r1.dtype == dtype and r1.shape == () and r1.item() > 0
+    t = tol(dtype) if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}  # double backward, as for WGAN-GP
+    torch.testing.assert_close(r1, ref, **t)
+    grads = torch.autograd.grad(r1, params, allow_unused=True, materialize_grads=True, retain_graph=True)
+    ref_grads = torch.autograd.grad(ref, params, allow_unused=True, materialize_grads=True)
+    assert any(g.abs().sum() > 0 for g in grads)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **t)
+    r1.backward()
+    assert real.grad is None  # a penalty of the critic only
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradcheck_parameter_gradient_float64(impl):
+    critic = SmoothMLPCritic(d=3, hidden=4).double()
+    names = [n for n, _ in critic.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in critic.parameters())
+    real = torch.randn(3, 3, dtype=torch.float64)
+
+    def r1_of_params(*ps):
+        def call(x):
+            return functional_call(critic, dict(zip(names, ps)), (x,))
+
+        return pg.r1_penalty(call, real, 10.0, impl=impl)
+
+    assert torch.autograd.gradcheck(r1_of_params, params)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gamma_numpy_and_tensor(impl):
+    critic, real = SmoothMLPCritic(), torch.randn(4, 7)
+    one = pg.r1_penalty(critic, real, 1.0, impl=impl)
+    w = float(torch.rand(()) * 10)
+    gamma = torch.tensor(w, requires_grad=True)
+    for g, value in ((np.float32(w), float(np.float32(w))), (np.int64(3), 3.0), (gamma, w)):
+        torch.testing.assert_close(pg.r1_penalty(critic, real, g, impl=impl), value * one)
+    (dg,) = torch.autograd.grad(pg.r1_penalty(critic, real, gamma, impl=impl), gamma)
+    torch.testing.assert_close(dg, one.detach())  # multiplied in as a tensor
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_scaler_fp32(impl):
+    critic, real = conv_critic(), torch.randn(4, 3, 11, 12)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    torch.testing.assert_close(pg.r1_penalty(critic, real, 5.0, scaler=scaler, impl=impl),
+                               r1_autograd(critic, real, 5.0), atol=2e-5, rtol=1e-4)
+
+
+def test_errors_and_warnings():
+    critic, r = SmoothMLPCritic(), torch.randn(4, 7)
+    with pytest.raises(ValueError, match="real must be a tensor"):
+        pg.r1_penalty(critic, [1.0], 10.0)
+    with pytest.raises(ValueError, match="real must have a batch dim"):
+        pg.r1_penalty(critic, torch.randn(7), 10.0)
+    with pytest.raises(ValueError, match="real has an empty batch"):
+        pg.r1_penalty(critic, torch.randn(0, 7), 10.0)
+    with pytest.raises(ValueError, match="real must be a floating-point tensor"):
+        pg.r1_penalty(critic, torch.ones(4, 7, dtype=torch.int64), 10.0)
+    with pytest.raises(ValueError, match="gamma must be a finite number or a one-element tensor"):
+        pg.r1_penalty(critic, r, float("nan"))
+    with pytest.raises(ValueError, match=r"gamma must be a finite number or a one-element tensor, got a tensor"):
+        pg.r1_penalty(critic, r, torch.ones(2))
+    with pytest.raises(ValueError, match="critic must be callable"):
+        pg.r1_penalty("critic", r, 10.0)
+    with pytest.raises(ValueError, match="scaler must be a torch.amp.GradScaler"):
+        pg.r1_penalty(critic, r, 10.0, scaler=2.0)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        pg.r1_penalty(critic, r, 10.0, impl="fast")
+    with pytest.raises(ValueError, match=r"critic output must have one value per sample.*got \(4, 2\)"):
+        pg.r1_penalty(torch.nn.Linear(7, 2), r, 10.0)
+    with torch.no_grad(), pytest.raises(ValueError, match="gradient mode is off"):
+        pg.r1_penalty(critic, r, 10.0)
+    with torch.inference_mode():
+        r_inf = torch.randn(4, 7)
+    # A batch made under inference mode is usable outside it.
+    torch.testing.assert_close(pg.r1_penalty(critic, r_inf, 10.0), r1_autograd(critic, r_inf.clone(), 10.0))
+    bn = torch.nn.Sequential(torch.nn.Linear(7, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+    with pytest.warns(RuntimeWarning, match="r1_penalty: critic Sequential normalises with batch statistics"):
+        pg.r1_penalty(bn, r, 10.0)
+
+
+def test_readme_example(readme_example):
+    ns = {}
+    exec(readme_example("pyfast_gan.r1_penalty("), ns)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ns["critic"].parameters())
