@@ -8,13 +8,16 @@ dim=1)`` with one alpha per sample; one real batch per generator iteration, reus
 n_critic critic steps, as in the seed's code). DCGAN's naive loop is PyTorch's DCGAN
 tutorial (separate real/fake backward, the generator step reusing the critic step's fake).
 
-pyfast_gan rows, cumulative: the eager step with the reference ops (pyfast_gan/fast/step.py:
-generator under no_grad in critic steps, no critic weight gradients in generator steps,
-real+fake scored in one forward when the critic has no batch norm, fused Adam, foreach
-clipping), then fused ops (impl=auto), channels_last, bf16 autocast, torch.compile of the
-critic objective through the penalty (and of the generator objective), CUDA graphs (CUDA
-only). pyfast_gan draws a fresh real batch per critic step (the papers' algorithm) from a
-uint8 dataset kept on the device.
+pyfast_gan rows are the trainer's own run: each configuration is a set of
+``python -m pyfast_gan.train`` flags, built with ``pyfast_gan.train.build`` (the same models,
+optimizers, batcher and GANStep the CLI builds for those flags) and timed calling
+``Run.iteration()``, the method the training loop calls (n_critic critic steps on fresh real
+batches, then one generator step). Cumulative: ``--impl reference``; + fused ops (``--impl
+auto``); + ``--channels-last``; + ``--amp bf16``; + ``--compile`` (the penalty kernels inside
+the compiled graph); ``--compile --compile-penalty reference`` (inductor's own formula
+instead); + ``--cuda-graphs`` (CUDA only); and ``--fast`` alone (what the CLI picks for the
+device). The data is a folder of random-noise PNGs written by the benchmark (decoded once,
+as the CLI does); the naive loop reads the same images through a DataLoader.
 
 All rows are timed in one run, interleaved round by round (so a shared machine's noise hits
 every row alike); the speedup is the median over rounds of (row it/s / naive it/s).
@@ -22,6 +25,7 @@ every row alike); the speedup is the median over rounds of (row it/s / naive it/
     python benchmarks/bench_train.py                       # full sizes (DCGAN-64)
     python benchmarks/bench_train.py --losses wgan-gp --rounds 3 --save
     python benchmarks/bench_train.py --image-size 32 --base 16 --steps 1   # quick CPU check
+    python benchmarks/bench_train.py --losses wgan-gp --configs naive fast  # --fast vs the seed
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,9 +45,9 @@ from torch.utils.flop_counter import flop_registry
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, print_table, save_results, sync  # noqa: E402
 
-from pyfast_gan.fast.cuda_graphs import graph_step  # noqa: E402
-from pyfast_gan.fast.step import FastStep, make_optimizers  # noqa: E402
-from pyfast_gan.models import DCGANCritic, DCGANGenerator  # noqa: E402
+from pyfast_gan.losses import PRESETS  # noqa: E402
+from pyfast_gan.models import build_models  # noqa: E402
+from pyfast_gan.train import build, parse_args as train_args, resolve  # noqa: E402
 
 # Dense peak FLOP/s by device name fragment: (bf16 tensor core, fp32 as PyTorch runs convs by
 # default = TF32 tensor core). NVIDIA datasheets (H100 SXM5 / PCIe, H200 SXM).
@@ -52,20 +57,30 @@ PEAKS = {
     "H100": {"bf16": 989e12, "fp32": 494e12},
 }
 
-SETTINGS = {  # loss -> (batch size, n_critic, critic norm, lr, betas), the papers' presets
-    "wgan-gp": dict(batch=64, n_critic=5, norm="layer", lr=1e-4, betas=(0.0, 0.9)),
-    "wgan": dict(batch=64, n_critic=5, norm="batch", lr=5e-5, betas=None, clip=0.01),
-    "dcgan": dict(batch=128, n_critic=1, norm="batch", lr=2e-4, betas=(0.5, 0.999)),
+CONFIGS = ("naive", "reference", "fused", "channels_last", "bf16", "compile", "compile_ref",
+           "cuda_graphs", "fast")
+# The CLI flags of each pyfast_gan row (cumulative, as in the docstring).
+FLAGS = {
+    "reference": ["--impl", "reference"],
+    "fused": ["--impl", "auto"],
+    "channels_last": ["--impl", "auto", "--channels-last"],
+    "bf16": ["--impl", "auto", "--channels-last", "--amp", "bf16"],
+    "compile": ["--impl", "auto", "--channels-last", "--amp", "bf16", "--compile"],
+    "compile_ref": ["--impl", "auto", "--channels-last", "--amp", "bf16", "--compile",
+                    "--compile-penalty", "reference"],
+    "cuda_graphs": ["--impl", "auto", "--channels-last", "--amp", "bf16", "--compile", "--cuda-graphs"],
+    "fast": ["--fast"],
 }
-CONFIGS = ("naive", "reference", "fused", "channels_last", "bf16", "compile", "cuda_graphs")
 LABELS = {
     "naive": "naive loop (seed)",
-    "reference": "pyfast_gan eager, impl=reference",
-    "fused": "+ fused ops (impl=auto)",
-    "channels_last": "+ channels_last",
-    "bf16": "+ amp bf16",
-    "compile": "+ torch.compile",
-    "cuda_graphs": "+ CUDA graphs",
+    "reference": "pyfast_gan --impl reference",
+    "fused": "+ fused ops (--impl auto)",
+    "channels_last": "+ --channels-last",
+    "bf16": "+ --amp bf16",
+    "compile": "+ --compile (penalty kernels)",
+    "compile_ref": "+ --compile (inductor penalty)",
+    "cuda_graphs": "+ --cuda-graphs",
+    "fast": "--fast",
 }
 Z_DIM = 100
 
@@ -135,7 +150,7 @@ class NaiveLoop:
             self.opt_d.step()
             if self.loss == "wgan":
                 for p in D.parameters():
-                    p.data.clamp_(-self.s["clip"], self.s["clip"])
+                    p.data.clamp_(-self.s["clip_value"], self.s["clip_value"])
         critic_fake = D(gen_img).reshape(-1)
         generator_loss = -torch.mean(critic_fake)
         G.zero_grad()
@@ -143,62 +158,54 @@ class NaiveLoop:
         self.opt_g.step()
 
 
-# ------------------------------------------------------------------------- pyfast_gan step
-class DeviceData:
-    """uint8 images on the device; a batch = random rows, normalised to [-1, 1] there."""
-
-    def __init__(self, images_u8: torch.Tensor, batch: int, memory_format):
-        self.data, self.batch, self.memory_format = images_u8, batch, memory_format
-
-    def __call__(self) -> torch.Tensor:
-        idx = torch.randint(0, self.data.shape[0], (self.batch,), device=self.data.device)
-        x = self.data.index_select(0, idx).float().div_(127.5).sub_(1.0)
-        return x.contiguous(memory_format=self.memory_format)
-
-
+# ------------------------------------------------------------------------- pyfast_gan run
 class PyfastLoop:
-    def __init__(self, G, D, loss, s, device, data_u8, config, verbose=True):
-        i = CONFIGS.index(config)
-        self.impl = "reference" if config == "reference" else "auto"
-        channels_last = i >= CONFIGS.index("channels_last")
-        amp = "bf16" if i >= CONFIGS.index("bf16") else "off"
-        compile_ = i >= CONFIGS.index("compile")
-        graphs = i >= CONFIGS.index("cuda_graphs")
-        opt_g, opt_d, clip_after = make_optimizers(
-            G, D, loss, lr=s["lr"], betas=s["betas"] or (0.0, 0.9), clip_value=s.get("clip", 0.01),
-            impl=self.impl, capturable=graphs)
-        self.step = FastStep(G, D, opt_g, opt_d, loss, z_dim=Z_DIM, clip_value=s.get("clip", 0.01),
-                             clip_after_step=clip_after, amp=amp, channels_last=channels_last,
-                             compile=compile_, impl=self.impl)
-        self.s = s
-        self.data = DeviceData(data_u8, s["batch"],
-                               torch.channels_last if channels_last else torch.contiguous_format)
-        self.graphs = graphs
-        self.graphed = None
-        self.compile_time_s = 0.0
+    """The trainer's run for one configuration's flags; ``iteration`` is ``Run.iteration``."""
+
+    def __init__(self, loss, args, device, folder, config):
+        self.t0 = time.perf_counter()
+        argv = ["--loss", loss, "--data", str(folder), "--data-format", "folder",
+                "--image-size", str(args.image_size), "--channels", "3", "--arch", "dcgan",
+                "--base", str(args.base), "--z-dim", str(Z_DIM), "--steps", "1000000",
+                "--device", device.type, "--no-progress", *FLAGS[config]]
+        if args.batch_size:
+            argv += ["--batch-size", str(args.batch_size)]
+        cfg, explicit = train_args(argv)
+        self.run = build(resolve(cfg, explicit))
+        self.device = device
 
     def prepare(self):
-        """First iteration(s): compile + verification, graph capture. Returns seconds."""
-        t0 = time.perf_counter()
-        if self.graphs:
-            self.graphed = graph_step(self.step, self.data())
+        """Build and the first iteration (compilation and its check; capture happens in
+        build). Returns seconds."""
         self.iteration(None)
-        sync(self.step.device)
-        return time.perf_counter() - t0
+        sync(self.device)
+        return time.perf_counter() - self.t0
 
     def iteration(self, _):
-        runner = self.graphed or self.step
-        for _ in range(self.s["n_critic"]):
-            runner.critic_step(self.data())
-        runner.generator_step(self.s["batch"])
+        self.run.iteration()
+
+    def data(self):
+        return self.run.batcher.next(self.run.cfg.batch_size)
+
+
+def make_image_folder(root: str, n: int, size: int) -> str:
+    """``n`` random-noise RGB PNGs of ``size`` x ``size`` (never zeros), the benchmark's data."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    os.makedirs(root, exist_ok=True)
+    for i in range(n):
+        x = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
+        Image.fromarray(x).save(os.path.join(root, f"{i:05d}.png"))
+    return root
 
 
 # ------------------------------------------------------------------------------- benchmark
-def build_models(loss, s, args, device, seed=0):
+def naive_models(loss, args, device, seed=0):
     torch.manual_seed(seed)
-    G = DCGANGenerator(args.image_size, 3, z_dim=Z_DIM, base=args.base).to(device)
-    D = DCGANCritic(args.image_size, 3, base=args.base, norm=s["norm"]).to(device)
-    return G, D
+    G, D = build_models("dcgan", image_size=args.image_size, channels=3, z_dim=Z_DIM, base=args.base,
+                        critic_norm=PRESETS[loss]["critic_norm"])
+    return G.to(device), D.to(device)
 
 
 class _FlopCount(TorchDispatchMode):
@@ -226,15 +233,17 @@ def count_flops(make_loop, loader_iter) -> float:
     return float(fc.total)
 
 
-def run_setting(loss, args, device, rows):
-    s = dict(SETTINGS[loss])
+def run_setting(loss, args, device, rows, folder):
+    s = dict(PRESETS[loss])
     if args.batch_size:
-        s["batch"] = args.batch_size
-    b = s["batch"]
-    g = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (max(args.dataset_size, 2 * b), 3, args.image_size,
-                                    args.image_size), dtype=torch.uint8, generator=g)
-    data_u8 = images.to(device)
+        s["batch_size"] = args.batch_size
+    s["betas"] = tuple(s.get("betas", (0.0, 0.9)))
+    b = s["batch_size"]
+    from PIL import Image
+
+    files = sorted(os.listdir(folder))
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(os.path.join(folder, f))))
+                          .permute(2, 0, 1) for f in files])
     naive_ds = torch.utils.data.TensorDataset(images.float().div(127.5).sub(1.0))
 
     def naive_loader():
@@ -249,9 +258,8 @@ def run_setting(loss, args, device, rows):
         if c == "cuda_graphs" and device.type != "cuda":
             notes[c] = f"not available on {device.type}"
             continue
-        G, D = build_models(loss, s, args, device)
         if c == "naive":
-            loops[c] = NaiveLoop(G, D, loss, s, device)
+            loops[c] = NaiveLoop(*naive_models(loss, args, device), loss, s, device)
             t0 = time.perf_counter()
             loops[c].iteration(loader_iter)
             sync(device)
@@ -259,7 +267,7 @@ def run_setting(loss, args, device, rows):
         else:
             with warnings.catch_warnings(record=True) as w:
                 warnings.simplefilter("always")
-                loops[c] = PyfastLoop(G, D, loss, s, device, data_u8, c)
+                loops[c] = PyfastLoop(loss, args, device, folder, c)
                 prep[c] = loops[c].prepare()
             msgs = sorted({str(x.message) for x in w if "pyfast_gan" in str(x.message)})
             if msgs:
@@ -269,13 +277,11 @@ def run_setting(loss, args, device, rows):
     # FLOPs per generator iteration: the pyfast_gan step's (the useful work) in fp32 eager.
     useful = None
     if "reference" in configs:
-        G, D = build_models(loss, s, args, device)
-        useful = count_flops(lambda: PyfastLoop(G, D, loss, s, device, data_u8, "reference"),
-                             None)
+        useful = count_flops(lambda: PyfastLoop(loss, args, device, folder, "reference"), None)
     naive_flops = None
     if "naive" in configs:
-        G, D = build_models(loss, s, args, device)
-        naive_flops = count_flops(lambda: NaiveLoop(G, D, loss, s, device), loader_iter)
+        naive_flops = count_flops(lambda: NaiveLoop(*naive_models(loss, args, device), loss, s, device),
+                                  loader_iter)
 
     # Data share: time to produce one generator iteration's real batches, alone.
     def data_ms(c):
@@ -309,7 +315,8 @@ def run_setting(loss, args, device, rows):
               ", ".join(f"{c} {v[-1]:.3f} it/s" for c, v in per_round.items()), flush=True)
 
     for c in configs:
-        row = {"loss": loss, "config": LABELS[c], "batch": b, "image": args.image_size,
+        row = {"loss": loss, "config": LABELS[c], "flags": " ".join(FLAGS.get(c, [])), "batch": b,
+               "image": args.image_size,
                "n_critic": s["n_critic"]}
         if c not in loops:
             row.update({"it_s": None, "note": notes.get(c, "not run")})
@@ -328,12 +335,14 @@ def run_setting(loss, args, device, rows):
         if c == "naive":
             row["compile_s"] = None
         else:
-            row["compile_s"] = round(max(prep[c] - step_ms / 1e3, 0.0), 2) if c in ("compile", "cuda_graphs") else None
+            run = loops[c].run
+            row["compile_s"] = (round(max(prep[c] - step_ms / 1e3, 0.0), 2)
+                                if run.cfg.compile or run.capture_time_s is not None else None)
         flops = useful
         row["gflop_per_it"] = flops / 1e9 if flops else None
         if c == "naive" and naive_flops:
             row["naive_gflop_per_it"] = naive_flops / 1e9
-        prec = "bf16" if CONFIGS.index(c) >= CONFIGS.index("bf16") and c != "naive" else "fp32"
+        prec = "bf16" if c != "naive" and loops[c].run.step.dtype is torch.bfloat16 else "fp32"
         peak = device_peak(device, prec)
         row["tflop_s"] = flops * its / 1e12 if flops else None
         row["frac_peak"] = (flops * its / peak) if (flops and peak) else "not known"
@@ -346,8 +355,9 @@ def run_setting(loss, args, device, rows):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--losses", nargs="+", default=["wgan-gp", "wgan", "dcgan"],
-                   choices=list(SETTINGS))
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+                   choices=["wgan-gp", "wgan", "dcgan"])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="rows to time (default: all; compile rows cost minutes of compilation on a CPU)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--base", type=int, default=64, help="DCGAN width (64 = the paper's)")
     p.add_argument("--batch-size", type=int, default=0, help="0 = the preset (64; 128 for dcgan)")
@@ -368,6 +378,7 @@ COLUMNS = ["loss", "config", "batch", "it_s", "img_s", "speedup", "peak_mem_mib"
 
 def main(argv=None):
     args = parse_args(argv)
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -375,8 +386,12 @@ def main(argv=None):
     print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  "
           f"threads {torch.get_num_threads()}  commit {env['commit']}")
     rows: list[dict] = []
-    for loss in args.losses:
-        run_setting(loss, args, device, rows)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pyfast_gan_bench_") as tmp:
+        folder = make_image_folder(os.path.join(tmp, "images"), args.dataset_size, args.image_size)
+        for loss in args.losses:
+            run_setting(loss, args, device, rows, folder)
     print()
     print_table(rows, COLUMNS)
     notes = [f"{r['loss']} / {r['config']}: {r['note']}" for r in rows if r.get("note")]

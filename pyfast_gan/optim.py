@@ -91,12 +91,25 @@ class RMSpropClip(Optimizer):
             disables the clamp (plain RMSprop).
         skip_nonfinite: if any gradient holds inf/NaN, skip the whole step (no state
             change, step count not advanced); ``step()`` then sets
-            ``last_step_skipped = True`` and increments ``skipped_steps``.
+            ``last_step_skipped = True`` and increments ``skipped_steps``. This differs from
+            ``torch.optim.RMSprop`` + ``clamp_``, which would write the NaNs into the weights.
+            The check reads one flag on the host per step.
         impl: "auto" | "reference" | "cpu" | "cuda" | "triton".
+        capturable: keep the step counters on the parameters' device (no host work in
+            ``step()``; a CUDA graph can capture it when ``lr`` is a float).
         foreach: accepted and stored for state_dict compatibility; ignored.
 
-    ``capturable`` and ``differentiable`` are not supported (ValueError if True).
+    Device-side skipping (no host sync), as torch's fused optimizers do under GradScaler:
+    set ``opt.found_inf`` to a 1-element fp32 tensor on the parameters' device (nonzero =
+    skip) before ``step()``; the kernels read the flag themselves, the step counters add
+    ``1 - found_inf``, and ``skip_nonfinite``'s host check is not run (the caller decided).
+    ``opt.grad_scale`` (set by ``GradScaler.step``) divides the gradients first.
+    ``torch.amp.GradScaler.step(opt)`` therefore works without a sync.
+
+    ``differentiable`` is not supported (ValueError if True).
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, lr: float = 5e-5, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
                  momentum: float = 0, centered: bool = False, clip_value: float | None = 0.01,
@@ -112,13 +125,11 @@ class RMSpropClip(Optimizer):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         _check_optional_clip(clip_value)
         check_impl_arg(impl)
-        if capturable:
-            raise ValueError("capturable: RMSpropClip does not support capturable=True")
         if differentiable:
             raise ValueError("differentiable: RMSpropClip does not support differentiable=True")
         defaults = {
             "lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps, "centered": centered,
-            "weight_decay": weight_decay, "capturable": False, "foreach": foreach, "maximize": maximize,
+            "weight_decay": weight_decay, "capturable": bool(capturable), "foreach": foreach, "maximize": maximize,
             "differentiable": False, "clip_value": clip_value, "skip_nonfinite": skip_nonfinite, "impl": impl,
         }
         super().__init__(params, defaults)
@@ -150,7 +161,8 @@ class RMSpropClip(Optimizer):
     def _init_state(self, group, p):
         state = self.state[p]
         if len(state) == 0:
-            state["step"] = torch.zeros((), dtype=_get_scalar_dtype())
+            state["step"] = torch.zeros((), dtype=_get_scalar_dtype(),
+                                        device=p.device if group["capturable"] else "cpu")
             state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["momentum"] > 0:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -165,6 +177,8 @@ class RMSpropClip(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
         work = []
         check = []
         native_check = True
@@ -179,17 +193,25 @@ class RMSpropClip(Optimizer):
             if group["skip_nonfinite"]:
                 check.extend(p.grad for p in params)
                 native_check = native_check and group["impl"] != "reference"
-        if check and not _all_finite(check, native_check):
+        if grad_scale is not None:  # GradScaler.step with still-scaled gradients
+            grads = [p.grad for _, params in work for p in params]
+            if grads:
+                torch._foreach_div_(grads, grad_scale)
+        if found_inf is not None:
+            _check_found_inf(found_inf, work)
+            self.last_step_skipped = None  # decided on the device; the caller counts it
+        elif check and not _all_finite(check, native_check):
             self.last_step_skipped = True
             self.skipped_steps += 1
             return loss
-        self.last_step_skipped = False
+        else:
+            self.last_step_skipped = False
         for group, params in work:
             if params:
-                self._step_group(group, params)
+                self._step_group(group, params, found_inf)
         return loss
 
-    def _step_group(self, group, params):
+    def _step_group(self, group, params, found_inf=None):
         _check_optional_clip(group["clip_value"])
         centered, momentum = group["centered"], group["momentum"]
         lr = group["lr"]
@@ -206,15 +228,23 @@ class RMSpropClip(Optimizer):
             by_device.setdefault(p.device, []).append((p, state))
         # Resolve first: an impl that cannot run must raise before any state changes.
         which_by_device = {device: resolve(_OP, _FAMILY, group["impl"], device) for device in by_device}
-        # Steps are 0-d CPU tensors (RMSprop's non-capturable layout): one foreach op.
-        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+        if found_inf is None:
+            # Steps are 0-d CPU tensors (RMSprop's non-capturable layout): one foreach op.
+            torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+        else:
+            # A skipped step is not counted; the counters move to the flag's device once so
+            # adding 1 - found_inf needs no transfer.
+            for p, state in _all_items(by_device):
+                if state["step"].device != found_inf.device:
+                    state["step"] = state["step"].to(found_inf.device)
+            torch._foreach_add_([s["step"] for _, s in _all_items(by_device)], 1.0 - found_inf)
         for device, items in by_device.items():
             which = which_by_device[device]
             fast, slow = [], []
             for p, state in items:
                 (fast if which != "reference" and _kernel_ok(p, state, centered, momentum) else slow).append((p, state))
             if slow:
-                rmsprop_clip_reference(*_lists(slow, centered, momentum), **hyper)
+                _reference_step(_lists(slow, centered, momentum), hyper, found_inf)
             if not fast:
                 continue
             if which == "triton":
@@ -224,11 +254,40 @@ class RMSpropClip(Optimizer):
                 for item in fast:
                     by_dtype.setdefault(item[0].dtype, []).append(item)
                 for group_items in by_dtype.values():
-                    triton_rmsprop_clip_(*_lists(group_items, centered, momentum), **hyper)
+                    triton_rmsprop_clip_(*_lists(group_items, centered, momentum), **hyper, found_inf=found_inf)
             else:
                 torch.ops.pyfast_gan.rmsprop_clip_(
                     *_lists(fast, centered, momentum), hyper["lr"], hyper["alpha"], hyper["eps"],
-                    hyper["weight_decay"], hyper["momentum"], centered, hyper["maximize"], hyper["clip_value"])
+                    hyper["weight_decay"], hyper["momentum"], centered, hyper["maximize"], hyper["clip_value"],
+                    found_inf)
+
+
+def _all_items(by_device: dict) -> list:
+    return [item for items in by_device.values() for item in items]
+
+
+def _check_found_inf(found_inf, work) -> None:
+    if not (torch.is_tensor(found_inf) and found_inf.numel() == 1 and found_inf.dtype == torch.float32):
+        raise ValueError(f"found_inf must be a one-element float32 tensor, got {found_inf!r}")
+    for _, params in work:
+        for p in params:
+            if p.device != found_inf.device:
+                raise ValueError(f"found_inf must be on the parameters' device ({p.device}), got {found_inf.device}")
+
+
+def _reference_step(lists, hyper: dict, found_inf) -> None:
+    """The reference update; with ``found_inf`` the update is computed and then undone
+    element-wise where the flag is set (torch.where, no host sync): the definition of a
+    skipped step, at the cost of a copy (the reference is for checking, not speed)."""
+    if found_inf is None:
+        rmsprop_clip_reference(*lists, **hyper)
+        return
+    mutated = [t for lst in (lists[0], *lists[2:]) for t in lst]
+    saved = [t.clone() for t in mutated]
+    rmsprop_clip_reference(*lists, **hyper)
+    skip = found_inf.reshape(()) != 0
+    for t, old in zip(mutated, saved):
+        t.copy_(torch.where(skip, old, t))
 
 
 def _check_optional_clip(clip_value) -> None:
@@ -265,7 +324,7 @@ def _register_fake() -> None:
 
     @torch.library.register_fake("pyfast_gan::rmsprop_clip_")
     def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha, eps, weight_decay,
-                           momentum, centered, maximize, clip_value):
+                           momentum, centered, maximize, clip_value, found_inf=None):
         return None
 
     @torch.library.register_fake("pyfast_gan::any_nonfinite")

@@ -26,16 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 def load_generator(checkpoint: str, ema: bool = False, device: str = "cpu"):
     """(generator in eval mode, resolved training config dict with the checkpoint's "step"
     added) from a checkpoint file or run directory."""
+    from pyfast_gan.models import build_models
     from pyfast_gan.train import checkpoint as ckpt_mod
-    from pyfast_gan.train.config import TOY_DATA, TrainConfig
-    from pyfast_gan.train.loop import _build_models
 
     path = ckpt_mod.find_checkpoint(checkpoint)
     ck = ckpt_mod.load(path, map_location=device)
     cfg = {**ck["config"], "step": int(ck.get("step", 0))}
-    is_toy = cfg["data"] in TOY_DATA
-    c = TrainConfig(**{**ck["config"], "betas": tuple(cfg["betas"])})
-    G, _ = _build_models(c, cfg["image_size"], cfg["channels"], is_toy)
+    G, _ = build_models(cfg["arch"], image_size=cfg["image_size"], channels=cfg["channels"],
+                        z_dim=cfg["z_dim"], base=cfg["base"], critic_norm=cfg["critic_norm"])
     if ema:
         if ck.get("ema") is None:
             raise ValueError(f"--ema: the checkpoint {path} has no EMA generator (train with --ema 0.999)")

@@ -77,12 +77,12 @@ def test_wgan_gp_moves_mass_onto_the_25_gaussians(tmp_path):
     modes = ToySampler("25gaussians").modes
     seen = {}
 
-    def on_start(state):
-        seen["start"] = _mode_to_sample_distance(state.G, modes)
+    def on_start(run):
+        seen["start"] = _mode_to_sample_distance(run.G, modes)
 
-    def on_step(state):
-        if state.step == 200:
-            seen["end"] = _mode_to_sample_distance(state.G, modes)
+    def on_step(run):
+        if run.generator_steps == 200:
+            seen["end"] = _mode_to_sample_distance(run.G, modes)
 
     out = tmp_path / "toy25"
     rc = main(["--data", "25gaussians", "--steps", "200", "--sample-every", "200", "--log-every", "50",

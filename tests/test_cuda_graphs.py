@@ -1,7 +1,8 @@
 """CUDA-graph capture of the critic and generator steps (CUDA only; skipped here).
 
-The graphed step must equal the eager step given the same inputs (real, z, alpha), leave
-no trace of its warm-up on the weights, and fall back with one message where it cannot run.
+The graphed step must equal the eager GANStep given the same inputs (real, z, alpha), leave
+no trace of its warm-up on the weights, skip a non-finite step as the eager one does, and
+fall back with one message where it cannot run.
 """
 from __future__ import annotations
 
@@ -11,22 +12,26 @@ import pytest
 import torch
 
 from pyfast_gan.fast.cuda_graphs import GraphedStep, cuda_graphs_unsupported_reason, graph_step
-from pyfast_gan.fast.step import FastStep, make_optimizers
-from pyfast_gan.models import DCGANCritic, DCGANGenerator
+from pyfast_gan.fast.step import GANStep, build_optimizers
+from pyfast_gan.losses import PRESETS
+from pyfast_gan.models import build_models
 
 
 def _step(device, loss="wgan-gp", amp="off", capturable=True, seed=0):
     torch.manual_seed(seed)
-    G = DCGANGenerator(32, 3, z_dim=16, base=8).to(device)
-    D = DCGANCritic(32, 3, base=8, norm="layer" if loss == "wgan-gp" else "batch").to(device)
-    lr = 5e-5 if loss == "wgan" else 1e-4
-    opt_g, opt_d, clip = make_optimizers(G, D, loss, lr=lr, capturable=capturable)
-    return FastStep(G, D, opt_g, opt_d, loss, z_dim=16, clip_after_step=clip, amp=amp)
+    G, D = build_models("dcgan", image_size=32, channels=3, z_dim=16, base=8,
+                        critic_norm="layer" if loss == "wgan-gp" else "batch")
+    G, D = G.to(device), D.to(device)
+    p = PRESETS[loss]
+    opt_g, opt_d, clip = build_optimizers(G, D, loss=loss, optimizer=p["optimizer"], lr=p["lr"],
+                                          betas=p.get("betas", (0.0, 0.9)), capturable=capturable)
+    return GANStep(G, D, opt_g, opt_d, loss, z_dim=16, clip_after=clip, amp=amp)
 
 
 def test_cpu_step_falls_back_with_a_message():
     step = _step("cpu", capturable=False)
     assert "CUDA" in cuda_graphs_unsupported_reason(step)
+    assert isinstance(step, GANStep)
     with pytest.warns(RuntimeWarning, match="CUDA graphs disabled"):
         assert graph_step(step, torch.randn(4, 3, 32, 32)) is step
 
@@ -53,10 +58,10 @@ def test_graphed_steps_equal_eager_steps(loss, amp):
         zg = torch.randn(n, 16, device=dev, generator=g)
         alpha = torch.rand(n, device=dev, generator=g)
         se = eager.critic_step(real, alpha=alpha, z=z)
-        sg = {k: v.clone() for k, v in graphed.critic_step(real, alpha=alpha, z=z).items()}
+        sg = graphed.critic_step(real, alpha=alpha, z=z)
         torch.testing.assert_close(sg["loss_d"], se["loss_d"], **tol)
         ge = eager.generator_step(n, z=zg)
-        gg = {k: v.clone() for k, v in graphed.generator_step(n, z=zg).items()}
+        gg = graphed.generator_step(n, z=zg)
         torch.testing.assert_close(gg["loss_g"], ge["loss_g"], **tol)
     for a, b in zip(eager.D.parameters(), graphed_src.D.parameters()):
         torch.testing.assert_close(a, b, **tol)
@@ -73,14 +78,20 @@ def test_graphed_step_rejects_other_shapes_and_draws_fresh_noise():
     with pytest.raises(ValueError, match="batch_size"):
         graphed.generator_step(5)
     real = torch.randn(4, 3, 32, 32, device=dev)
-    a = graphed.critic_step(real)["loss_d"].clone()
-    b = graphed.critic_step(real)["loss_d"].clone()
+    a = graphed.critic_step(real)["loss_d"]
+    b = graphed.critic_step(real)["loss_d"]
     assert torch.isfinite(a) and torch.isfinite(b) and not torch.equal(a, b)
+    # a NaN batch is skipped inside the graph as in the eager step, and counted
+    before = [p.detach().clone() for p in graphed.D.parameters()]
+    s = graphed.critic_step(torch.full_like(real, float("nan")))
+    assert float(s["skipped"]) == 1.0 and graphed.health()["total"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, graphed.D.parameters()))
 
 
 @pytest.mark.cuda
-def test_fp16_and_lazy_gp_fall_back():
+def test_fp16_lazy_gp_and_non_capturable_fall_back():
     dev = torch.device("cuda")
+    assert "capturable" in cuda_graphs_unsupported_reason(_step(dev, capturable=False))
     step = _step(dev, amp="fp16")
     assert "fp16" in cuda_graphs_unsupported_reason(step)
     step2 = _step(dev)

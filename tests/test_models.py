@@ -176,17 +176,30 @@ def test_mlps():
 
 
 def test_build_models():
-    G, D = build_models("dcgan", 64, 1, 32, "layer", "image")
+    G, D = build_models("dcgan", image_size=64, channels=1, z_dim=32, base=8, critic_norm="layer")
     assert isinstance(G, DCGANGenerator) and isinstance(D, DCGANCritic) and D.norm == "layer"
     assert G(torch.randn(2, 32)).shape == (2, 1, 64, 64)
-    G, D = build_models("resnet", 32, 3, 16, "none", "image")
+    G, D = build_models("resnet", image_size=32, channels=3, z_dim=16, base=8, critic_norm="none")
     assert isinstance(G, ResNetGenerator) and isinstance(D, ResNetCritic)
-    G, D = build_models("dcgan", 32, 3, 2, "batch", "toy")
+    G, D = build_models("mlp", z_dim=2, base=16)
     assert isinstance(G, MLPGenerator) and isinstance(D, MLPCritic)
+    assert [m.out_features for m in D.modules() if isinstance(m, nn.Linear)] == [16, 16, 16, 1]
     with pytest.raises(ValueError, match="arch"):
-        build_models("vit", 32, 3, 2, "batch", "image")
-    with pytest.raises(ValueError, match="mlp"):
-        build_models("mlp", 32, 3, 2, "batch", "image")
+        build_models("vit", image_size=32, channels=3)
+
+
+def test_ema_skip_flag_freezes_the_average():
+    model = nn.Linear(4, 3)
+    ema = EMA(model, decay=0.9)
+    before = [p.clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    ema.update(model, skip=torch.tensor(1.0))
+    assert all(torch.equal(a, b) for a, b in zip(before, ema.module.parameters()))
+    ema.update(model, skip=torch.tensor(0.0))
+    for b, e, p in zip(before, ema.module.parameters(), model.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach(), atol=1e-6, rtol=1e-6)
 
 
 def test_ema_update_math():

@@ -1,4 +1,6 @@
-"""The compiled critic objective (penalty included) gives eager's parameter gradients.
+"""The critic objective (pyfast_gan/fast/objective.py): eager and compiled (penalty included,
+with the project's kernels or the inductor-generated reference formula) give the paper's
+parameter gradients; real and fake in one forward equal two calls.
 
 Compiling costs tens of seconds per graph on a 2-core CPU, so each compiled test compiles
 one small critic once.
@@ -11,8 +13,8 @@ import warnings
 import pytest
 import torch
 
-from pyfast_gan.fast import compile as fc
-from pyfast_gan.fast.compile import CriticObjective, make_critic_objective
+from pyfast_gan.fast import objective as fc
+from pyfast_gan.fast.objective import CriticObjective, critic_scores
 from pyfast_gan.models import DCGANCritic, MLPCritic
 
 
@@ -49,7 +51,8 @@ def test_compiled_wgan_gp_conv_critic_matches_eager():
     n = 5
     real, fake = torch.rand(n, 3, 32, 32) * 2 - 1, torch.randn(n, 3, 32, 32)
     alpha = torch.rand(n)
-    objective = make_critic_objective("wgan-gp", gp_weight=10.0, compile=True)
+    # the project's kernels inside the compiled graph (compile_penalty="kernels", the default)
+    objective = CriticObjective("wgan-gp", gp_weight=10.0, compile=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback allowed here
         loss, grads, stats = _grads_of(objective, critic, real, fake, alpha)
@@ -60,6 +63,7 @@ def test_compiled_wgan_gp_conv_critic_matches_eager():
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
     _assert_grads_close(grads, ref_grads)
     assert set(stats) >= {"wasserstein", "gp", "grad_norm_x_hat"}
+    _assert_penalty_stats(stats, critic, real, fake, alpha)
 
     # a second batch (new values, same shapes) reuses the graph and still matches
     real2, fake2, alpha2 = torch.randn(n, 3, 32, 32), torch.randn(n, 3, 32, 32), torch.rand(n)
@@ -70,24 +74,67 @@ def test_compiled_wgan_gp_conv_critic_matches_eager():
 
 
 @pytest.mark.skipif(not fc.has_trace_autograd_ops(), reason="torch lacks trace_autograd_ops")
-def test_func_mode_mlp_critic_matches_eager():
+def test_compiled_reference_penalty_mlp_critic_matches_eager():
     torch.manual_seed(4)
     critic = MLPCritic(in_dim=2, hidden=16, depth=2)
     n = 7
     real, fake, alpha = torch.randn(n, 2), torch.randn(n, 2), torch.rand(n)
-    objective = CriticObjective("wgan-gp", mode="func")
-    loss, grads, _ = _grads_of(objective, critic, real, fake, alpha)
-    assert objective.mode == "func", objective.fallback_reason
+    objective = CriticObjective("wgan-gp", compile=True, compile_penalty="reference")
+    loss, grads, stats = _grads_of(objective, critic, real, fake, alpha)
+    assert objective.mode == "compile", objective.fallback_reason
     ref_loss, ref_grads = _paper_grads(critic, real, fake, alpha)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
     _assert_grads_close(grads, ref_grads)
+    _assert_penalty_stats(stats, critic, real, fake, alpha)
+
+
+def _assert_penalty_stats(stats, critic, real, fake, alpha):
+    """gp is the unweighted mean penalty and grad_norm_x_hat the mean input-gradient norm,
+    computed here independently with autograd."""
+    a = alpha.view(-1, *([1] * (real.dim() - 1)))
+    x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
+    (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat)
+    norms = g.flatten(1).norm(2, dim=1)
+    torch.testing.assert_close(stats["gp"], ((norms - 1) ** 2).mean(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stats["grad_norm_x_hat"], norms.mean(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_eager_penalty_stats_are_unweighted(impl):
+    torch.manual_seed(8)
+    critic = DCGANCritic(32, 1, base=4, norm="layer")
+    real, fake, alpha = torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32), torch.rand(4)
+    for weight in (10.0, 0.5):
+        _, _, stats = _grads_of(CriticObjective("wgan-gp", gp_weight=weight, impl=impl),
+                                critic, real, fake, alpha)
+        _assert_penalty_stats(stats, critic, real, fake, alpha)
+
+
+@pytest.mark.parametrize("norm,concat", [("layer", True), ("none", True), ("batch", False)])
+def test_real_and_fake_in_one_forward_equal_two_calls(norm, concat):
+    torch.manual_seed(9)
+    critic = DCGANCritic(32, 3, base=4, norm=norm)
+    real, fake = torch.randn(5, 3, 32, 32), torch.randn(5, 3, 32, 32)
+    assert (not fc.has_batch_norm(critic)) is concat  # batch statistics would mix the two
+    one_r, one_f = critic_scores(critic, real, fake, concat=True)
+    two_r, two_f = critic(real), critic(fake)
+    if concat:
+        torch.testing.assert_close(one_r, two_r, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(one_f, two_f, atol=1e-6, rtol=1e-5)
+    else:
+        assert not torch.allclose(one_r, two_r, atol=1e-4)
+    # the objective decides by itself and its loss equals the two-call loss
+    eager = CriticObjective("wgan", impl="reference")
+    loss, _ = eager(critic, real, fake)
+    torch.testing.assert_close(loss, (critic(fake).mean() - critic(real).mean()).detach(),
+                               atol=1e-6, rtol=1e-5)
 
 
 def test_plain_compile_for_losses_without_penalty():
     torch.manual_seed(5)
     critic = MLPCritic(in_dim=3, hidden=8, depth=1)
     real, fake = torch.randn(6, 3), torch.randn(6, 3)
-    objective = CriticObjective("hinge", mode="compile")
+    objective = CriticObjective("hinge", compile=True)
     loss, grads, _ = _grads_of(objective, critic, real, fake, None)
     assert objective.mode == "compile", objective.fallback_reason
     ref = copy.deepcopy(critic)
@@ -102,13 +149,13 @@ def test_eager_objective_matches_paper_and_lazy_gp():
     critic = DCGANCritic(32, 1, base=4, norm="none")
     n = 3
     real, fake, alpha = torch.randn(n, 1, 32, 32), torch.randn(n, 1, 32, 32), torch.rand(n)
-    eager = CriticObjective("wgan-gp", mode="eager", impl="reference")
+    eager = CriticObjective("wgan-gp", impl="reference")
     loss, grads, stats = _grads_of(eager, critic, real, fake, alpha)
     ref_loss, ref_grads = _paper_grads(critic, real, fake, alpha)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
     _assert_grads_close(grads, ref_grads)
 
-    lazy = CriticObjective("wgan-gp", mode="eager", impl="reference", lazy_gp=4)
+    lazy = CriticObjective("wgan-gp", impl="reference", lazy_gp=4)
     loss0, grads0, st0 = _grads_of(lazy, critic, real, fake, alpha, step_index=8)
     ref0, ref_grads0 = _paper_grads(critic, real, fake, alpha, weight=40.0)
     torch.testing.assert_close(loss0, ref0, atol=1e-5, rtol=1e-4)
@@ -122,7 +169,7 @@ def test_eager_objective_matches_paper_and_lazy_gp():
 def test_fallback_when_trace_autograd_ops_is_missing(monkeypatch):
     monkeypatch.setattr(fc, "has_trace_autograd_ops", lambda: False)
     with pytest.warns(RuntimeWarning, match="trace_autograd_ops"):
-        objective = CriticObjective("wgan-gp", mode="compile")
+        objective = CriticObjective("wgan-gp", compile=True)
     assert objective.mode == "eager" and "trace_autograd_ops" in objective.fallback_reason
 
 
@@ -133,11 +180,11 @@ def test_fallback_when_gradients_differ(monkeypatch):
 
     def wrong_compiled(self):  # a "compiled" objective with a wrong penalty weight
         def fn(critic, real, fake, x_hat, **kw):
-            return fc._objective_body(critic, real, fake, x_hat, **{**kw, "weight": kw["weight"] * 2})
+            return fc.critic_loss(critic, real, fake, x_hat, **{**kw, "weight": kw["weight"] * 2})
         return fn
 
     monkeypatch.setattr(CriticObjective, "_get_compiled", wrong_compiled)
-    objective = CriticObjective("wgan-gp", mode="compile")
+    objective = CriticObjective("wgan-gp", compile=True)
     before = [p.detach().clone() for p in critic.parameters()]
     with pytest.warns(RuntimeWarning, match="differ from eager"):
         loss, grads, _ = _grads_of(objective, critic, real, fake, alpha)
@@ -158,7 +205,7 @@ def test_fallback_when_compiling_fails(monkeypatch):
         return fn
 
     monkeypatch.setattr(CriticObjective, "_get_compiled", broken)
-    objective = CriticObjective("wgan-gp", mode="compile")
+    objective = CriticObjective("wgan-gp", compile=True)
     with pytest.warns(RuntimeWarning, match="compiling failed"):
         loss, _ = objective(critic, torch.randn(3, 2), torch.randn(3, 2))
     assert objective.mode == "eager" and torch.isfinite(loss)
@@ -166,12 +213,12 @@ def test_fallback_when_compiling_fails(monkeypatch):
 
 def test_fp16_compiled_falls_back_and_bad_arguments():
     with pytest.warns(RuntimeWarning, match="fp16"):
-        assert CriticObjective("wgan-gp", mode="compile", amp="fp16").mode == "eager"
-    with pytest.raises(ValueError, match="mode"):
-        CriticObjective("wgan-gp", mode="jit")
+        assert CriticObjective("wgan-gp", compile=True, amp="fp16").mode == "eager"
+    with pytest.raises(ValueError, match="compile_penalty"):
+        CriticObjective("wgan-gp", compile_penalty="jit")
     with pytest.raises(ValueError, match="amp"):
         CriticObjective("wgan-gp", amp="int8")
     with pytest.raises(ValueError, match="lazy_gp"):
         CriticObjective("wgan-gp", lazy_gp=-1)
     with pytest.raises(ValueError, match="real and fake"):
-        CriticObjective("wgan-gp", mode="eager")(MLPCritic(2, 4, 1), torch.randn(3, 2), torch.randn(4, 2))
+        CriticObjective("wgan-gp")(MLPCritic(2, 4, 1), torch.randn(3, 2), torch.randn(4, 2))

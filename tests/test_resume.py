@@ -90,8 +90,8 @@ def test_keyboard_interrupt_writes_checkpoint_and_resumes_exactly(tmp_path, caps
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main([*args, "--steps", "10", "--out", str(full)]) == 0
 
-    def on_step(state):
-        if state.step == 4:
+    def on_step(run):
+        if run.generator_steps == 4:
             raise KeyboardInterrupt  # as Ctrl-C would, between two steps
 
     rc = main([*args, "--steps", "10", "--out", str(cut), "--checkpoint-every", "1000"], hooks={"on_step": on_step})
@@ -130,8 +130,8 @@ def test_sigterm_stops_at_a_step_boundary(tmp_path, capsys):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main([*args, "--steps", "6", "--out", str(full)]) == 0
 
-    def on_step(state):
-        if state.step == 3:
+    def on_step(run):
+        if run.generator_steps == 3:
             os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends before killing a job
 
     assert main([*args, "--steps", "6", "--out", str(cut)], hooks={"on_step": on_step}) == 130

@@ -3,6 +3,7 @@ subprocess) with tiny models: every loss, toy and image data, outputs, sample.py
 bad flags, non-finite handling."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -203,17 +204,18 @@ def test_empty_data_folder_is_a_clear_error(tmp_path, capsys):
     assert str(tmp_path / "empty") in capsys.readouterr().err
 
 
-def _nan_on(indices):
-    def on_start(state):
-        inner = state.critic_objective
+def _poison_batches(indices):
+    """on_start hook: the real batches of these critic steps (counted from 0) are NaN, as a
+    corrupt image or an overflowing input would make them."""
+    def on_start(run):
+        inner, count = run.batcher.next, [0]
 
-        def objective(critic, real, fake, step_index):
-            loss, stats = inner(critic, real, fake, step_index)
-            if step_index in indices or indices == "all":
-                loss = loss * float("nan")
-            return loss, stats
+        def next_batch(n):
+            x = inner(n)
+            count[0] += 1
+            return x * float("nan") if (count[0] - 1) in indices else x
 
-        state.critic_objective = objective
+        run.batcher.next = next_batch
     return on_start
 
 
@@ -221,11 +223,11 @@ def test_nonfinite_steps_are_skipped(tmp_path):
     out = tmp_path / "run"
     snap = {}
 
-    def on_step(state):
-        snap[state.step] = [p.detach().clone() for p in state.D.parameters()]
+    def on_step(run):
+        snap[run.generator_steps] = [p.detach().clone() for p in run.D.parameters()]
 
     rc = main(["--steps", "4", "--out", str(out), "--log-every", "1", *TINY],
-              hooks={"on_start": _nan_on({2, 3}), "on_step": on_step})
+              hooks={"on_start": _poison_batches({2, 3}), "on_step": on_step})
     assert rc == 0
     recs = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r]
     # n_critic=2: critic steps 2 and 3 are generator step 2's; both skipped, nothing applied.
@@ -233,19 +235,23 @@ def test_nonfinite_steps_are_skipped(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(snap[1], snap[2]))
     assert not all(torch.equal(a, b) for a, b in zip(snap[2], snap[3]))
     assert all(torch.isfinite(p).all() for p in snap[4])
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["nonfinite_total"] == 2
 
 
 def test_repeated_nonfinite_stops_with_message(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["--steps", "50", "--out", str(out), "--max-nonfinite", "5", "--checkpoint-every", "1", *TINY],
-              hooks={"on_start": _nan_on(set(range(4, 10_000)))})
+              hooks={"on_start": _poison_batches(set(range(4, 10_000)))})
     assert rc == 3
     err = capsys.readouterr().err
-    assert "5 consecutive steps with a non-finite loss or gradient" in err
+    assert "consecutive steps with a non-finite loss or gradient" in err
     assert "last good checkpoint is kept" in err
     ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
     assert ck["step"] == 2  # critic steps 0-3 were fine: generator steps 1 and 2 completed
     assert all(torch.isfinite(v).all() for v in ck["D"].values() if v.is_floating_point())
+    # checked at checkpoint steps here (every step): it stopped within one step of the limit
+    assert "stopped at step 5: 6 consecutive" in err
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
@@ -312,7 +318,7 @@ def test_compile_time_reported_apart_from_img_per_s(tmp_path, capsys):
     out = tmp_path / "run"
     seen = {}
     rc = main([*TOY, "--compile", "--steps", "7", "--log-every", "7", "--out", str(out)],
-              hooks={"on_step": lambda st: seen.setdefault("objective", st.critic_objective)})
+              hooks={"on_step": lambda run: seen.setdefault("objective", run.step.objective)})
     assert rc == 0
     obj = seen["objective"]
     assert obj.mode == "compile" and obj.fallback_reason is None
@@ -323,47 +329,45 @@ def test_compile_time_reported_apart_from_img_per_s(tmp_path, capsys):
     assert capsys.readouterr().err.count("--compile: compile time") == 1
 
 
-def test_graphed_step_branch_with_an_eager_stand_in(tmp_path, monkeypatch, capsys):
-    """The trainer's --cuda-graphs branch (FastStep stats, health checks at log steps, EMA,
-    counters, checkpoints) run on CPU, with graph_step replaced by the un-captured FastStep:
-    capture itself needs CUDA (test_cuda_graphs_cli_on_cuda)."""
-    from pyfast_gan.fast import cuda_graphs
-    from pyfast_gan.train import loop
+class _Recorder:
+    """Wraps the run's critic objective: draws the penalty's alpha itself (as the objective
+    would, same RNG stream) and keeps the first call's inputs for an independent check."""
 
-    class StandIn:
-        def __init__(self, step, real_example):
-            self.step = step
+    def __init__(self, inner, log):
+        self.inner, self.log = inner, log
 
-        def critic_step(self, real):
-            return self.step.critic_step(real)
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
-        def generator_step(self, batch_size):
-            return self.step.generator_step(batch_size)
+    def __call__(self, critic, real, fake, step_index=0, alpha=None):
+        alpha = torch.rand(real.shape[0]) if alpha is None else alpha
+        if not self.log:
+            self.log.append((copy.deepcopy(critic), real.clone(), fake.clone(), alpha.clone()))
+        return self.inner(critic, real, fake, step_index, alpha=alpha)
 
-    make_opts = loop._make_optimizers
-    monkeypatch.setattr(loop, "_cuda_graphs_blocker", lambda cfg, device, world: None)
-    # capturable optimizers are CUDA-only; the stand-in runs eagerly anyway
-    monkeypatch.setattr(loop, "_make_optimizers", lambda *a, capturable=False: make_opts(*a))
-    monkeypatch.setattr(cuda_graphs, "GraphedStep", StandIn)
-    monkeypatch.setattr(cuda_graphs, "graph_step", lambda step, real: StandIn(step, real))
-    out = tmp_path / "run"
-    assert main(["--cuda-graphs", "--ema", "0.9", "--steps", "7", "--log-every", "7",
-                 "--out", str(out), *TINY]) == 0
-    assert "captured" in capsys.readouterr().err
-    rec = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r][-1]
-    assert math.isfinite(rec["loss_d"]) and math.isfinite(rec["loss_g"]) and rec["gp"] > 0
-    assert rec["capture_time_s"] >= 0 and rec["img_per_s"] > 0
-    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
-    assert ck["step"] == 7 and ck["critic_steps"] == 14
-    assert ck["ema"]["num_updates"] == 7  # one EMA update per graphed generator step
 
-    # a non-finite loss cannot be skipped in a graph: the run stops at the next check
-    def poison(state):
-        with torch.no_grad():
-            for p in state.D.parameters():
-                p.fill_(float("nan"))
+def test_gp_is_the_unweighted_penalty_eager_and_compiled(tmp_path):
+    from pyfast_gan.fast.objective import has_trace_autograd_ops
 
-    rc = main(["--cuda-graphs", "--steps", "4", "--log-every", "2", "--out", str(tmp_path / "bad"),
-               *TINY], hooks={"on_start": poison})
-    assert rc == 3
-    assert "graphed steps cannot be skipped" in capsys.readouterr().err
+    if not has_trace_autograd_ops():
+        pytest.skip("torch lacks trace_autograd_ops")
+    gps, first = {}, {}
+    for mode in ("eager", "compile"):
+        out = tmp_path / mode
+        log = []
+
+        def on_start(run, log=log):
+            run.step.objective = _Recorder(run.step.objective, log)
+
+        argv = [*TOY, "--n-critic", "1", "--steps", "3", "--log-every", "1", "--out", str(out)]
+        assert main(argv + (["--compile"] if mode == "compile" else []), hooks={"on_start": on_start}) == 0
+        gps[mode] = [r["gp"] for r in _read_jsonl(out / "metrics.jsonl") if "gp" in r]
+        first[mode] = log[0]
+    assert len(gps["eager"]) == 3
+    np.testing.assert_allclose(gps["compile"], gps["eager"], rtol=1e-4, atol=1e-6)
+    critic, real, fake, alpha = first["eager"]
+    a = alpha.view(-1, 1)
+    x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
+    (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat)
+    expected = ((g.norm(2, dim=1) - 1) ** 2).mean().item()  # lambda (0.1 here) not included
+    assert gps["eager"][0] == pytest.approx(expected, rel=1e-5, abs=1e-7)

@@ -83,9 +83,9 @@ def test_resume_two_process_checkpoint_on_one_process(two_process_run, tmp_path,
     before = torch.load(src / "checkpoints" / "latest.pt", weights_only=False)
     seen = {}
 
-    def on_start(state):
-        seen["G"] = {k: v.clone() for k, v in state.G.state_dict().items()}
-        seen["opt_d_steps"] = [float(s["step"]) for s in state.opt_d.state.values()]
+    def on_start(run):
+        seen["G"] = {k: v.clone() for k, v in run.G.state_dict().items()}
+        seen["opt_d_steps"] = [float(s["step"]) for s in run.opt_d.state.values()]
 
     assert main(["--resume", str(src), "--steps", str(STEPS + 4), "--out", str(out),
                  "--log-every", "2", "--no-progress"], hooks={"on_start": on_start}) == 0
@@ -103,10 +103,9 @@ def test_resume_two_process_checkpoint_on_one_process(two_process_run, tmp_path,
 
 
 def _skip_worker(rank, port, out_path):
-    from types import SimpleNamespace
-
     from pyfast_gan.fast import distributed as fd
-    from pyfast_gan.train.steps import _finish
+    from pyfast_gan.fast.step import GANStep
+    from pyfast_gan.models import MLPCritic, MLPGenerator
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
                       RANK=str(rank), LOCAL_RANK=str(rank))
@@ -114,27 +113,24 @@ def _skip_worker(rank, port, out_path):
     try:
         fd.init_distributed(device="cpu")
         torch.manual_seed(0)
-        net = torch.nn.Linear(5, 3)
-        opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        state = SimpleNamespace(grad_sync=fd.make_grad_sync(), nonfinite_total=0)
+        G, D = MLPGenerator(z_dim=2, hidden=8, depth=1), MLPCritic(in_dim=2, hidden=8, depth=1)
+        opt_g = torch.optim.Adam(G.parameters(), lr=0.1, fused=True)
+        opt_d = torch.optim.Adam(D.parameters(), lr=0.1, fused=True)
+        step = GANStep(G, D, opt_g, opt_d, "wgan-gp", z_dim=2, grad_sync=fd.allreduce_grads_)
         torch.manual_seed(100 + rank)
-        applied = []
-        # step 0: rank 1's loss is non-finite while its gradients (and the averaged ones)
-        # are finite: both ranks must skip. step 1: all finite, both apply.
-        for step in range(2):
-            opt.zero_grad(set_to_none=True)
-            loss = net(torch.randn(4, 5)).square().mean()
-            loss.backward()
-            shown = loss * float("nan") if (step == 0 and rank == 1) else loss
-            ok, _ = _finish(state, net, opt, scaler, shown)
-            applied.append(ok)
-        params = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        skipped = []
+        # step 0: only rank 1's batch is non-finite: both ranks must skip (the flag travels
+        # with the all-reduced gradients). step 1: all finite, both apply.
+        for i in range(2):
+            real = torch.randn(4, 2)
+            if i == 0 and rank == 1:
+                real[0, 0] = float("nan")
+            skipped.append(float(step.critic_step(real)["skipped"]))
+        params = torch.cat([p.detach().reshape(-1) for p in D.parameters()])
         gathered = [torch.zeros_like(params) for _ in range(WORLD)]
         torch.distributed.all_gather(gathered, params)
         if rank == 0:
-            torch.save({"applied": applied, "params": gathered,
-                        "skipped": state.nonfinite_total}, out_path)
+            torch.save({"skipped": skipped, "params": gathered, "health": step.health()}, out_path)
     finally:
         fd.cleanup()
 
@@ -146,8 +142,11 @@ def test_nonfinite_skip_is_agreed_across_ranks(tmp_path):
     mp.start_processes(_skip_worker, args=(_free_port(), out), nprocs=WORLD, join=True,
                        start_method="spawn")
     r = torch.load(out)
-    assert r["applied"] == [False, True] and r["skipped"] == 1
+    assert r["skipped"] == [1.0, 0.0] and r["health"] == {"streak_d": 0, "streak_g": 0, "total": 1}
     torch.testing.assert_close(r["params"][0], r["params"][1], rtol=0, atol=0)
+    from pyfast_gan.models import MLPCritic, MLPGenerator
+
     torch.manual_seed(0)
-    start = torch.cat([p.detach().reshape(-1) for p in torch.nn.Linear(5, 3).parameters()])
+    MLPGenerator(z_dim=2, hidden=8, depth=1)
+    start = torch.cat([p.detach().reshape(-1) for p in MLPCritic(in_dim=2, hidden=8, depth=1).parameters()])
     assert (r["params"][0] - start).abs().max() > 1e-4  # the second step did move them

@@ -194,6 +194,16 @@ void check_pair(const at::Tensor& x, const at::Tensor& p, const char* name, size
 
 }  // namespace
 
+// found_inf: GradScaler's convention (a 1-element fp32 tensor, nonzero = skip the whole
+// step) on the parameters' device, so the skip is decided without a host sync.
+void check_found_inf(const at::Tensor& found_inf, at::Device device) {
+  PFG_CHECK_ARG(found_inf.numel() == 1 && found_inf.scalar_type() == at::kFloat, "found_inf",
+                "must be a one-element float32 tensor, got ", found_inf.scalar_type(), " with ", found_inf.numel(),
+                " elements");
+  PFG_CHECK_ARG(found_inf.device() == device, "found_inf", "must be on the parameters' device (", device,
+                "), got ", found_inf.device());
+}
+
 // Shared with the CUDA launcher: every per-tensor check that does not depend on device.
 void rmsprop_clip_check(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                         at::TensorList grad_avgs, at::TensorList momentum_buffers, double momentum, bool centered,
@@ -226,8 +236,14 @@ namespace {
 
 void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, double lr, double alpha, double eps,
-                      double weight_decay, double momentum, bool centered, bool maximize, double clip_value) {
+                      double weight_decay, double momentum, bool centered, bool maximize, double clip_value,
+                      const std::optional<at::Tensor>& found_inf) {
   rmsprop_clip_check(params, grads, square_avgs, grad_avgs, momentum_buffers, momentum, centered, clip_value);
+  if (found_inf.has_value()) {
+    check_found_inf(*found_inf, params.empty() ? at::Device(at::kCPU) : params[0].device());
+    // The flag lives in host memory here: reading it is a load, not a device sync.
+    if (found_inf->item<float>() != 0.0f) return;
+  }
   const RmsArgs args{lr, alpha, eps, weight_decay, momentum, clip_value, centered, maximize};
 #ifdef PFG_X86
   const bool fast = cpu_has_avx2_fma();
@@ -332,15 +348,16 @@ void rmsprop_clip_inplace_or_view(c10::DispatchKeySet ks, at::TensorList params,
                                   at::TensorList square_avgs, at::TensorList grad_avgs,
                                   at::TensorList momentum_buffers, double lr, double alpha, double eps,
                                   double weight_decay, double momentum, bool centered, bool maximize,
-                                  double clip_value) {
+                                  double clip_value, const std::optional<at::Tensor>& found_inf) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pyfast_gan::rmsprop_clip_", "")
                        .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                                   double, double, double, double, double, bool, bool, double)>();
+                                   double, double, double, double, double, bool, bool, double,
+                                   const std::optional<at::Tensor>&)>();
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, grads, square_avgs, grad_avgs, momentum_buffers,
-                  lr, alpha, eps, weight_decay, momentum, centered, maximize, clip_value);
+                  lr, alpha, eps, weight_decay, momentum, centered, maximize, clip_value, found_inf);
   }
   for (at::TensorList list : {params, square_avgs, grad_avgs, momentum_buffers})
     for (const at::Tensor& t : list) t.unsafeGetTensorImpl()->bump_version();
@@ -352,7 +369,7 @@ TORCH_LIBRARY_FRAGMENT(pyfast_gan, m) {
   m.def(
       "rmsprop_clip_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
       "Tensor(d!)[] momentum_buffers, float lr, float alpha, float eps, float weight_decay, float momentum, "
-      "bool centered, bool maximize, float clip_value) -> ()");
+      "bool centered, bool maximize, float clip_value, Tensor? found_inf=None) -> ()");
   // 0-d bool tensor on the tensors' device (CPU for an empty list): any inf or NaN.
   m.def("any_nonfinite(Tensor[] tensors) -> Tensor");
 }

@@ -22,6 +22,7 @@ namespace pyfast_gan {
 void rmsprop_clip_check(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                         at::TensorList grad_avgs, at::TensorList momentum_buffers, double momentum, bool centered,
                         double clip_value);
+void check_found_inf(const at::Tensor& found_inf, at::Device device);
 
 namespace {
 
@@ -60,6 +61,7 @@ struct RmsFunctor {
   static constexpr int depth = 3 + CENTERED + MOMENTUM;
   Hyper<acc_t> h;
   T lo_t, hi_t;
+  const float* found_inf;  // nullptr, or a device flag: nonzero = leave everything as it is
 
   static __device__ __forceinline__ acc_t r(acc_t x) { return static_cast<acc_t>(static_cast<T>(x)); }
 
@@ -97,6 +99,7 @@ struct RmsFunctor {
 
   __device__ __forceinline__ void operator()(const mta::TensorListMetadata<depth>& meta, int t, int64_t start,
                                              int64_t len) const {
+    if (found_inf != nullptr && *found_inf != 0.0f) return;
     T* p = static_cast<T*>(meta.addresses[0][t]) + start;
     const T* g = static_cast<const T*>(meta.addresses[1][t]) + start;
     T* sa = static_cast<T*>(meta.addresses[2][t]) + start;
@@ -136,7 +139,7 @@ struct RmsFunctor {
 template <typename T, bool CENTERED, bool MOMENTUM>
 void launch(at::TensorList params, at::TensorList grads, at::TensorList square_avgs, at::TensorList grad_avgs,
             at::TensorList momentum_buffers, const std::vector<size_t>& idx, const Hyper<float>& hf,
-            const Hyper<double>& hd, double clip_value) {
+            const Hyper<double>& hd, double clip_value, const float* found_inf) {
   using F = RmsFunctor<T, CENTERED, MOMENTUM>;
   std::vector<std::vector<at::Tensor>> lists(F::depth);
   for (size_t i : idx) {
@@ -152,6 +155,7 @@ void launch(at::TensorList params, at::TensorList grads, at::TensorList square_a
   } else {
     f.h = hf;
   }
+  f.found_inf = found_inf;
   f.lo_t = static_cast<T>(-clip_value);
   f.hi_t = static_cast<T>(clip_value);
   f.h.lo = static_cast<typename F::acc_t>(f.lo_t);
@@ -178,8 +182,14 @@ Hyper<acc_t> make_hyper(double lr, double alpha, double eps, double weight_decay
 
 void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                        at::TensorList grad_avgs, at::TensorList momentum_buffers, double lr, double alpha, double eps,
-                       double weight_decay, double momentum, bool centered, bool maximize, double clip_value) {
+                       double weight_decay, double momentum, bool centered, bool maximize, double clip_value,
+                       const std::optional<at::Tensor>& found_inf) {
   rmsprop_clip_check(params, grads, square_avgs, grad_avgs, momentum_buffers, momentum, centered, clip_value);
+  const float* skip = nullptr;
+  if (found_inf.has_value() && !params.empty()) {
+    check_found_inf(*found_inf, params[0].device());
+    skip = found_inf->const_data_ptr<float>();
+  }
   const auto hf = make_hyper<float>(lr, alpha, eps, weight_decay, momentum, maximize);
   const auto hd = make_hyper<double>(lr, alpha, eps, weight_decay, momentum, maximize);
   for (at::ScalarType st : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
@@ -191,17 +201,17 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
       if (centered) {
         if (momentum > 0)
           launch<scalar_t, true, true>(params, grads, square_avgs, grad_avgs, momentum_buffers, idx, hf, hd,
-                                       clip_value);
+                                       clip_value, skip);
         else
           launch<scalar_t, true, false>(params, grads, square_avgs, grad_avgs, momentum_buffers, idx, hf, hd,
-                                        clip_value);
+                                        clip_value, skip);
       } else {
         if (momentum > 0)
           launch<scalar_t, false, true>(params, grads, square_avgs, grad_avgs, momentum_buffers, idx, hf, hd,
-                                        clip_value);
+                                        clip_value, skip);
         else
           launch<scalar_t, false, false>(params, grads, square_avgs, grad_avgs, momentum_buffers, idx, hf, hd,
-                                         clip_value);
+                                         clip_value, skip);
       }
     });
   }

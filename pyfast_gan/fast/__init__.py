@@ -1,7 +1,9 @@
-"""The fast training step: compiled critic objective (penalty included), CUDA graphs, and
-data-parallel helpers for torchrun. See compile.py, cuda_graphs.py, distributed.py."""
-from .compile import (CriticObjective, GeneratorObjective, has_trace_autograd_ops,
-                      make_critic_objective)
+"""The training step (step.py: GANStep, the optimizer factory), its objectives (objective.py:
+the critic loss with the penalty, eager or compiled through the double backward), CUDA-graph
+capture of the same step (cuda_graphs.py) and data-parallel gradient sync for torchrun
+(distributed.py)."""
+from .objective import CriticObjective, GeneratorObjective, critic_loss, has_trace_autograd_ops
+from .step import GANStep, build_optimizers
 
-__all__ = ["CriticObjective", "GeneratorObjective", "make_critic_objective",
+__all__ = ["GANStep", "build_optimizers", "CriticObjective", "GeneratorObjective", "critic_loss",
            "has_trace_autograd_ops"]

@@ -1,4 +1,8 @@
-"""Capture the critic step and the generator step in CUDA graphs (CUDA only).
+"""Capture :class:`GANStep`'s critic and generator steps in CUDA graphs (CUDA only).
+
+:class:`GraphedStep` replays the very step it wraps, behind the same interface
+(``critic_step(real)``, ``generator_step(n)``, the same stats); the trainer and the
+benchmark use either without a branch.
 
 At DCGAN sizes a GPU step is a few milliseconds, much of it kernel-launch overhead; a
 graph replays the whole step (noise, generator, critic, penalty double backward, optimizer
@@ -14,13 +18,14 @@ step) as one launch. The recipe is PyTorch's "whole network capture":
   their addresses), so warm-up leaves no trace on training;
 * gradients set to None before capture, so backward allocates them inside the graph's
   memory pool and every replay writes the same memory;
-* optimizers must be capturable: ``Adam(capturable=True)`` / ``fused=True``, RMSprop
-  ``capturable=True``; autocast inside the graph runs with ``cache_enabled=False``.
+* optimizers must be capturable: fused ``Adam(capturable=True)`` and
+  ``RMSpropClip(capturable=True)`` (both apply the step's device-side skip flag inside the
+  graph); autocast inside the graph runs with ``cache_enabled=False``.
 
 Not supported in a graph (each falls back to the eager step with one message): a CPU
-device, fp16 with GradScaler (its inf check syncs with the host), lazy_gp > 1 (the penalty
-would change the graph from step to step), a distributed grad_sync (collectives work in
-graphs with nccl, but that is not tested here), or any capture error.
+device, fp16 with GradScaler (not tested in a graph), lazy_gp > 1 (the penalty would change
+the graph from step to step), a distributed grad_sync (collectives work in graphs with nccl,
+but that is not tested here), or any capture error.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import warnings
 
 import torch
 
-from .step import FastStep
+from .step import GANStep
 
 _warned: set[str] = set()
 
@@ -39,7 +44,7 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def cuda_graphs_unsupported_reason(step: FastStep) -> str | None:
+def cuda_graphs_unsupported_reason(step: GANStep) -> str | None:
     if step.device.type != "cuda":
         return f"CUDA graphs need a CUDA device (running on {step.device.type})"
     if not torch.cuda.is_available():
@@ -50,10 +55,13 @@ def cuda_graphs_unsupported_reason(step: FastStep) -> str | None:
         return "lazy_gp > 1 changes the step from one critic iteration to the next"
     if step.grad_sync is not None:
         return "multi-process gradient sync is not captured (untested)"
+    for opt in (step.opt_g, step.opt_d):
+        if not all(g.get("capturable") for g in opt.param_groups):
+            return f"{type(opt).__name__} was not built capturable (build_optimizers(capturable=True))"
     return None
 
 
-def _snapshot(step: FastStep) -> dict:
+def _snapshot(step: GANStep) -> dict:
     """Parameters, buffers and existing optimizer state, cloned."""
     tensors = []
     for m in (step.G, step.D):
@@ -65,7 +73,7 @@ def _snapshot(step: FastStep) -> dict:
 
 
 @torch.no_grad()
-def _restore(step: FastStep, snap: dict) -> None:
+def _restore(step: GANStep, snap: dict) -> None:
     """Put back the snapshot in place; optimizer state created since (lazily, by warm-up)
     is zeroed, which is the fresh state of Adam and RMSprop (moments and step count 0)."""
     for t, saved in snap.values():
@@ -85,8 +93,9 @@ class GraphedStep:
     (clone them to keep them).
     """
 
-    def __init__(self, step: FastStep, real_example: torch.Tensor, warmup: int = 3):
+    def __init__(self, step: GANStep, real_example: torch.Tensor, warmup: int = 3):
         self.step = step
+        self.objective = step.objective
         self.batch_size = real_example.shape[0]
         self.objective_cache_off()
         self.static_real = real_example.detach().clone().contiguous(
@@ -100,6 +109,7 @@ class GraphedStep:
         # place after capture, so warm-up leaves no trace on training.
         snap = _snapshot(step)
         critic_steps = step.critic_steps
+        ema_updates = step.ema.num_updates if step.ema is not None else 0
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -120,6 +130,14 @@ class GraphedStep:
         torch.cuda.synchronize()
         _restore(step, snap)
         step.critic_steps = critic_steps
+        if step.ema is not None:
+            step.ema.num_updates = ema_updates
+
+    def __getattr__(self, name):
+        # Everything else (optimizers, scalers, health, counters) is the wrapped step's.
+        if "step" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["step"], name)
 
     def objective_cache_off(self) -> None:
         # autocast's weight-cast cache would hand the graph tensors that die after capture
@@ -132,7 +150,7 @@ class GraphedStep:
                              f"got {tuple(real.shape)} (use drop_last)")
         self.static_real.copy_(real)
         if z is None:
-            self.static_z.normal_(generator=self.step.noise_generator)
+            self.static_z.normal_()
         else:
             self.static_z.copy_(z)
         if alpha is None:
@@ -141,20 +159,23 @@ class GraphedStep:
             self.static_alpha.copy_(alpha)
         self.critic_graph.replay()
         self.step.critic_steps += 1
-        return self.critic_stats
+        # the graph's outputs are overwritten by the next replay
+        return {k: v.clone() for k, v in self.critic_stats.items()}
 
-    def generator_step(self, batch_size: int, z: torch.Tensor | None = None) -> dict:
-        if batch_size != self.batch_size:
-            raise ValueError(f"batch_size must be the captured {self.batch_size}, got {batch_size}")
+    def generator_step(self, n: int, z: torch.Tensor | None = None) -> dict:
+        if n != self.batch_size:
+            raise ValueError(f"batch_size must be the captured {self.batch_size}, got {n}")
         if z is None:
-            self.static_zg.normal_(generator=self.step.noise_generator)
+            self.static_zg.normal_()
         else:
             self.static_zg.copy_(z)
         self.gen_graph.replay()
-        return self.gen_stats
+        if self.step.ema is not None:
+            self.step.ema.num_updates += 1
+        return {k: v.clone() for k, v in self.gen_stats.items()}
 
 
-def graph_step(step: FastStep, real_example: torch.Tensor, *, enabled: bool = True,
+def graph_step(step: GANStep, real_example: torch.Tensor, *, enabled: bool = True,
                warmup: int = 3):
     """A :class:`GraphedStep` when the step can be captured, else ``step`` itself (with one
     message saying why)."""

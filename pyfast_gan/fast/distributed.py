@@ -26,19 +26,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def get_rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 writes logs, samples and checkpoints."""
-    return get_rank() == 0
-
-
 def init_distributed(backend: str | None = None, device: str | torch.device | None = None,
                      timeout_s: float = 600.0) -> tuple[int, int, int]:
     """Join the process group that torchrun describes in the environment.
@@ -74,11 +61,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 def _flat_groups(tensors: list[torch.Tensor]) -> dict[tuple, list[torch.Tensor]]:
     groups: dict[tuple, list[torch.Tensor]] = {}
     for t in tensors:
@@ -103,96 +85,48 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
             offset += n
 
 
-def _params(module_or_params) -> list[torch.nn.Parameter]:
-    if isinstance(module_or_params, nn.Module):
-        return [p for p in module_or_params.parameters() if p.requires_grad]
-    return [p for p in module_or_params if p.requires_grad]
-
-
 @torch.no_grad()
-def allreduce_grads_(module_or_params: nn.Module | Iterable[torch.Tensor],
-                     average: bool = True) -> None:
-    """Average the gradients of every trainable parameter over all processes, in one
-    all-reduce of one flat buffer (per device/dtype).
+def allreduce_grads_(params: Iterable[torch.Tensor], flag: torch.Tensor | None = None,
+                     average: bool = True) -> torch.Tensor | None:
+    """Average the gradients of ``params`` over all processes in one all-reduce of one flat
+    buffer (per device/dtype), and sum ``flag`` (a 0-d fp32 tensor, e.g. GANStep's
+    non-finite flag) in the same buffer, so every rank gets every rank's flag for free.
 
     A parameter without a gradient on this rank contributes zeros (and gets a zero
     gradient), so every rank sends the same layout and none waits forever. Call after
-    backward (and after unscaling nothing: GradScaler's unscale_ comes later and sees the
-    averaged scaled gradients, which is what a single process would have).
+    backward and before unscaling: GradScaler's unscale_ then sees the averaged scaled
+    gradients, which is what a single process would have. Returns the summed flag (``flag``
+    itself on one process).
     """
+    params = [p for p in params if p.requires_grad]
     if not is_distributed():
-        return
+        return flag
     world = dist.get_world_size()
-    params = _params(module_or_params)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    for group in _flat_groups([p.grad for p in params]).values():
-        flat = torch.cat([g.reshape(-1) for g in group])
+    groups = _flat_groups([p.grad for p in params])
+    if flag is not None:
+        groups.setdefault((flag.device, flag.dtype), [])
+    out = flag
+    for key, group in groups.items():
+        parts = [g.reshape(-1) for g in group]
+        with_flag = flag is not None and key == (flag.device, flag.dtype)
+        flat = torch.cat(parts + ([flag.reshape(1)] if with_flag else []))
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        if average:
-            flat.div_(world)
         offset = 0
         for g in group:
             n = g.numel()
             g.copy_(flat[offset:offset + n].view_as(g))
+            if average:
+                g.div_(world)
             offset += n
+        if with_flag:
+            out = flat[offset].clone()
+    return out
 
 
-class GradSync:
-    """``state.grad_sync`` for the trainer: identity on one process, else the flat
-    all-reduce above."""
-
-    def __call__(self, module: nn.Module) -> None:
-        allreduce_grads_(module)
-
-
-def make_grad_sync():
-    """The hook to put in ``TrainState.grad_sync``."""
-    return GradSync()
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over processes (for logging); the tensor itself on one process."""
-    if not is_distributed():
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t / dist.get_world_size()
-
-
-def shard_indices(n: int, batch_size: int, *, rank: int | None = None,
-                  world_size: int | None = None, seed: int = 0, epoch: int = 0,
-                  shuffle: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
-    """This rank's sample indices for one epoch, shaped (num_batches, batch_size).
-
-    One permutation of range(n), drawn from (seed, epoch) and so identical on every rank,
-    cut into global batches of ``batch_size * world_size`` (the incomplete tail is
-    dropped), of which rank r takes the r-th slice of ``batch_size``: ranks never share a
-    sample in an epoch, and rank r's batch k is rows [r*B, (r+1)*B) of the global batch k
-    a single process with batch N*B would draw.
-    """
-    rank = get_rank() if rank is None else rank
-    world_size = get_world_size() if world_size is None else world_size
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    global_batch = batch_size * world_size
-    if n < global_batch:
-        raise ValueError(f"n={n} samples is fewer than one global batch "
-                         f"(batch_size {batch_size} x {world_size} processes)")
-    if shuffle:
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-        perm = torch.randperm(n, generator=g)
-    else:
-        perm = torch.arange(n)
-    num_batches = n // global_batch
-    perm = perm[: num_batches * global_batch].view(num_batches, world_size, batch_size)
-    return perm[:, rank].contiguous().to(device)
-
-
-def per_rank_seed(seed: int, rank: int | None = None) -> int:
-    """A distinct seed per process for noise (z, alpha), derived from the run's seed."""
-    rank = get_rank() if rank is None else rank
-    return int(seed) + 1_000_003 * int(rank)
+def noise_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Each process's own seed for its noise (z, alpha), derived from the run's seed, the
+    rank and the step it (re)starts from; data order and model init stay shared."""
+    return int(seed) + 1_000_003 * int(rank) + 7_919 * int(step)

@@ -12,26 +12,23 @@ from .resnet import ResNetCritic, ResNetGenerator
 ARCHS = ("dcgan", "resnet", "mlp")
 
 
-def build_models(
-    arch: str, image_size: int, channels: int, z_dim: int, critic_norm: str, data_kind: str
-) -> tuple[nn.Module, nn.Module]:
-    """(generator, critic) for a run. ``data_kind == "toy"`` (2-D points) always gives the
-    MLPs, whatever ``arch`` says; image data cannot use the MLPs."""
+def build_models(arch: str, *, image_size: int = 0, channels: int = 0, z_dim: int = 100, base: int = 64,
+                 critic_norm: str = "layer") -> tuple[nn.Module, nn.Module]:
+    """(generator, critic) of a run: the one factory the trainer, ``python -m pyfast_gan.sample``
+    and ``benchmarks/bench_train.py`` use.
+
+    ``arch``: "dcgan" or "resnet" (images of ``image_size`` x ``channels``; ``base`` is the
+    widest conv layer's channels), or "mlp" (2-D toy data; ``base`` hidden units).
+    """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    if data_kind == "toy":
-        return MLPGenerator(z_dim=z_dim, out_dim=2), MLPCritic(in_dim=2)
     if arch == "mlp":
-        raise ValueError("arch='mlp' is for 2-D toy data; use 'dcgan' or 'resnet' for images")
+        return MLPGenerator(z_dim=z_dim, out_dim=2, hidden=base), MLPCritic(in_dim=2, hidden=base)
     if arch == "dcgan":
-        return (
-            DCGANGenerator(image_size, channels, z_dim=z_dim),
-            DCGANCritic(image_size, channels, norm=critic_norm),
-        )
-    return (
-        ResNetGenerator(image_size, channels, z_dim=z_dim),
-        ResNetCritic(image_size, channels, norm=critic_norm),
-    )
+        return (DCGANGenerator(image_size, channels, z_dim=z_dim, base=base),
+                DCGANCritic(image_size, channels, base=base, norm=critic_norm))
+    return (ResNetGenerator(image_size, channels, z_dim=z_dim, base=base),
+            ResNetCritic(image_size, channels, base=base, norm=critic_norm))
 
 
 __all__ = [

@@ -13,8 +13,8 @@ class EMA:
     ``ema = decay * ema + (1 - decay) * param`` at every :meth:`update`.
 
     Buffers (batch-norm running statistics) are copied, not averaged: they already are
-    running averages. The update is one ``_foreach_lerp_`` (a few kernel launches, not one
-    per tensor).
+    running averages. The update is three foreach ops (a few kernel launches, not one per
+    tensor).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
@@ -34,11 +34,19 @@ class EMA:
         return ema_p, p
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> None:
+        """One step ``ema += w * (param - ema)`` with ``w = 1 - decay``. ``skip``: a 0-d device
+        tensor (1 = the training step was skipped): then ``w = 0``, decided on the device
+        without a host sync (a tensor weight in ``_foreach_lerp_`` would be read back)."""
         ema_p, p = self._pairs(model)
         if ema_p:
-            src = [t.detach().to(e.dtype) for e, t in zip(ema_p, p)]
-            torch._foreach_lerp_(ema_p, src, 1.0 - self.decay)
+            dev = ema_p[0].device
+            w = torch.full((), 1.0 - self.decay, device=dev)
+            if skip is not None:
+                w = w * (1 - skip.to(device=dev, dtype=w.dtype))
+            step = torch._foreach_sub([t.detach().to(e.dtype) for e, t in zip(ema_p, p)], ema_p)
+            torch._foreach_mul_(step, w)
+            torch._foreach_add_(ema_p, step)
         for eb, b in zip(self.module.buffers(), model.buffers()):
             eb.copy_(b)
         self.num_updates += 1

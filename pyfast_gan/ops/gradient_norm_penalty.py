@@ -27,42 +27,12 @@ import math
 import torch
 
 from .. import _native
+from .._layout import acc_dtype, empty_in_kernel_layout, per_sample_dense  # noqa: F401 (re-exported)
 from ._dispatch import resolve
 
 FAMILY = "penalty"
 MODES = ("two_sided", "one_sided", "zero_centered")
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _non_overlapping_and_dense(t: torch.Tensor) -> bool:
-    # Same rule as c10's is_non_overlapping_and_dense (not exposed to Python):
-    # strides, sorted, form a contiguous layout of some permutation of the dims.
-    expected = 1
-    for d in sorted((d for d in range(t.dim()) if t.shape[d] != 1), key=lambda d: t.stride(d)):
-        if t.stride(d) != expected:
-            return False
-        expected *= t.shape[d]
-    return True
-
-
-def per_sample_dense(t: torch.Tensor) -> bool:
-    """Mirror of the kernels' layout rule: every sample is one dense block of memory
-    with the batch dim outermost (contiguous, channels_last, ...), so the tensor can
-    be walked as flat [N, M] memory and outputs keep its layout."""
-    if t.numel() == 0:
-        return True
-    if not _non_overlapping_and_dense(t):
-        return False
-    n = t.shape[0]
-    return n <= 1 or t.stride(0) == t.numel() // n
-
-
-def _empty_in_kernel_layout(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(t) if per_sample_dense(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
 def reference_per_sample(grad: torch.Tensor, center: float = 1.0, mode: str = "two_sided") -> torch.Tensor:
@@ -86,7 +56,7 @@ def native_ops():
 
     @torch.library.register_fake("pyfast_gan::gradient_norm_penalty_backward")
     def _(grad_penalty, grad, norm, center, mode):
-        return _empty_in_kernel_layout(grad)
+        return empty_in_kernel_layout(grad)
 
     def setup_context(ctx, inputs, output):
         grad, center, mode = inputs

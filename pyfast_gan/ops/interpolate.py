@@ -7,6 +7,13 @@ Math runs in fp32 (fp64 for fp64 inputs) and is rounded once to the input dtype.
 ``alpha`` is returned as an (N,) fp32 tensor (fp64 for fp64 inputs) and treated
 as a constant: gradients flow to ``real`` and ``fake`` only.
 
+``x_hat`` is an ordinary autograd result, not a leaf made for the penalty: it
+requires grad exactly when ``real`` or ``fake`` does (with grad mode on), and its
+backward sends ``alpha * g`` to ``real`` and ``(1 - alpha) * g`` to ``fake``. The
+returned ``alpha`` never requires grad (a given one is detached). To differentiate a
+critic at ``x_hat``, take ``x_hat.detach().requires_grad_(True)``, as
+``gradient_penalty`` does.
+
 Random alphas: "reference" and "cpu" draw them with ``torch.rand`` (``generator``
 honoured); "cuda" and "triton" draw them inside the kernel from a Philox stream
 (Triton's ``tl.rand``) keyed by a seed that ``torch.randint`` draws on the device
@@ -22,13 +29,9 @@ import torch
 
 from .. import _native
 from ._dispatch import resolve
-from .gradient_norm_penalty import per_sample_dense
+from .._layout import acc_dtype as alpha_dtype, empty_in_kernel_layout
 
 FAMILY = "penalty"
-
-
-def alpha_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -36,10 +39,6 @@ def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> to
     opm = alpha_dtype(real.dtype)
     a = alpha.to(opm).view(-1, *([1] * (real.dim() - 1)))
     return (a * real.to(opm) + (1 - a) * fake.to(opm)).to(real.dtype)
-
-
-def _kernel_layout_empty(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(t) if per_sample_dense(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,15 +50,15 @@ def native_ops():
 
     @torch.library.register_fake("pyfast_gan::interpolate")
     def _(real, fake, alpha):
-        return _kernel_layout_empty(real)
+        return empty_in_kernel_layout(real)
 
     @torch.library.register_fake("pyfast_gan::interpolate_rand")
     def _(real, fake, seed):
-        return _kernel_layout_empty(real), real.new_empty((real.shape[0],), dtype=alpha_dtype(real.dtype))
+        return empty_in_kernel_layout(real), real.new_empty((real.shape[0],), dtype=alpha_dtype(real.dtype))
 
     @torch.library.register_fake("pyfast_gan::interpolate_backward")
     def _(grad_out, alpha):
-        return _kernel_layout_empty(grad_out), _kernel_layout_empty(grad_out)
+        return empty_in_kernel_layout(grad_out), empty_in_kernel_layout(grad_out)
 
     def setup(ctx, inputs, output):
         if isinstance(output, tuple):  # interpolate_rand: alpha is an output
@@ -96,16 +95,22 @@ def _resolve(impl: str, device_type: str) -> str:
     return which
 
 
+def check_samples(t, name: str = "real") -> None:
+    """``t`` is a floating-point batch (N, ...) with N > 0 (the messages name it ``name``)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have a batch dim and at least one more dim (N, ...), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} has an empty batch (N = 0)")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
 def _check(real, fake, alpha, generator) -> torch.Tensor | None:
-    for name, t in (("real", real), ("fake", fake)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-    if real.dim() < 2:
-        raise ValueError(f"real must have a batch dim and at least one more dim (N, ...), got shape {tuple(real.shape)}")
-    if real.shape[0] == 0:
-        raise ValueError("real has an empty batch (N = 0)")
-    if not real.is_floating_point():
-        raise ValueError(f"real must be a floating-point tensor, got {real.dtype}")
+    check_samples(real, "real")
+    if not isinstance(fake, torch.Tensor):
+        raise ValueError(f"fake must be a tensor, got {type(fake).__name__}")
     if fake.shape != real.shape:
         raise ValueError(f"fake must have the shape of real {tuple(real.shape)}, got {tuple(fake.shape)}")
     if fake.dtype != real.dtype:

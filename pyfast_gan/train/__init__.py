@@ -2,9 +2,13 @@
 
 Programmatic use::
 
-    from pyfast_gan.train import TrainConfig, parse_args, resolve, train
+    from pyfast_gan.train import parse_args, resolve, train
     cfg, explicit = parse_args(["--loss", "wgan", "--steps", "100"])
-    train(resolve(cfg, explicit), explicit)
+    train(resolve(cfg, explicit))
+
+    from pyfast_gan.train import build        # everything a run needs, nothing written
+    run = build(resolve(cfg, explicit))
+    stats = run.iteration()                    # n_critic critic steps + 1 generator step
 """
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ import sys
 
 from .config import TrainConfig, build_parser, parse_args, resolve
 from .loop import TrainingStopped, train
+from .run import Run, build
 
-__all__ = ["TrainConfig", "build_parser", "parse_args", "resolve", "train", "TrainingStopped", "main"]
+__all__ = ["TrainConfig", "build_parser", "parse_args", "resolve", "train", "build", "Run",
+           "TrainingStopped", "main"]
 
 
 def main(argv=None, hooks: dict | None = None) -> int:
@@ -22,12 +28,7 @@ def main(argv=None, hooks: dict | None = None) -> int:
     cfg, explicit = parse_args(argv)
     parser = build_parser()
     try:
-        if cfg.resume:
-            # The checkpoint's config is the base; presets must not overwrite it.
-            resolved = cfg
-        else:
-            resolved = resolve(cfg, explicit)
-        result = train(resolved, explicit, hooks=hooks)
+        result = train(resolve(cfg, explicit), hooks=hooks)
     except TrainingStopped as e:
         print(f"pyfast_gan.train: {e}", file=sys.stderr, flush=True)
         return 3

@@ -1,9 +1,12 @@
 """Training configuration: one dataclass, the CLI generated from it, presets, validation.
 
-Resolution order (later wins): dataclass defaults < loss preset (pyfast_gan.losses.PRESETS)
-< data-dependent defaults (toy data, digits) < --fast < --config FILE < command-line flags.
-Presets and data defaults only fill fields the user did not set explicitly (in the config
-file or on the command line), so ``--loss wgan --lr 1e-4`` keeps the WGAN preset except lr.
+Resolution (:func:`resolve`, the one place a run's settings are decided, validated once):
+dataclass defaults < loss preset (pyfast_gan.losses.PRESETS) < data-dependent defaults (toy
+data, digits) < --fast < --config FILE < command-line flags. Presets and data defaults only
+fill fields the user did not set explicitly (in the config file or on the command line), so
+``--loss wgan --lr 1e-4`` keeps the WGAN preset except lr. With --resume the checkpoint's
+config takes the place of the presets: flags given now override it, except those that define
+the models and data.
 """
 from __future__ import annotations
 
@@ -94,15 +97,22 @@ class TrainConfig:
     inception_weights: str = _f("", "FID Inception weights for fid/kid (default: pytorch-fid's "
                                 "cached pt_inception-2015-12-05-6726825d.pth, if present).")
     n_samples: int = _f(64, "Images in each sample grid.")
-    max_nonfinite: int = _f(20, "Stop after this many consecutive steps with a non-finite loss "
-                            "or gradient (each is skipped, not applied).")
+    max_nonfinite: int = _f(20, "A step whose loss or gradient is not finite is skipped (no "
+                            "update, counted in metrics.jsonl's 'skipped'); stop when this many "
+                            "consecutive critic or generator steps were skipped. Checked at log "
+                            "and checkpoint steps (the step itself never waits for the host), "
+                            "so the run stops at the first check after the limit is reached.")
     num_workers: int = _f(0, "Data-decoding worker processes for image folders.")
     progress: bool = _f(True, "Show a progress bar.")
     # --- speed switches (issue 5) --------------------------------------------------
     amp: str = _f("off", "Mixed precision: bf16 autocast, or fp16 autocast with GradScaler.",
                   ("off", "bf16", "fp16"))
     channels_last: bool = _f(False, "Use channels_last memory format for models and batches.")
-    compile: bool = _f(False, "torch.compile the critic objective (penalty included).")
+    compile: bool = _f(False, "torch.compile the critic objective (penalty included, checked "
+                       "against eager at start-up) and the generator objective.")
+    compile_penalty: str = _f("kernels", "Penalty inside the compiled objective: kernels (pyfast_gan's "
+                              "gradient_norm_penalty op) or reference (the plain formula, fused by "
+                              "inductor); benchmarks/bench_train.py times both.", ("kernels", "reference"))
     cuda_graphs: bool = _f(False, "Capture the critic and generator steps in CUDA graphs (CUDA only).")
     impl: str = _f("auto", "Implementation of the fused ops (penalty, clipping, RMSpropClip).",
                    ("auto", "reference", "cpu", "cuda", "triton"))
@@ -287,9 +297,15 @@ def _check_choices(values: dict) -> str | None:
     return None
 
 
+# Fields that define the models and data; a resumed run cannot change them.
+FROZEN_ON_RESUME = ("loss", "data", "data_format", "image_size", "channels", "arch", "base",
+                    "z_dim", "critic_norm")
+
+
 def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None = None) -> TrainConfig:
-    """Fill the fields the user did not set from the loss preset and data defaults, apply
-    --fast, and validate. Raises ValueError with a message naming the flag."""
+    """The run's config: fill the fields the user did not set from the loss preset and data
+    defaults (or, with ``resume``, from the checkpoint's config), apply --fast, and validate.
+    Raises ValueError with a message naming the flag."""
     import torch
 
     from pyfast_gan.losses import PRESETS
@@ -307,22 +323,47 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
             if k in FIELDS and k not in explicit:
                 values[k] = tuple(v) if k == "betas" else v
 
-    fill(PRESETS[values["loss"]])
-    is_toy = values["data"] in TOY_DATA
-    if is_toy:
-        fill(TOY_DEFAULTS)
-        fill(TOY_LOSS_DEFAULTS.get(values["loss"], {}))
-    elif values["data"] == "digits":
-        fill(DIGITS_DEFAULTS)
+    if cfg.resume:
+        saved, run_dir = _resume_source(cfg.resume)
+        for k in explicit & set(FROZEN_ON_RESUME):
+            if _norm(values[k]) != _norm(saved.get(k)):
+                raise ValueError(f"--{k.replace('_', '-')}: cannot change from {saved.get(k)!r} to "
+                                 f"{values[k]!r} when resuming (the checkpoint's models and data depend on it)")
+        fill({k: v for k, v in saved.items() if k not in ("resume", "out")})
+        fill({"out": str(run_dir)})
+    else:
+        fill(PRESETS[values["loss"]])
+        if values["data"] in TOY_DATA:
+            fill(TOY_DEFAULTS)
+            fill(TOY_LOSS_DEFAULTS.get(values["loss"], {}))
+        elif values["data"] == "digits":
+            fill(DIGITS_DEFAULTS)
     if values["device"] == "cuda" and not cuda_available:
         raise ValueError("--device cuda: CUDA is not available on this machine "
                          "(use --device cpu or auto)")
     device = values["device"] if values["device"] != "auto" else ("cuda" if cuda_available else "cpu")
-    if values["fast"]:
+    # A resumed run's config already holds what --fast chose then; only a --fast given now
+    # chooses again.
+    if values["fast"] and (not cfg.resume or "fast" in explicit):
         fill(fast_settings(device))
     out = TrainConfig(**values)
     validate(out)
     return out
+
+
+def _resume_source(resume: str) -> tuple[dict, Path]:
+    """(the checkpoint's saved config, its run directory) for --resume."""
+    from . import checkpoint as ckpt_mod
+
+    if not os.path.exists(resume):
+        raise ValueError(f"--resume: not found: {resume!r}")
+    path = ckpt_mod.find_checkpoint(resume)
+    saved = ckpt_mod.load(path)["config"]
+    return saved, (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -15,15 +15,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ...ops.gradient_norm_penalty import per_sample_dense
+from ..._layout import acc_dtype, flat, per_sample_dense
 
 MODE_IDS = {"two_sided": 0, "one_sided": 1, "zero_centered": 2}
 BLOCK = 2048
-
-
-def flat(t: torch.Tensor) -> torch.Tensor:
-    """A 1-D view of a per-sample-dense tensor's memory, in memory order."""
-    return t.as_strided((t.numel(),), (1,))
 
 
 @triton.jit
@@ -86,16 +81,12 @@ def _scale_kernel(g_ptr, out_ptr, gp_ptr, norm_ptr, M, center, MODE: tl.constexp
     tl.store(out_ptr + base + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @triton_op("pyfast_gan::triton_gradient_norm_penalty", mutates_args=())
 def gradient_norm_penalty(grad: torch.Tensor, center: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     g = grad if per_sample_dense(grad) else grad.contiguous()
     n = g.shape[0]
     m = g.numel() // n
-    acc = _acc_dtype(g.dtype)
+    acc = acc_dtype(g.dtype)
     k = max(1, triton.cdiv(m, BLOCK))
     part = torch.empty((n, k), dtype=acc, device=g.device)
     penalty = torch.empty((n,), dtype=acc, device=g.device)

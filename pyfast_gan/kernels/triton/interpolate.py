@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .gradient_norm_penalty import flat, per_sample_dense
+from ..._layout import acc_dtype, flat, per_sample_dense
 
 BLOCK = 2048
 
@@ -54,10 +54,6 @@ def _lerp_backward_kernel(g_ptr, gr_ptr, gf_ptr, alpha_ptr, M, BLOCK: tl.constex
     tl.store(gf_ptr + base + offs, ((1 - a) * g).to(gf_ptr.dtype.element_ty), mask=mask)
 
 
-def _alpha_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _common_layout(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r = real if per_sample_dense(real) else real.contiguous()
     f = fake if fake.stride() == r.stride() else torch.empty_like(r).copy_(fake)
@@ -84,7 +80,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> 
 
 @triton_op("pyfast_gan::triton_interpolate_rand", mutates_args=())
 def interpolate_rand(real: torch.Tensor, fake: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    alpha = torch.empty((real.shape[0],), dtype=_alpha_dtype(real.dtype), device=real.device)
+    alpha = torch.empty((real.shape[0],), dtype=acc_dtype(real.dtype), device=real.device)
     out = _launch(real, fake, alpha, seed, rand=True)
     return out, alpha
 

@@ -47,14 +47,18 @@ def _div(x, y, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _rmsprop_clip_kernel(addr_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, hyper_ptr, n_tensors,
+def _rmsprop_clip_kernel(addr_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, hyper_ptr, found_ptr, n_tensors,
                          CHUNK: tl.constexpr, BLOCK: tl.constexpr, DTYPE: tl.constexpr, COMPUTE: tl.constexpr,
                          CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, USE_WD: tl.constexpr,
-                         MAXIMIZE: tl.constexpr, LERP_SMALL: tl.constexpr):
+                         MAXIMIZE: tl.constexpr, LERP_SMALL: tl.constexpr, HAS_FOUND: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(chunk_tensor_ptr + pid)
     start = tl.load(chunk_start_ptr + pid)
     n = tl.load(numel_ptr + t)
+    if HAS_FOUND:
+        # GradScaler's found_inf on the device: a nonzero flag turns the step into a no-op
+        # (every lane masked) without the host reading it.
+        n = tl.where(tl.load(found_ptr) != 0.0, 0, n)
     p_ptr = tl.load(addr_ptr + t).to(tl.pointer_type(DTYPE))
     g_ptr = tl.load(addr_ptr + n_tensors + t).to(tl.pointer_type(DTYPE))
     s_ptr = tl.load(addr_ptr + 2 * n_tensors + t).to(tl.pointer_type(DTYPE))
@@ -110,9 +114,10 @@ def _rmsprop_clip_kernel(addr_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
 
 
 def triton_rmsprop_clip_(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alpha, eps, weight_decay,
-                         momentum, centered, maximize, clip_value) -> None:
+                         momentum, centered, maximize, clip_value, found_inf=None) -> None:
     """One fused step over dense tensors of one device and dtype (lists as in the native op).
-    ``clip_value`` may be ``inf`` (no clamp)."""
+    ``clip_value`` may be ``inf`` (no clamp); ``found_inf`` (a 1-element fp32 device tensor,
+    nonzero = skip) as the native op's."""
     if not params:
         return
     dtype, device = params[0].dtype, params[0].device
@@ -141,6 +146,7 @@ def triton_rmsprop_clip_(params, grads, square_avgs, grad_avgs, momentum_buffers
         torch.tensor(momentum, dtype=compute_t), b[0], b[1],
     ]).to(device, non_blocking=True)
     _rmsprop_clip_kernel[(ct.numel(),)](
-        addr, numel, ct, cs, hyper, len(params), CHUNK=chunk, BLOCK=block, DTYPE=_TL_DTYPE[dtype],
+        addr, numel, ct, cs, hyper, hyper if found_inf is None else found_inf, len(params), CHUNK=chunk, BLOCK=block, DTYPE=_TL_DTYPE[dtype],
         COMPUTE=tl.float64 if dtype == torch.float64 else tl.float32, CENTERED=bool(centered),
-        MOMENTUM=momentum > 0, USE_WD=weight_decay != 0, MAXIMIZE=bool(maximize), LERP_SMALL=lerp_small)
+        MOMENTUM=momentum > 0, USE_WD=weight_decay != 0, MAXIMIZE=bool(maximize), LERP_SMALL=lerp_small,
+        HAS_FOUND=found_inf is not None)

@@ -1,0 +1,107 @@
+"""Batches for the training step: uniform batches without replacement from a uint8 image
+tensor, or fresh samples of a 2-D toy distribution. Both are seeded by one generator whose
+state (and the batcher's position) is checkpointed, so a resumed run sees the same batches;
+under torchrun every rank draws the same global batch and keeps its own slice."""
+from __future__ import annotations
+
+import torch
+
+from ._common import to_float
+
+
+class ImageBatcher:
+    """Uniform batches without replacement from a uint8 tensor: a seeded permutation per
+    epoch (remainder dropped), gathered and normalised on the device. The whole dataset
+    lives on the training device when it fits (issue 5: data never stalls the step),
+    otherwise in pinned host memory with asynchronous copies."""
+
+    def __init__(self, data: torch.Tensor, device: torch.device, generator: torch.Generator,
+                 memory_format=torch.contiguous_format, rank: int = 0, world_size: int = 1,
+                 say=print):
+        # Under torchrun every rank holds the same permutation (same generator seed) and
+        # takes its slice of each global batch, so the data position is one number for all
+        # ranks and survives a change of world size.
+        self.rank, self.world = rank, world_size
+        self.n = data.shape[0]
+        self.device = device
+        self.gen = generator
+        self.memory_format = memory_format
+        self.on_device = True
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if data.numel() < 0.5 * free:
+                data = data.to(device)
+            else:
+                self.on_device = False
+                data = data.pin_memory()
+                say(f"dataset ({data.numel() / 2**30:.1f} GiB) does not fit in device memory; "
+                    "streaming batches from pinned host memory")
+        self.data = data
+        self.epoch = 0
+        self.offset = 0
+        self.perm = torch.randperm(self.n, generator=self.gen)
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        """This process's batch of ``batch_size`` from the next global batch."""
+        gb = batch_size * self.world
+        if gb > self.n:
+            raise ValueError(f"--batch-size {batch_size} x {self.world} processes is larger than "
+                             f"the dataset ({self.n} images)")
+        if self.offset + gb > self.n:
+            self.epoch += 1
+            self.offset = 0
+            self.perm = torch.randperm(self.n, generator=self.gen)
+        start = self.offset + self.rank * batch_size
+        idx = self.perm[start:start + batch_size]
+        self.offset += gb
+        if self.on_device:
+            x = self.data.index_select(0, idx.to(self.data.device, non_blocking=True))
+        else:
+            x = self.data.index_select(0, idx).pin_memory().to(self.device, non_blocking=True)
+        x = to_float(x)
+        if self.memory_format is torch.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def state_dict(self) -> dict:
+        return {"kind": "images", "epoch": self.epoch, "offset": self.offset, "perm": self.perm.clone()}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s.get("kind") != "images" or s["perm"].numel() != self.n:
+            raise ValueError("--resume: the checkpoint's data position does not match the data "
+                             f"({self.n} images now)")
+        self.epoch, self.offset, self.perm = int(s["epoch"]), int(s["offset"]), s["perm"].clone()
+
+
+class ToyBatcher:
+    """Fresh toy samples. Under torchrun every rank draws the same global batch (one
+    generator, one seed) and keeps its slice: N processes x B see what one process x N*B
+    would."""
+
+    def __init__(self, sampler, device: torch.device, generator: torch.Generator,
+                 rank: int = 0, world_size: int = 1):
+        self.sampler, self.device, self.gen = sampler, device, generator
+        self.rank, self.world = rank, world_size
+        self.drawn = 0
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        self.drawn += batch_size * self.world
+        x = self.sampler.sample(batch_size * self.world, generator=self.gen)
+        return x[self.rank * batch_size:(self.rank + 1) * batch_size].to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"kind": "toy", "drawn": self.drawn}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.drawn = int(s.get("drawn", 0))
+
+
+def peek(batcher, batch_size: int) -> torch.Tensor:
+    """The batch ``batcher.next(batch_size)`` would return, without moving the data position
+    or its generator (for a CUDA-graph capture's example input)."""
+    saved, gen_state = batcher.state_dict(), batcher.gen.get_state()
+    try:
+        return batcher.next(batch_size)
+    finally:
+        batcher.load_state_dict(saved)
+        batcher.gen.set_state(gen_state)

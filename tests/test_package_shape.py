@@ -1,0 +1,92 @@
+"""The package's shape: no import cycles (no module imports one that imports it back, at
+module level or inside a function), and a training loop short enough to read in one sitting."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pyfast_gan
+
+ROOT = Path(pyfast_gan.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, path in modules.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                # `from pkg import name`: the submodule pkg.name when it is one, else pkg
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for t in targets:
+                while t and t not in modules:  # `import a.b.c` names a.b.c
+                    t = t.rpartition(".")[0]
+                if t and t != mod and t.startswith("pyfast_gan"):
+                    graph[mod].add(t)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    graph = _import_graph()
+    assert "pyfast_gan.train.loop" in graph and graph["pyfast_gan.train.loop"]  # the walk sees imports
+    # Package __init__ files re-export their children; an edge child -> parent package is the
+    # child importing a sibling through the package, which is what we look for, so keep it.
+    assert _cycles(graph) == []
+
+
+def test_cycle_detector_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_training_loop_reads_in_one_sitting():
+    lines = (ROOT / "train" / "loop.py").read_text().splitlines()
+    assert len(lines) <= 250, len(lines)
+    # one step class: the old per-mode steps are gone
+    assert not (ROOT / "train" / "steps.py").exists()
+    assert not (ROOT / "fast" / "compile.py").exists()
