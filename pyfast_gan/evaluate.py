@@ -16,7 +16,9 @@ from pyfast_gan.metrics.suite import DESCRIPTIONS, METRIC_GROUPS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from pyfast_gan._cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="python -m pyfast_gan.evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
         epilog="Metric groups: modes (8/25 Gaussians), toy_fd (toy data), classifier (digits: cfid, is_score, "
                "classes_covered, kl_uniform), fid and kid (images; need the FID Inception weights, "
@@ -72,6 +74,9 @@ def main(argv=None) -> int:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
+    if args.json and Path(args.json).is_dir():
+        parser.error(f"--json {args.json}: is a directory; give a file name such as "
+                     f"{Path(args.json) / 'eval.json'}")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     from pyfast_gan.sample import load_generator
     from pyfast_gan.train import checkpoint as ckpt_mod
@@ -97,12 +102,17 @@ def main(argv=None) -> int:
         parser.error(str(e))
     for m, why in ev.skipped.items():
         print(f"note: {m} skipped: {why}", file=sys.stderr)
-    result = ev(G, cfg["z_dim"])
+    if not ev.metrics:
+        parser.error(f"nothing to measure for {data!r}: " + "; ".join(f"{m}: {why}" for m, why in ev.skipped.items()))
+    out = Path(args.json) if args.json else default_json_path(path, step)
+    try:
+        result = ev(G, cfg["z_dim"])
+    except ValueError as e:  # e.g. an --inception-weights file that is not the network's
+        parser.error(str(e).splitlines()[0])
     record = {"checkpoint": str(path), "step": step, "loss": cfg["loss"], "data": data, "ema": args.ema,
               "seed": args.seed, "metrics": list(ev.metrics), "skipped": ev.skipped, **result}
     print(f"{cfg['loss']} on {data}, step {step}, {args.n} samples ({path})")
     print(format_table(result))
-    out = Path(args.json) if args.json else default_json_path(path, step)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")

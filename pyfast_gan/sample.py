@@ -9,16 +9,23 @@ from pathlib import Path
 import torch
 
 
+TOY_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # matplotlib's writers
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pyfast_gan.sample", description=__doc__.split("\n")[0])
+    from pyfast_gan._cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m pyfast_gan.sample",
+                       description=" ".join(__doc__.replace("``", "").split()))
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint file (.pt) or run directory (uses checkpoints/latest.pt)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    p.add_argument("--out", default="grid.png", help="output PNG (default: grid.png)")
+    p.add_argument("--out", default="grid.png",
+                   help="output image; the suffix names the format (.png, .jpg, .webp, ...; default: grid.png)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--ema", action="store_true",
                    help="use the generator's moving average (the run must have used --ema)")
-    p.add_argument("--nrow", type=int, default=0, help="images per grid row (default: square)")
+    p.add_argument("--nrow", type=int, default=0, help="images per grid row (default: 0 = square)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default: cpu)")
     return p
 
@@ -48,12 +55,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be >= 1, got {args.n}")
+    if args.nrow < 0:
+        parser.error(f"--nrow must be >= 0 (0 = square), got {args.nrow}")
+    out = Path(args.out)
+    if out.is_dir():
+        parser.error(f"--out {out}: is a directory; give a file name such as {out / 'grid.png'}")
+    from PIL import Image
+
+    if out.suffix.lower() not in Image.registered_extensions():
+        parser.error(f"--out {out}: unknown image suffix {out.suffix!r} (use .png, .jpg, .webp, ...)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     try:
         G, cfg = load_generator(args.checkpoint, ema=args.ema, device=args.device)
-    except ValueError as e:
-        parser.error(str(e))
+    except (ValueError, RuntimeError) as e:  # RuntimeError: weights that do not fit the config
+        parser.error(str(e).splitlines()[0])
     from pyfast_gan.train.config import TOY_DATA
     from pyfast_gan.train.outputs import save_image_grid, save_toy_scatter
 
@@ -61,7 +77,8 @@ def main(argv=None) -> int:
     z = torch.randn(args.n, cfg["z_dim"], generator=gen).to(args.device)
     with torch.no_grad():
         x = G(z).float().cpu()
-    out = Path(args.out)
+    if cfg["data"] in TOY_DATA and out.suffix.lower() not in TOY_SUFFIXES:
+        parser.error(f"--out {out}: a toy run's scatter plot is written as {', '.join(TOY_SUFFIXES)}")
     if cfg["data"] in TOY_DATA:
         from pyfast_gan.data import ToySampler
 

@@ -159,11 +159,14 @@ def test_fast_fills_unset_switches_only():
     assert r.amp == "bf16" and r.channels_last and r.compile and r.cuda_graphs
 
 
-def test_fast_on_cpu_skips_compile_and_uses_bf16_only_with_native_support(monkeypatch):
+def test_fast_on_cpu_compiles_with_the_reference_penalty_and_bf16_only_with_native_support(monkeypatch):
     from pyfast_gan.train import config as C
 
     r = resolve(*parse_args(["--fast", "--device", "cpu"]), cuda_available=False)
-    assert r.channels_last and not r.compile and not r.cuda_graphs and r.impl == "auto"
+    assert r.channels_last and r.compile and r.compile_penalty == "reference"
+    assert not r.cuda_graphs and r.impl == "auto"
+    g = resolve(*parse_args(["--fast", "--device", "cuda"]), cuda_available=True)
+    assert g.compile and g.compile_penalty == "kernels" and g.cuda_graphs
     assert r.amp == ("bf16" if C.cpu_has_fast_bf16() else "off")
     monkeypatch.setattr(C, "cpu_has_fast_bf16", lambda: False)
     assert resolve(*parse_args(["--fast", "--device", "cpu"]), cuda_available=False).amp == "off"

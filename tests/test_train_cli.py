@@ -277,21 +277,24 @@ def test_module_entry_point_subprocess(tmp_path):
     assert e.value.code == 0 and png.is_file()
 
 
-def test_fast_on_cpu_runs_without_compile(tmp_path, capsys):
+def test_fast_on_cpu_end_to_end(tmp_path, capsys):
     from pyfast_gan.train.config import cpu_has_fast_bf16
 
     out = tmp_path / "run"
-    # --cuda-graphs on a CPU says so once and the run continues eagerly
+    # --cuda-graphs on a CPU says so once and the run continues uncaptured
+    seen = {}
     assert main(["--fast", "--cuda-graphs", "--device", "cpu", "--steps", "7", "--log-every", "7",
-                 "--out", str(out), *TINY]) == 0
+                 "--out", str(out), *TINY],
+                hooks={"on_step": lambda run: seen.setdefault("mode", run.step.objective.mode)}) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["channels_last"] and not cfg["compile"] and cfg["impl"] == "auto"
-    assert cfg["amp"] == ("bf16" if cpu_has_fast_bf16() else "off")
+    assert cfg["channels_last"] and cfg["compile"] and cfg["compile_penalty"] == "reference"
+    assert cfg["impl"] == "auto" and cfg["amp"] == ("bf16" if cpu_has_fast_bf16() else "off")
     err = capsys.readouterr().err
     assert err.count("CUDA graphs need a CUDA device") == 1
+    assert seen["mode"] == "compile"  # compiled, and checked against eager at the first step
     rec = [r for r in _read_jsonl(out / "metrics.jsonl") if "loss_d" in r][-1]
     assert rec["step"] == 7 and math.isfinite(rec["loss_d"]) and rec["img_per_s"] > 0
-    assert "compile_time_s" not in rec
+    assert rec["compile_time_s"] > 0
 
 
 @pytest.mark.cuda

@@ -49,8 +49,10 @@ BUDGET = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pyfast_gan.experiments",
-                                description="Studies that train several runs and report their scores.")
+    from pyfast_gan._cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m pyfast_gan.experiments",
+                       description="Studies that train several runs and report their scores.")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="DCGAN vs WGAN (n_critic sweep) vs WGAN-GP, same budget and seeds",
                        description=__doc__.split("\n\n")[0].replace("``", ""),
@@ -103,6 +105,10 @@ def train_run(data: str, name: str, args, run_dir: Path) -> dict:
     if done >= 0:
         cmd = [sys.executable, "-m", "pyfast_gan.train", "--resume", str(run_dir), "--steps", str(steps),
                "--no-progress"]
+    elif (run_dir / "config.json").exists():
+        # An attempt that died before its first checkpoint: the trainer never overwrites a
+        # run, so keep it aside and start again.
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.aborted-{time.strftime('%Y%m%d-%H%M%S')}"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -107,7 +107,11 @@ def build_fid_inception_v3() -> nn.Module:
 
 
 def _load_state_dict(path: Path) -> dict:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many kinds for a file that is not one
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a torch weights file ({why}). {INCEPTION_HELP}") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

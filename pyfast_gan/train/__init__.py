@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from .config import TrainConfig, build_parser, parse_args, resolve
+from .config import TrainConfig, build_parser, ignored_flags, parse_args, resolve
 from .loop import TrainingStopped, train
 from .run import Run, build
 
@@ -28,7 +28,10 @@ def main(argv=None, hooks: dict | None = None) -> int:
     cfg, explicit = parse_args(argv)
     parser = build_parser()
     try:
-        result = train(resolve(cfg, explicit), hooks=hooks)
+        resolved = resolve(cfg, explicit)
+        for msg in ignored_flags(resolved, explicit):
+            print(f"[pyfast_gan.train] {msg}", file=sys.stderr, flush=True)
+        result = train(resolved, hooks=hooks)
     except TrainingStopped as e:
         print(f"pyfast_gan.train: {e}", file=sys.stderr, flush=True)
         return 3

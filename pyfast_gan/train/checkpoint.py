@@ -61,7 +61,41 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
                      "(expected a .pt file or a run directory with checkpoints/latest.pt)")
 
 
+# What every pyfast_gan training checkpoint holds (sample/evaluate need the first three).
+REQUIRED = ("config", "step", "G", "D", "critic_steps", "opt_g", "opt_d", "rng", "data", "fixed_noise")
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
-    # weights_only=False: the checkpoint holds numpy/python RNG states (tuples, ndarrays).
-    # Only load checkpoints you wrote yourself.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """A training checkpoint, or ValueError naming the file when it is truncated, empty,
+    not a torch file, or not a pyfast_gan checkpoint (a model's bare state_dict, say)."""
+    try:
+        # weights_only=False: the checkpoint holds numpy/python RNG states (tuples, ndarrays).
+        # Only load checkpoints you wrote yourself.
+        ck = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many kinds for a bad file
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a readable checkpoint (truncated, empty or not a torch "
+                         f"file: {why})") from None
+    missing = [k for k in REQUIRED if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise ValueError(f"{path}: not a pyfast_gan training checkpoint (missing {', '.join(missing)})")
+    if not isinstance(ck["config"], dict) or not isinstance(ck["G"], dict):
+        raise ValueError(f"{path}: not a pyfast_gan training checkpoint (malformed config or weights)")
+    return ck
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporaries that a killed process left in a run directory (``.NAME.tmpPID`` from
+    :func:`save_atomic` and the figure writers, ``metrics.jsonl.tmp``); returns them."""
+    run_dir = Path(run_dir)
+    gone = []
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples", run_dir / "plots"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            own = p.name.startswith(".") and f".tmp{os.getpid()}" in p.name
+            if p.is_file() and not own and ((p.name.startswith(".") and ".tmp" in p.name)
+                                            or p.name == "metrics.jsonl.tmp"):
+                p.unlink()
+                gone.append(p)
+    return gone

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import time
 import typing
@@ -78,7 +79,8 @@ class TrainConfig:
     ema: float = _f(0.0, "Decay of an exponential moving average of the generator (0 = off, "
                     "e.g. 0.999).")
     # --- run bookkeeping -----------------------------------------------------------
-    out: str = _f("", "Output directory (default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>).")
+    out: str = _f("", "Output directory, new or empty: an existing run is never overwritten "
+                  "(continue it with --resume DIR). Default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>.")
     resume: str = _f("", "Resume from DIR (a run directory or a checkpoint file); continues "
                      "exactly where it stopped, writing to the same directory unless --out.")
     seed: int = _f(0, "Random seed (models, noise, data order).")
@@ -104,6 +106,8 @@ class TrainConfig:
                             "so the run stops at the first check after the limit is reached.")
     num_workers: int = _f(0, "Data-decoding worker processes for image folders.")
     progress: bool = _f(True, "Show a progress bar.")
+    tensorboard: bool = _f(True, "Also write metrics.jsonl's scalars and the sample grids as TensorBoard "
+                           "events under RUN/tensorboard (open with: tensorboard --logdir RUN).")
     # --- speed switches (issue 5) --------------------------------------------------
     amp: str = _f("off", "Mixed precision: bf16 autocast, or fp16 autocast with GradScaler.",
                   ("off", "bf16", "fp16"))
@@ -163,10 +167,15 @@ DIGITS_DEFAULTS = dict(base=16, z_dim=64, steps=1200, sample_every=200, checkpoi
 def fast_settings(device: str) -> dict:
     """The switches --fast turns on for a device (each falls back, once, if unusable)."""
     if device == "cuda":
-        return dict(amp="bf16", channels_last=True, compile=True, cuda_graphs=True, impl="auto")
-    # No compile on CPU: it costs minutes up front on a small CPU and was not faster for
-    # these models (measured); bf16 only where the CPU has native bf16 math.
-    out = dict(impl="auto", channels_last=True)
+        # The penalty kernels inside the compiled graph: not yet measured against inductor's
+        # own formula on a GPU (benchmarks/bench_train.py has both rows).
+        return dict(amp="bf16", channels_last=True, compile=True, compile_penalty="kernels",
+                    cuda_graphs=True, impl="auto")
+    # CPU: compiled with inductor's penalty formula, the fastest row of bench_train.py on the
+    # project's 2-core AMD EPYC (WGAN-GP DCGAN-64, batch 64: 1.34x the seed's loop, against
+    # 1.13-1.20x eager and 1.16x compiled with the penalty kernels; ~40 s of compilation,
+    # reported apart); bf16 only where the CPU has native bf16 math (emulated bf16 ran far slower).
+    out = dict(impl="auto", channels_last=True, compile=True, compile_penalty="reference")
     if cpu_has_fast_bf16():
         out["amp"] = "bf16"
     return out
@@ -191,8 +200,23 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _default_help(name: str, default) -> str:
+    """The default a flag really gets: the dataclass's, the loss preset's, or the data's."""
+    if name == "out" or default == "":
+        return ""
+    parts = [repr(default)]
+    if name in _PRESET_FIELDS:
+        parts[0] += ", or the loss preset's"
+    for label, table in (("digits", DIGITS_DEFAULTS), ("toy data", TOY_DEFAULTS)):
+        if name in table and table[name] != default:
+            parts.append(f"{label}: {table[name]!r}")
+    return f" (default: {'; '.join(parts)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from pyfast_gan._cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="python -m pyfast_gan.train",
         description="Train DCGAN / WGAN / WGAN-GP / LSGAN / hinge GANs. With no arguments: "
                     "WGAN-GP on the embedded digits (32x32), a few minutes on a CPU. "
@@ -212,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_ + f" (default: {default})")
             continue
-        kw = dict(help=help_ + f" (default: {default!r}, or the preset's)" if name in _PRESET_FIELDS
-                  else help_ + f" (default: {default!r})")
+        kw = dict(help=help_ + _default_help(name, default))
         kw["type"] = _field_type(f)
         if choices is not None:
             kw["choices"] = choices
@@ -346,6 +369,15 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
     # chooses again.
     if values["fast"] and (not cfg.resume or "fast" in explicit):
         fill(fast_settings(device))
+    if values["impl"] != "auto":  # an explicit kernel choice that cannot run is refused now
+        from pyfast_gan.ops._dispatch import resolve as resolve_impl
+
+        for family in ("penalty", "clip"):
+            try:
+                resolve_impl("training", family, values["impl"], torch.device(device))
+            except RuntimeError as e:
+                raise ValueError(f"--impl {values['impl']}: cannot run on this {device} machine "
+                                 f"({str(e).split(': ', 1)[-1]}); use --impl auto") from None
     out = TrainConfig(**values)
     validate(out)
     return out
@@ -364,6 +396,28 @@ def _resume_source(resume: str) -> tuple[dict, Path]:
 
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
+
+
+# Seeds derived from the run's (data order, fixed noise, per-rank noise) add up to ~2**31,
+# and torch.manual_seed takes at most 2**64 - 1.
+MAX_SEED = 2**63 - 2**32
+
+
+def ignored_flags(cfg: TrainConfig, explicit: set[str]) -> list[str]:
+    """Flags given that do nothing for this data and loss, one message each."""
+    out = []
+    if cfg.data in TOY_DATA:
+        out += [f"--{k.replace('_', '-')}: no effect on 2-D toy data ({cfg.data}); ignored"
+                for k in ("image_size", "channels", "data_format") if k in explicit]
+    from pyfast_gan.losses import get_loss
+
+    loss = get_loss(cfg.loss)
+    if not loss.uses_gp:
+        out += [f"--{k.replace('_', '-')}: no effect with --loss {cfg.loss} (it has no gradient penalty); ignored"
+                for k in ("gp_weight", "lazy_gp", "compile_penalty") if k in explicit]
+    if not loss.uses_clipping and "clip_value" in explicit:
+        out.append(f"--clip-value: no effect with --loss {cfg.loss} (only wgan clips the critic); ignored")
+    return out
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -399,18 +453,22 @@ def validate(cfg: TrainConfig) -> None:
         bad("lazy-gp", f"must be >= 0, got {cfg.lazy_gp}")
     if cfg.num_workers < 0:
         bad("num-workers", f"must be >= 0, got {cfg.num_workers}")
-    if not cfg.lr > 0:
-        bad("lr", f"must be > 0, got {cfg.lr}")
-    if cfg.lr_g < 0:
-        bad("lr-g", f"must be >= 0, got {cfg.lr_g}")
+    # inf and nan fail every range check below (an inf lr would train to NaN and a NaN
+    # penalty weight would switch the penalty off).
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        bad("lr", f"must be > 0 and finite, got {cfg.lr}")
+    if not (math.isfinite(cfg.lr_g) and cfg.lr_g >= 0):
+        bad("lr-g", f"must be >= 0 and finite (0 = same as --lr), got {cfg.lr_g}")
     if not all(0.0 <= b < 1.0 for b in cfg.betas):
         bad("betas", f"each must be in [0, 1), got {cfg.betas}")
-    if not cfg.clip_value > 0:
-        bad("clip-value", f"must be > 0, got {cfg.clip_value}")
-    if cfg.gp_weight < 0:
-        bad("gp-weight", f"must be >= 0, got {cfg.gp_weight}")
+    if not (math.isfinite(cfg.clip_value) and cfg.clip_value > 0):
+        bad("clip-value", f"must be > 0 and finite, got {cfg.clip_value}")
+    if not (math.isfinite(cfg.gp_weight) and cfg.gp_weight >= 0):
+        bad("gp-weight", f"must be >= 0 and finite, got {cfg.gp_weight}")
     if not 0.0 <= cfg.ema < 1.0:
         bad("ema", f"must be in [0, 1), got {cfg.ema}")
+    if not 0 <= cfg.seed < MAX_SEED:
+        bad("seed", f"must be an integer in [0, 2**63 - 2**32), got {cfg.seed}")
     if cfg.eval_every < 0:
         bad("eval-every", f"must be >= 0, got {cfg.eval_every}")
     if cfg.eval_n < 2:

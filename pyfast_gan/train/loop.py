@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections import defaultdict
@@ -17,40 +15,15 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt_mod
-from .config import TrainConfig, default_out_dir
+from .config import TrainConfig
 from .outputs import MetricsWriter, plot_losses, plot_metrics
-from .run import Run, build
+from .run import Run, StopFlag, build, check_out_dir
 
 WARMUP_STEPS = 5  # generator steps excluded from img_per_s (allocator, caches, compile)
 
 
 class TrainingStopped(RuntimeError):
     """Training stopped because of repeated non-finite losses or gradients."""
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag checked between steps, so the checkpoint written on the
-    way out is taken at a step boundary (exact resume). A second Ctrl-C raises at once."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
 
 
 def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
@@ -70,6 +43,7 @@ def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
     """
     from pyfast_gan.fast import distributed as dist_mod
 
+    cfg = dataclasses.replace(cfg, out=str(check_out_dir(cfg)))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     had_group = dist_mod.is_distributed()
     rank, world, _ = dist_mod.init_distributed(device="cuda" if want_cuda else "cpu")
@@ -94,9 +68,7 @@ def _agreed(run: Run, flag: bool) -> bool:
 
 
 def _train(run: Run, hooks: dict) -> dict:
-    cfg = run.cfg
-    out = Path(cfg.out or default_out_dir(cfg))
-    cfg = run.cfg = dataclasses.replace(cfg, out=str(out))
+    cfg, out = run.cfg, Path(run.cfg.out)
     evaluator, metrics = None, None
     if cfg.eval_every > 0 and run.main:
         from pyfast_gan.metrics.suite import Evaluator, scalar_items
@@ -111,14 +83,19 @@ def _train(run: Run, hooks: dict) -> dict:
     if run.main:
         for sub in ("samples", "plots", "checkpoints"):
             (out / sub).mkdir(parents=True, exist_ok=True)
+        for p in ckpt_mod.remove_stale_temporaries(out):
+            run.say(f"removed {p}, left by an interrupted write")
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         shape = "toy 2-D" if run.toy else f"{cfg.channels}x{cfg.image_size}x{cfg.image_size}"
         procs = f", {run.world} processes (global batch {cfg.batch_size * run.world})" if run.world > 1 else ""
         config = "\n".join(f"  {k:<{max(map(len, cfg.to_dict()))}} = {v!r}" for k, v in cfg.to_dict().items())
         print(f"pyfast_gan.train: {cfg.loss} on {cfg.data} ({shape}), device {run.device}{procs}, "
               f"output {out}\nresolved config:\n{config}", flush=True)
-        metrics = MetricsWriter(out / "metrics.jsonl")
-        metrics.truncate_after(run.generator_steps)
+        metrics = MetricsWriter(out / "metrics.jsonl", out / "tensorboard" if cfg.tensorboard else None,
+                                run.generator_steps)
+    if run.generator_steps >= cfg.steps:
+        run.say(f"nothing to train: the run is at step {run.generator_steps} and --steps is {cfg.steps}; "
+                f"pass --steps N with N > {run.generator_steps} to continue it")
     if "on_start" in hooks:
         hooks["on_start"](run)
 
@@ -157,7 +134,7 @@ def _train(run: Run, hooks: dict) -> dict:
     pbar = tqdm(total=cfg.steps, initial=run.generator_steps, disable=not (cfg.progress and run.main),
                 dynamic_ncols=True, desc=cfg.loss, unit="step", file=sys.stderr)
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while run.generator_steps < cfg.steps:
                 mid_step = True
                 ts = time.perf_counter()
@@ -202,7 +179,8 @@ def _train(run: Run, hooks: dict) -> dict:
                     step_time, step_count = 0.0, 0
                     healthy()
                 if (step % cfg.sample_every == 0 or last) and run.main:
-                    ev = run.write_samples(out / "samples" / f"step_{run.generator_steps:06d}.png")
+                    ev = run.write_samples(out / "samples" / f"step_{step:06d}.png")
+                    metrics.image(out / "samples" / f"step_{step:06d}.png", step)
                     if ev:
                         metrics.write({"step": step, **ev})
                         postfix["modes"] = f"{ev['modes_covered']}/{ev['num_modes']}"
@@ -233,6 +211,8 @@ def _train(run: Run, hooks: dict) -> dict:
         raise RuntimeError(f"training failed at step {run.generator_steps}: {e}") from e
     finally:
         pbar.close()
+        if metrics is not None:
+            metrics.close()
 
     if status == "interrupted":
         path = save(periodic=False)

@@ -42,11 +42,16 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | N
 
 
 def _atomic_pil_save(img, path) -> None:
+    # The temporary keeps the target's suffix: pillow picks the format from it (x.jpg is a
+    # JPEG, not PNG bytes under a .jpg name), and an unknown suffix fails before any write.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        img.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_toy_scatter(fake: torch.Tensor, real: torch.Tensor, path: str | os.PathLike,
@@ -154,18 +159,42 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
 class MetricsWriter:
-    def __init__(self, path: str | os.PathLike):
+    """metrics.jsonl, and the same scalars (plus sample grids) as TensorBoard events when
+    ``tensorboard`` names a folder (``torch.utils.tensorboard``). ``step``: the run's step at
+    start; on resume, lines and events logged after it are dropped (they will be redone)."""
+
+    def __init__(self, path: str | os.PathLike, tensorboard: str | os.PathLike | None = None, step: int = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records = read_metrics(self.path)
+        self.truncate_after(step)
+        self.tb = None
+        if tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(tensorboard), purge_step=step + 1 if step else None)
+
+    def image(self, path: str | os.PathLike, step: int) -> None:
+        """A saved sample grid or scatter plot, as the 'samples' image at ``step``."""
+        if self.tb is not None:
+            from PIL import Image
+
+            self.tb.add_image("samples", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop lines logged after the checkpoint's step (they will be redone)."""
@@ -182,3 +211,8 @@ class MetricsWriter:
         self.records.append(record)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            group = "eval" if "eval" in record else ("samples" if "modes_covered" in record else "train")
+            for k, v in {**record, **record.get("eval", {})}.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{group}/{k}", v, record["step"])

@@ -13,7 +13,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from pyfast_gan.losses import get_loss
 from pyfast_gan.models import EMA, build_models
 
 from . import checkpoint as ckpt_mod
-from .config import TOY_DATA, TrainConfig
+from .config import TOY_DATA, TrainConfig, default_out_dir
 
 CHECKPOINT_VERSION = 2
 
@@ -100,6 +103,51 @@ def cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> s
     if cfg.lr_decay != "none" and cfg.optimizer == "rmsprop":
         return "--lr-decay with RMSprop is not captured (a graphed RMSprop step bakes in its lr)"
     return None
+
+
+def check_out_dir(cfg: TrainConfig) -> Path:
+    """The run directory, checked before anything is built or written: a new run never
+    overwrites an existing one, and the directory must be creatable and writable (probed with
+    a temporary file, which also catches a read-only disk)."""
+    out = Path(cfg.out or default_out_dir(cfg))
+    for sub in ("", "samples", "plots", "checkpoints", "tensorboard"):
+        if (out / sub).exists() and not (out / sub).is_dir():
+            raise ValueError(f"--out {out}: {out / sub} exists and is not a directory")
+    held = [n for n in ("config.json", "metrics.jsonl", "checkpoints/latest.pt") if (out / n).exists()]
+    if held and not cfg.resume:
+        raise ValueError(f"--out {out} holds a run already ({', '.join(held)}); nothing was changed. "
+                         f"Continue it with --resume {out}, or choose a new --out")
+    probe = next(p for p in [out / "checkpoints", out, *out.absolute().parents] if p.exists())
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write in {probe} ({e.strerror or e})") from None
+    return out
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag checked between steps, so the checkpoint written on the
+    way out is taken at a step boundary (exact resume). A second Ctrl-C raises at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
 
 
 @dataclass
