@@ -4,7 +4,8 @@ Two extension libraries, one per op family, so each family builds and loads on
 its own (a broken or missing one never hides the other):
 
   pyfast_gan/_C_penalty   interpolate + gradient_norm_penalty
-  pyfast_gan/_C_clip      clip_weights_ + the fused RMSprop+clip step
+  pyfast_gan/_C_clip      clip_weights_, rmsprop_clip_ (the fused RMSprop+clip step)
+                          and any_nonfinite
 
 Sources: csrc/cpu/<op>.cpp (always) and csrc/cuda/<op>.cu (when CUDA is built).
 The libraries hold only TORCH_LIBRARY registrations and are loaded with
@@ -30,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 FAMILIES = {
     "penalty": ["interpolate", "gradient_norm_penalty"],
-    "clip": ["clip_weights", "rmsprop_clip"],
+    "clip": ["clip_weights", "rmsprop_clip", "any_nonfinite"],
 }
 
 

@@ -3,6 +3,7 @@
 // in the CUDA files (the dispatcher already routes CPU tensors to the CPU kernels).
 #pragma once
 #include <cmath>
+#include <cstddef>
 #include <string>
 
 #include "common.h"
@@ -80,6 +81,55 @@ inline void check_clip_weights(at::TensorList tensors, double clip_value) {
     PFG_CHECK_ARG(t.device() == tensors[0].device(), "tensors", "all tensors must be on one device, got ",
                   tensors[0].device(), " and ", t.device());
   }
+}
+
+// ---- rmsprop_clip_ -------------------------------------------------------------------------
+// Each state tensor (grads, square_avgs, ...) must match its param in device, dtype, sizes
+// and strides: the kernels walk all of them as one span in the same order.
+inline void check_matches_param(const at::Tensor& x, const at::Tensor& p, const char* name, size_t i) {
+  PFG_CHECK_ARG(x.device() == p.device() && x.scalar_type() == p.scalar_type(), name, "[", i,
+                "] must match params[", i, "] in device and dtype, got ", x.device(), "/", x.scalar_type(), " vs ",
+                p.device(), "/", p.scalar_type());
+  PFG_CHECK_ARG(x.sizes() == p.sizes() && x.strides() == p.strides(), name, "[", i,
+                "] must have the sizes and strides of params[", i, "]");
+}
+
+// Every per-tensor check of rmsprop_clip_ that does not depend on the device.
+inline void rmsprop_clip_check(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                               at::TensorList grad_avgs, at::TensorList momentum_buffers, double momentum,
+                               bool centered, double clip_value) {
+  const size_t n = params.size();
+  PFG_CHECK_ARG(grads.size() == n, "grads", "needs one tensor per param (", n, "), got ", grads.size());
+  PFG_CHECK_ARG(square_avgs.size() == n, "square_avgs", "needs one tensor per param (", n, "), got ",
+                square_avgs.size());
+  PFG_CHECK_ARG(grad_avgs.size() == (centered ? n : 0), "grad_avgs", "needs ", centered ? n : 0,
+                " tensors (centered=", centered, "), got ", grad_avgs.size());
+  PFG_CHECK_ARG(momentum_buffers.size() == (momentum > 0 ? n : 0), "momentum_buffers", "needs ",
+                momentum > 0 ? n : 0, " tensors (momentum=", momentum, "), got ", momentum_buffers.size());
+  PFG_CHECK_ARG(clip_value > 0, "clip_value", "must be > 0 (inf disables the clamp), got ", clip_value);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    const auto st = p.scalar_type();
+    PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "params",
+                  "every tensor must be floating point, got ", st, " at index ", i);
+    PFG_CHECK_ARG(p.device() == params[0].device(), "params", "all tensors must be on one device");
+    PFG_CHECK_ARG(p.is_non_overlapping_and_dense(), "params", "tensor ", i,
+                  " is not dense; step it with the reference impl");
+    check_matches_param(grads[i], p, "grads", i);
+    check_matches_param(square_avgs[i], p, "square_avgs", i);
+    if (centered) check_matches_param(grad_avgs[i], p, "grad_avgs", i);
+    if (momentum > 0) check_matches_param(momentum_buffers[i], p, "momentum_buffers", i);
+  }
+}
+
+// found_inf: GradScaler's convention (a 1-element fp32 tensor, nonzero = skip the whole
+// step) on the parameters' device, so the skip is decided without a host sync.
+inline void check_found_inf(const at::Tensor& found_inf, at::Device device) {
+  PFG_CHECK_ARG(found_inf.numel() == 1 && found_inf.scalar_type() == at::kFloat, "found_inf",
+                "must be a one-element float32 tensor, got ", found_inf.scalar_type(), " with ", found_inf.numel(),
+                " elements");
+  PFG_CHECK_ARG(found_inf.device() == device, "found_inf", "must be on the parameters' device (", device,
+                "), got ", found_inf.device());
 }
 
 }  // namespace pyfast_gan

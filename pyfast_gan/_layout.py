@@ -12,14 +12,22 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def non_overlapping_and_dense(t: torch.Tensor) -> bool:
-    # Same rule as c10's is_non_overlapping_and_dense (not exposed to Python):
-    # strides, sorted, form a contiguous layout of some permutation of the dims.
+    """Same rule as c10's is_non_overlapping_and_dense (not exposed to Python): the strides,
+    sorted, form a contiguous layout of some permutation of the dims, so ``t`` occupies exactly
+    numel consecutive elements of its storage, in some order."""
     expected = 1
     for d in sorted((d for d in range(t.dim()) if t.shape[d] != 1), key=lambda d: t.stride(d)):
         if t.stride(d) != expected:
             return False
         expected *= t.shape[d]
     return True
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """:func:`non_overlapping_and_dense`, with the two common layouts checked first in C++ (the
+    multi-tensor ops ask this of every parameter on every step): the tensors the multi-tensor
+    kernels (clip_weights_, rmsprop_clip_) walk as one span of memory."""
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or non_overlapping_and_dense(t)
 
 
 def per_sample_dense(t: torch.Tensor) -> bool:

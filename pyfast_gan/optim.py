@@ -10,6 +10,9 @@ the parameter dtype where torch stores them (state in the parameter dtype, as to
 keeps it), so results equal ``RMSprop.step()`` + ``clamp_`` within rounding. The
 optimizer state and param-group keys are RMSprop's, plus ``clip_value``,
 ``skip_nonfinite`` and ``impl``: state_dicts load into and from ``torch.optim.RMSprop``.
+
+The op itself (reference, dispatch, fake registration) is ``pyfast_gan.ops.rmsprop_clip``;
+the nonfinite check is the ``pyfast_gan.ops.any_nonfinite`` op.
 """
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ import math
 import torch
 from torch.optim import Optimizer
 
-from . import _native
-from .ops._dispatch import check_impl_arg, native_available, resolve
-from .ops.clip_weights import is_dense
+from .ops._dispatch import check_impl_arg
+from .ops.any_nonfinite import any_nonfinite
+from .ops.rmsprop_clip import resolve_impl, rmsprop_clip_, rmsprop_clip_reference
 
 try:
     from torch.optim.optimizer import _get_scalar_dtype
@@ -30,56 +33,15 @@ except ImportError:  # pragma: no cover - torch renamed a private helper
 
 __all__ = ["RMSpropClip", "rmsprop_clip_reference"]
 
-_OP = "RMSpropClip"
-_FAMILY = "clip"
-
-
-def rmsprop_clip_reference(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alpha, eps, weight_decay,
-                           momentum, centered, maximize, clip_value) -> None:
-    """The definition: torch's ``_single_tensor_rmsprop`` (torch 2.14), then ``clamp_``."""
-    for i, param in enumerate(params):
-        grad = grads[i] if not maximize else -grads[i]
-        square_avg = square_avgs[i]
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-        if centered:
-            grad_avg = grad_avgs[i]
-            grad_avg.lerp_(grad, 1 - alpha)
-            avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
-        else:
-            avg = square_avg.sqrt()
-        avg = avg.add_(eps)
-        if momentum > 0:
-            buf = momentum_buffers[i]
-            buf.mul_(momentum).addcdiv_(grad, avg)
-            param.add_(buf, alpha=-lr)
-        else:
-            param.addcdiv_(grad, avg, value=-lr)
-        if clip_value != math.inf:
-            param.clamp_(-clip_value, clip_value)
-
 
 def _all_finite(grads: list[torch.Tensor], native: bool) -> bool:
-    """One fused reduction per device (the native ``any_nonfinite`` kernel, else
-    ``torch._foreach_norm(ord=inf)`` per dtype) and one host sync per device. Max-abs
-    rather than the 2-norm, which would overflow for large finite gradients."""
+    """One fused reduction (the ``any_nonfinite`` op) and one host read per device."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for g in grads:
         if g.numel():
             by_device.setdefault(g.device, []).append(g)
-    for dev, gs in by_device.items():
-        if native and native_available(_FAMILY, dev)[0]:
-            bad = torch.ops.pyfast_gan.any_nonfinite(gs)
-        else:
-            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-            for g in gs:
-                by_dtype.setdefault(g.dtype, []).append(g)
-            flags = [torch.stack(torch._foreach_norm(lst, math.inf)).isfinite().all() for lst in by_dtype.values()]
-            bad = torch.stack(flags).logical_not().any()
-        if bool(bad):
-            return False
-    return True
+    impl = "auto" if native else "reference"
+    return not any(bool(any_nonfinite(gs, impl=impl)) for gs in by_device.values())
 
 
 class RMSpropClip(Optimizer):
@@ -227,7 +189,7 @@ class RMSpropClip(Optimizer):
             steps.append(state["step"])
             by_device.setdefault(p.device, []).append((p, state))
         # Resolve first: an impl that cannot run must raise before any state changes.
-        which_by_device = {device: resolve(_OP, _FAMILY, group["impl"], device) for device in by_device}
+        which_by_device = {device: resolve_impl(group["impl"], str(device)) for device in by_device}
         if found_inf is None:
             # Steps are 0-d CPU tensors (RMSprop's non-capturable layout): one foreach op.
             torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
@@ -239,27 +201,8 @@ class RMSpropClip(Optimizer):
                     state["step"] = state["step"].to(found_inf.device)
             torch._foreach_add_([s["step"] for _, s in _all_items(by_device)], 1.0 - found_inf)
         for device, items in by_device.items():
-            which = which_by_device[device]
-            fast, slow = [], []
-            for p, state in items:
-                (fast if which != "reference" and _kernel_ok(p, state, centered, momentum) else slow).append((p, state))
-            if slow:
-                _reference_step(_lists(slow, centered, momentum), hyper, found_inf)
-            if not fast:
-                continue
-            if which == "triton":
-                from .kernels.triton.rmsprop_clip import triton_rmsprop_clip_
-
-                by_dtype: dict[torch.dtype, list] = {}
-                for item in fast:
-                    by_dtype.setdefault(item[0].dtype, []).append(item)
-                for group_items in by_dtype.values():
-                    triton_rmsprop_clip_(*_lists(group_items, centered, momentum), **hyper, found_inf=found_inf)
-            else:
-                torch.ops.pyfast_gan.rmsprop_clip_(
-                    *_lists(fast, centered, momentum), hyper["lr"], hyper["alpha"], hyper["eps"],
-                    hyper["weight_decay"], hyper["momentum"], centered, hyper["maximize"], hyper["clip_value"],
-                    found_inf)
+            rmsprop_clip_(*_lists(items, centered, momentum), **hyper, found_inf=found_inf,
+                          impl=which_by_device[device])
 
 
 def _all_items(by_device: dict) -> list:
@@ -275,38 +218,12 @@ def _check_found_inf(found_inf, work) -> None:
                 raise ValueError(f"found_inf must be on the parameters' device ({p.device}), got {found_inf.device}")
 
 
-def _reference_step(lists, hyper: dict, found_inf) -> None:
-    """The reference update; with ``found_inf`` the update is computed and then undone
-    element-wise where the flag is set (torch.where, no host sync): the definition of a
-    skipped step, at the cost of a copy (the reference is for checking, not speed)."""
-    if found_inf is None:
-        rmsprop_clip_reference(*lists, **hyper)
-        return
-    mutated = [t for lst in (lists[0], *lists[2:]) for t in lst]
-    saved = [t.clone() for t in mutated]
-    rmsprop_clip_reference(*lists, **hyper)
-    skip = found_inf.reshape(()) != 0
-    for t, old in zip(mutated, saved):
-        t.copy_(torch.where(skip, old, t))
-
-
 def _check_optional_clip(clip_value) -> None:
     if clip_value is None:
         return
     if isinstance(clip_value, bool) or not isinstance(clip_value, (int, float)) or not math.isfinite(clip_value) \
             or clip_value <= 0:
         raise ValueError(f"clip_value must be a finite number > 0 or None, got {clip_value!r}")
-
-
-def _kernel_ok(p, state, centered, momentum) -> bool:
-    """The kernels walk param, grad and state as one span each, in the same order."""
-    if p.numel() == 0 or not is_dense(p):
-        return False
-    keys = ["square_avg"] + (["grad_avg"] if centered else []) + (["momentum_buffer"] if momentum > 0 else [])
-    for t in [p.grad] + [state[k] for k in keys]:
-        if t.dtype != p.dtype or t.device != p.device or t.stride() != p.stride() or t.shape != p.shape:
-            return False
-    return True
 
 
 def _lists(items, centered, momentum):
@@ -316,20 +233,3 @@ def _lists(items, centered, momentum):
     ga = [s["grad_avg"] for _, s in items] if centered else []
     mb = [s["momentum_buffer"] for _, s in items] if momentum > 0 else []
     return params, grads, sq, ga, mb
-
-
-def _register_fake() -> None:
-    if not _native.load(_FAMILY):
-        return
-
-    @torch.library.register_fake("pyfast_gan::rmsprop_clip_")
-    def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha, eps, weight_decay,
-                           momentum, centered, maximize, clip_value, found_inf=None):
-        return None
-
-    @torch.library.register_fake("pyfast_gan::any_nonfinite")
-    def _any_nonfinite_fake(tensors):
-        return torch.empty((), dtype=torch.bool, device=tensors[0].device)
-
-
-_register_fake()

@@ -29,7 +29,10 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
 
 def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """Return ``t`` (same values) in the memory layout named by ``layout``:
-    'contiguous', 'channels_last' (4-D) or 'strided' (a non-contiguous view)."""
+    'contiguous', 'channels_last' (4-D), 'strided' (a non-contiguous view) or 'offset'
+    (contiguous, but starting one element into its storage: the data pointer is not 16-byte
+    aligned while the size may still divide the vector width, which sends the CUDA kernels
+    to their scalar path)."""
     if layout == "contiguous":
         return t.contiguous()
     if layout == "channels_last":
@@ -43,6 +46,12 @@ def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         view = big[..., ::2]
         view.copy_(t)
         assert not view.is_contiguous() or t.numel() <= 1
+        return view
+    if layout == "offset":
+        buf = poison_(torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device))
+        view = buf[1:].view(t.shape)
+        view.copy_(t)
+        assert view.storage_offset() == 1 and view.is_contiguous()
         return view
     raise ValueError(f"unknown layout {layout!r}")
 

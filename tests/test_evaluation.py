@@ -44,6 +44,7 @@ def test_classifier_accuracy_on_held_out_digits(clf):
     assert math.isclose(acc, clf.test_accuracy, abs_tol=1e-12)
 
 
+@pytest.mark.slow
 def test_classifier_cache_is_reused_and_a_corrupt_file_retrained(clf, capsys):
     files = list(cache_dir().glob("digits_classifier_*.pt"))
     assert len(files) == 1
@@ -165,6 +166,7 @@ def test_evaluator_metric_selection_errors(monkeypatch, tmp_path):
     assert ev.metrics == ("classifier",) and set(ev.skipped) == {"fid", "kid"}
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 6 samples of 2048-d features
 def test_evaluator_fid_kid_with_inception_weights(tmp_path):
     """FID/KID through the Evaluator with random Inception weights (the real ones cannot be
@@ -282,6 +284,7 @@ def test_train_eval_on_digits_and_bad_eval_flags(tmp_path, capsys):
         assert match in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_study_tiny_end_to_end_and_reuse(tmp_path):
     from pyfast_gan.experiments.compare import main
 

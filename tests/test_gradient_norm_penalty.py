@@ -21,7 +21,7 @@ IMPLS = [
 # (3,17): rank 2; N = 1.
 SHAPES = [(1, 3, 4, 5), (5, 3, 7, 9), (3, 17), (2, 3, 50, 60), (1, 2500)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-LAYOUTS = ["contiguous", "channels_last", "strided"]
+LAYOUTS = ["contiguous", "channels_last", "strided", "offset"]
 MODES = ["two_sided", "one_sided", "zero_centered"]
 
 
@@ -34,8 +34,9 @@ def _grad_input(shape, dtype, layout, device):
 
 
 def _run(impl, g, center, mode, upstream):
-    x = g.detach().clone(memory_format=torch.preserve_format) if g.is_contiguous() or g.is_contiguous(
-        memory_format=torch.channels_last) else g.detach()
+    # A clone keeps a dense layout, but not a strided view's or the "offset" layout's.
+    dense = g.is_contiguous() or g.is_contiguous(memory_format=torch.channels_last)
+    x = g.detach().clone(memory_format=torch.preserve_format) if dense and g.storage_offset() == 0 else g.detach()
     x.requires_grad_(True)
     per = pg.gradient_norm_penalty(x, center=center, mode=mode, reduction="none", impl=impl)
     (per * upstream).sum().backward()
@@ -171,3 +172,35 @@ def test_native_checks_name_arguments():
         ops.gradient_norm_penalty_backward(torch.randn(2), g, torch.rand(3), 1.0, "two_sided")
     with pytest.raises(ValueError, match="norm"):
         ops.gradient_norm_penalty_backward(torch.randn(3), g, torch.rand(3, dtype=torch.float64), 1.0, "two_sided")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_NATIVE, reason="native library not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_kernel_bitwise_equals_cpu_kernel(dtype, layout):
+    """Both kernels round the norm's sqrt, the penalty and the backward's coefficient and
+    products as the reference does (IEEE sqrt and division, one rounding per operation; the
+    CUDA build's --use_fast_math is overridden by _rn intrinsics), so they agree bit for bit
+    wherever they start from the same sums of squares. The sums are added in different orders
+    (AVX2 lanes vs warp shuffles), so the forward's inputs are multiples of 1/16 in [-1/2, 1/2],
+    whose sums of squares are exact in fp32 in any order; the backward gets the same norm."""
+    ops = gnp.native_ops()
+    gen = torch.Generator().manual_seed(3)
+    acc = gnp.acc_dtype(dtype)
+    for shape in SHAPES + [(3, 70000)]:  # 70000: several CUDA blocks per sample
+        g = (torch.randint(-8, 9, shape, generator=gen) / 16).to(dtype)
+        g_cpu, g_cuda = make_layout(g, layout), make_layout(g.cuda(), layout)
+        for mode, center in (("two_sided", 1.0), ("one_sided", 0.7), ("zero_centered", 0.0)):
+            pen_cpu, norm_cpu = ops.gradient_norm_penalty(g_cpu, center, mode)
+            pen_cuda, norm_cuda = ops.gradient_norm_penalty(g_cuda, center, mode)
+            assert torch.equal(norm_cuda.cpu(), norm_cpu), (shape, mode)
+            assert torch.equal(pen_cuda.cpu(), pen_cpu), (shape, mode)
+            x = make_layout(torch.randn(shape, generator=gen).to(dtype), layout)
+            gp = torch.randn(shape[0], generator=gen).to(acc)
+            norm = norm_cpu.clone()
+            norm[0] = 0.0  # the safe division's branch
+            gi_cpu = ops.gradient_norm_penalty_backward(gp, x, norm, center, mode)
+            gi_cuda = ops.gradient_norm_penalty_backward(gp.cuda(), make_layout(x.cuda(), layout), norm.cuda(), center,
+                                                         mode)
+            assert torch.equal(gi_cuda.cpu(), gi_cpu), (shape, mode)

@@ -19,7 +19,7 @@ IMPLS = [
 ]
 SHAPES = [(1, 3, 4, 5), (5, 3, 7, 9), (3, 17), (2, 3, 50, 60)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-LAYOUTS = ["contiguous", "channels_last", "strided"]
+LAYOUTS = ["contiguous", "channels_last", "strided", "offset"]
 
 
 def _inputs(shape, dtype, layout, device):
@@ -210,6 +210,26 @@ def test_x_hat_requires_grad_only_through_its_inputs(impl, device):
         assert x.requires_grad and not x.is_leaf and not out_alpha.requires_grad
         with torch.no_grad():
             assert not pg.interpolate(real.clone().requires_grad_(True), fake, a, impl=impl)[0].requires_grad
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_NATIVE, reason="native library not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_kernel_bitwise_equals_cpu_kernel(dtype, layout):
+    """With alpha given, both kernels compute a*real + (1-a)*fake as the reference rounds it
+    (two products and a sum, no FMA: the CUDA build's --use_fast_math contraction is
+    overridden by _rn intrinsics), and the backward as two products: bit for bit equal."""
+    ops = interp.native_ops()
+    gen = torch.Generator().manual_seed(5)
+    for shape in SHAPES + [(3, 20000)]:  # 20000: several CUDA blocks per sample
+        real, fake, g = (torch.randn(shape, generator=gen).to(dtype) for _ in range(3))
+        alpha = torch.rand(shape[0], generator=gen, dtype=interp.alpha_dtype(dtype))
+        on_cpu = [make_layout(t, layout) for t in (real, fake, g)]
+        on_cuda = [make_layout(t.cuda(), layout) for t in (real, fake, g)]
+        assert torch.equal(ops.interpolate(*on_cuda[:2], alpha.cuda()).cpu(), ops.interpolate(*on_cpu[:2], alpha))
+        for a, b in zip(ops.interpolate_backward(on_cuda[2], alpha.cuda()), ops.interpolate_backward(on_cpu[2], alpha)):
+            assert torch.equal(a.cpu(), b), shape
 
 
 def test_readme_example(readme_example, capsys):

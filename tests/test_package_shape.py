@@ -3,6 +3,8 @@ module level or inside a function), and a training loop short enough to read in 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pyfast_gan
@@ -90,3 +92,23 @@ def test_training_loop_reads_in_one_sitting():
     # one step class: the old per-mode steps are gone
     assert not (ROOT / "train" / "steps.py").exists()
     assert not (ROOT / "fast" / "compile.py").exists()
+
+
+def test_kernels_import_no_dispatcher():
+    # Kernels, launchers and triton_ops only: choosing an impl, autograd and fallbacks live in
+    # pyfast_gan/ops/, so a kernel module never reaches back into them.
+    graph = _import_graph()
+    kernels = [m for m in graph if m.startswith("pyfast_gan.kernels")]
+    assert kernels
+    for m in kernels:
+        assert not {t for t in graph[m] if t.startswith("pyfast_gan.ops")}, m
+
+
+def test_import_loads_no_native_library():
+    # The libraries load on an op's first dispatch to a native impl: importing the package
+    # (or its optimizer) costs no dlopen and registers nothing in torch.ops.pyfast_gan.
+    code = ("import torch, pyfast_gan, pyfast_gan.optim; from pyfast_gan import _native; "
+            "assert _native.load.cache_info().currsize == 0, _native.load.cache_info(); "
+            "assert not hasattr(torch.ops.pyfast_gan, 'clip_weights_'); "
+            "assert not hasattr(torch.ops.pyfast_gan, 'gradient_norm_penalty')")
+    subprocess.run([sys.executable, "-c", code], check=True)

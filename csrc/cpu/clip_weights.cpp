@@ -1,9 +1,10 @@
 // clip_weights_: clamp every tensor of a list to [-c, c] in place, in one op call.
 //
-// Schemas of the "clip" family live here (clip_weights_, clip_built_with_cuda) and in
-// rmsprop_clip.cpp (rmsprop_clip_). The CPU kernel splits all tensors into chunks and
-// runs one at::parallel_for over the chunks of every tensor, so a critic of many small
-// parameters costs one dispatch instead of one clamp_ per parameter.
+// Schemas of the "clip" family live here (clip_weights_, clip_built_with_cuda), in
+// rmsprop_clip.cpp (rmsprop_clip_) and in any_nonfinite.cpp (any_nonfinite). The CPU
+// kernel splits all tensors into chunks and runs one at::parallel_for over the chunks of
+// every tensor, so a critic of many small parameters costs one dispatch instead of one
+// clamp_ per parameter.
 #include "common.h"
 #include "op_checks.h"
 

@@ -9,16 +9,12 @@
 // bitwise against torch 2.14 on an AVX512 host), the baseline path plain mul+add as
 // torch's DEFAULT capability does.
 #include "common.h"
+#include "op_checks.h"
 
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <ATen/ops/all.h>
-#include <ATen/ops/isfinite.h>
-#include <ATen/ops/scalar_tensor.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -184,56 +180,6 @@ struct Item {
   int64_t begin, end;
 };
 
-void check_pair(const at::Tensor& x, const at::Tensor& p, const char* name, size_t i) {
-  PFG_CHECK_ARG(x.device() == p.device() && x.scalar_type() == p.scalar_type(), name, "[", i,
-                "] must match params[", i, "] in device and dtype, got ", x.device(), "/", x.scalar_type(), " vs ",
-                p.device(), "/", p.scalar_type());
-  PFG_CHECK_ARG(x.sizes() == p.sizes() && x.strides() == p.strides(), name, "[", i,
-                "] must have the sizes and strides of params[", i, "]");
-}
-
-}  // namespace
-
-// found_inf: GradScaler's convention (a 1-element fp32 tensor, nonzero = skip the whole
-// step) on the parameters' device, so the skip is decided without a host sync.
-void check_found_inf(const at::Tensor& found_inf, at::Device device) {
-  PFG_CHECK_ARG(found_inf.numel() == 1 && found_inf.scalar_type() == at::kFloat, "found_inf",
-                "must be a one-element float32 tensor, got ", found_inf.scalar_type(), " with ", found_inf.numel(),
-                " elements");
-  PFG_CHECK_ARG(found_inf.device() == device, "found_inf", "must be on the parameters' device (", device,
-                "), got ", found_inf.device());
-}
-
-// Shared with the CUDA launcher: every per-tensor check that does not depend on device.
-void rmsprop_clip_check(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
-                        at::TensorList grad_avgs, at::TensorList momentum_buffers, double momentum, bool centered,
-                        double clip_value) {
-  const size_t n = params.size();
-  PFG_CHECK_ARG(grads.size() == n, "grads", "needs one tensor per param (", n, "), got ", grads.size());
-  PFG_CHECK_ARG(square_avgs.size() == n, "square_avgs", "needs one tensor per param (", n, "), got ",
-                square_avgs.size());
-  PFG_CHECK_ARG(grad_avgs.size() == (centered ? n : 0), "grad_avgs", "needs ", centered ? n : 0,
-                " tensors (centered=", centered, "), got ", grad_avgs.size());
-  PFG_CHECK_ARG(momentum_buffers.size() == (momentum > 0 ? n : 0), "momentum_buffers", "needs ",
-                momentum > 0 ? n : 0, " tensors (momentum=", momentum, "), got ", momentum_buffers.size());
-  PFG_CHECK_ARG(clip_value > 0, "clip_value", "must be > 0 (inf disables the clamp), got ", clip_value);
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& p = params[i];
-    const auto st = p.scalar_type();
-    PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "params",
-                  "every tensor must be floating point, got ", st, " at index ", i);
-    PFG_CHECK_ARG(p.device() == params[0].device(), "params", "all tensors must be on one device");
-    PFG_CHECK_ARG(p.is_non_overlapping_and_dense(), "params", "tensor ", i,
-                  " is not dense; step it with the reference impl");
-    check_pair(grads[i], p, "grads", i);
-    check_pair(square_avgs[i], p, "square_avgs", i);
-    if (centered) check_pair(grad_avgs[i], p, "grad_avgs", i);
-    if (momentum > 0) check_pair(momentum_buffers[i], p, "momentum_buffers", i);
-  }
-}
-
-namespace {
-
 void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
                       at::TensorList grad_avgs, at::TensorList momentum_buffers, double lr, double alpha, double eps,
                       double weight_decay, double momentum, bool centered, bool maximize, double clip_value,
@@ -282,66 +228,6 @@ void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   }
 }
 
-// any_nonfinite: one pass over every tensor, testing exponent bits (all ones = inf or
-// NaN) with an OR-reduction the compiler vectorizes; chunks stop early once a hit is
-// known. Replaces torch._foreach_norm + stack + isfinite, which cost 3x the fused step
-// itself on the DCGAN-64 critic on 2 CPU cores.
-template <typename U>
-bool span_nonfinite(const U* u, int64_t n, U mask) {
-  U hit = 0;
-  for (int64_t i = 0; i < n; ++i) hit |= static_cast<U>((u[i] & mask) == mask);
-  return hit != 0;
-}
-
-bool chunk_nonfinite(const void* data, at::ScalarType st, int64_t b, int64_t e) {
-  switch (st) {
-    case at::kFloat:
-      return span_nonfinite<uint32_t>(static_cast<const uint32_t*>(data) + b, e - b, 0x7f800000u);
-    case at::kDouble:
-      return span_nonfinite<uint64_t>(static_cast<const uint64_t*>(data) + b, e - b, 0x7ff0000000000000ull);
-    case at::kHalf:
-      return span_nonfinite<uint16_t>(static_cast<const uint16_t*>(data) + b, e - b, 0x7c00);
-    case at::kBFloat16:
-      return span_nonfinite<uint16_t>(static_cast<const uint16_t*>(data) + b, e - b, 0x7f80);
-    default:
-      TORCH_CHECK(false, "unreachable");
-  }
-}
-
-at::Tensor any_nonfinite_cpu(at::TensorList tensors) {
-  struct Span {
-    const void* data;
-    at::ScalarType st;
-    int64_t b, e;
-  };
-  std::vector<Span> spans;
-  bool found = false;
-  int64_t total = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    const auto st = t.scalar_type();
-    PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "tensors",
-                  "every tensor must be floating point, got ", st, " at index ", i);
-    if (!t.is_non_overlapping_and_dense()) {
-      found = found || !at::isfinite(t).all().item<bool>();
-      continue;
-    }
-    const int64_t n = t.numel();
-    for (int64_t b = 0; b < n; b += 4 * kChunk) spans.push_back({t.const_data_ptr(), st, b, std::min(n, b + 4 * kChunk)});
-    total += n;
-  }
-  std::atomic<bool> hit{found};
-  const int64_t ns = static_cast<int64_t>(spans.size());
-  if (!found && ns > 0) {
-    at::parallel_for(0, ns, total < 4 * kSerialBelow ? ns : 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1 && !hit.load(std::memory_order_relaxed); ++c) {
-        if (chunk_nonfinite(spans[c].data, spans[c].st, spans[c].b, spans[c].e)) hit.store(true);
-      }
-    });
-  }
-  return at::scalar_tensor(hit.load(), at::TensorOptions().dtype(at::kBool));
-}
-
 // Bump the version counters of everything mutated, as ATen's in-place ops do (see
 // clip_weights.cpp).
 void rmsprop_clip_inplace_or_view(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads,
@@ -370,13 +256,10 @@ TORCH_LIBRARY_FRAGMENT(pyfast_gan, m) {
       "rmsprop_clip_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
       "Tensor(d!)[] momentum_buffers, float lr, float alpha, float eps, float weight_decay, float momentum, "
       "bool centered, bool maximize, float clip_value, Tensor? found_inf=None) -> ()");
-  // 0-d bool tensor on the tensors' device (CPU for an empty list): any inf or NaN.
-  m.def("any_nonfinite(Tensor[] tensors) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyfast_gan, CPU, m) {
   m.impl("rmsprop_clip_", &rmsprop_clip_cpu);
-  m.impl("any_nonfinite", &any_nonfinite_cpu);
 }
 
 TORCH_LIBRARY_IMPL(pyfast_gan, ADInplaceOrView, m) {

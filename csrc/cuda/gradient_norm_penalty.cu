@@ -6,8 +6,15 @@
 // second kernel adds each sample's partials in a fixed order (deterministic, no
 // atomics, no memset) and applies the penalty.
 // Backward: one read of grad, one write of grad_input, coef computed per thread.
+//
+// Rounding: the finalize and scale kernels round as the CPU kernel does (IEEE sqrt and
+// division, one rounding per operation; see cuda/fp_rn.cuh on --use_fast_math), so given
+// the same sums of squares the norms, penalties and input gradients are bit-identical to
+// the CPU kernel's for fp32 and fp64. The sums themselves are added in another order than
+// on the CPU (warp shuffles vs AVX2 lanes) and agree within rounding only.
 #include "common.h"
 #include "op_checks.h"
+#include "cuda/fp_rn.cuh"
 #include "sample_layout.h"
 
 #include <ATen/OpMathType.h>
@@ -66,17 +73,19 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, int64_t N, in
                                 acc_t* __restrict__ penalty, acc_t* __restrict__ norm) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
+  using F = Fp<acc_t>;
   acc_t s = 0;
-  for (int64_t k = 0; k < K; ++k) s += partial[n * K + k];
-  const acc_t r = sqrt(s);
+  for (int64_t k = 0; k < K; ++k) s = F::add(s, partial[n * K + k]);
+  const acc_t r = F::sqrt(s);
   norm[n] = r;
   if (mode == kTwoSided) {
-    penalty[n] = (r - c) * (r - c);
+    const acc_t d = F::sub(r, c);
+    penalty[n] = F::mul(d, d);
   } else if (mode == kOneSided) {
-    const acc_t d = r > c ? r - c : acc_t(0);
-    penalty[n] = d * d;
+    const acc_t d = r > c ? F::sub(r, c) : acc_t(0);
+    penalty[n] = F::mul(d, d);
   } else {
-    penalty[n] = r * r;
+    penalty[n] = F::mul(r, r);
   }
 }
 
@@ -87,14 +96,17 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(const scalar_t* __restr
   const int64_t n = blockIdx.x / K, k = blockIdx.x % K;
   const int64_t start = k * kChunk;
   const int64_t end = min(M, start + kChunk);
+  using F = Fp<acc_t>;
   const acc_t r = norm[n];
+  // gp * 2 * (r - c) / r, evaluated left to right as the CPU kernel does.
+  const acc_t gp2 = F::mul(gp[n], acc_t(2));
   acc_t coef;
   if (mode == kTwoSided) {
-    coef = r > 0 ? gp[n] * 2 * (r - c) / r : acc_t(0);
+    coef = r > 0 ? F::div(F::mul(gp2, F::sub(r, c)), r) : acc_t(0);
   } else if (mode == kOneSided) {
-    coef = (r > 0 && r > c) ? gp[n] * 2 * (r - c) / r : acc_t(0);
+    coef = (r > 0 && r > c) ? F::div(F::mul(gp2, F::sub(r, c)), r) : acc_t(0);
   } else {
-    coef = gp[n] * 2;
+    coef = gp2;
   }
   const scalar_t* p = g + n * M;
   scalar_t* q = out + n * M;
@@ -102,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(const scalar_t* __restr
     const VecT<scalar_t, V> x = *reinterpret_cast<const VecT<scalar_t, V>*>(p + i);
     VecT<scalar_t, V> y;
 #pragma unroll
-    for (int j = 0; j < V; ++j) y.v[j] = static_cast<scalar_t>(coef * static_cast<acc_t>(x.v[j]));
+    for (int j = 0; j < V; ++j) y.v[j] = static_cast<scalar_t>(F::mul(coef, static_cast<acc_t>(x.v[j])));
     *reinterpret_cast<VecT<scalar_t, V>*>(q + i) = y;
   }
 }

@@ -2,8 +2,13 @@
 // csrc/cpu/interpolate.cpp for the math). One pass with 16-byte vector loads;
 // interpolate_rand draws alpha[n] in the kernel from Philox4x32-10 keyed by a
 // device-side seed (no host sync), the same stream as Triton's tl.rand(seed, n).
+//
+// Rounding: a*x + b*y as two products and a sum, each rounded (no FMA contraction, which
+// --use_fast_math allows; see cuda/fp_rn.cuh), as the CPU kernel and the reference round
+// it, so with the same alpha the fp32/fp64 results are bit-identical to the CPU kernel's.
 #include "common.h"
 #include "op_checks.h"
+#include "cuda/fp_rn.cuh"
 #include "philox.h"
 #include "sample_layout.h"
 
@@ -22,20 +27,23 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8192;
 
-// RAND: alpha[n] comes from Philox(seed, n) and block (n, 0) stores it; otherwise it is read.
+// RAND: alpha[n] comes from Philox(seed, n) and block (n, 0) stores it into alpha_out;
+// otherwise it is read from the caller's alpha_in, which is never written.
 template <typename scalar_t, typename acc_t, int V, bool RAND>
 __global__ void __launch_bounds__(kThreads) lerp_kernel(const scalar_t* __restrict__ r, const scalar_t* __restrict__ f,
-                                                         scalar_t* __restrict__ out, acc_t* __restrict__ alpha,
+                                                         scalar_t* __restrict__ out, const acc_t* __restrict__ alpha_in,
+                                                         acc_t* __restrict__ alpha_out,
                                                          const int64_t* __restrict__ seed, int64_t M, int64_t K) {
+  using F = Fp<acc_t>;
   const int64_t n = blockIdx.x / K, k = blockIdx.x % K;
   acc_t a;
   if constexpr (RAND) {
     a = static_cast<acc_t>(philox_uniform(static_cast<uint64_t>(*seed), static_cast<uint32_t>(n)));
-    if (k == 0 && threadIdx.x == 0) alpha[n] = a;
+    if (k == 0 && threadIdx.x == 0) alpha_out[n] = a;
   } else {
-    a = alpha[n];
+    a = alpha_in[n];
   }
-  const acc_t b = acc_t(1) - a;
+  const acc_t b = F::sub(acc_t(1), a);
   const int64_t base = n * M;
   const int64_t end = min(M, (k + 1) * kChunk);
   for (int64_t i = k * kChunk + int64_t(threadIdx.x) * V; i < end; i += int64_t(kThreads) * V) {
@@ -44,7 +52,9 @@ __global__ void __launch_bounds__(kThreads) lerp_kernel(const scalar_t* __restri
     VecT<scalar_t, V> z;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      z.v[j] = static_cast<scalar_t>(a * static_cast<acc_t>(x.v[j]) + b * static_cast<acc_t>(y.v[j]));
+      const acc_t ax = F::mul(a, static_cast<acc_t>(x.v[j]));
+      const acc_t by = F::mul(b, static_cast<acc_t>(y.v[j]));
+      z.v[j] = static_cast<scalar_t>(F::add(ax, by));
     }
     *reinterpret_cast<VecT<scalar_t, V>*>(out + base + i) = z;
   }
@@ -54,8 +64,9 @@ template <typename scalar_t, typename acc_t, int V>
 __global__ void __launch_bounds__(kThreads) lerp_backward_kernel(const scalar_t* __restrict__ g,
                                                                   scalar_t* __restrict__ gr, scalar_t* __restrict__ gf,
                                                                   const acc_t* __restrict__ alpha, int64_t M, int64_t K) {
+  using F = Fp<acc_t>;
   const int64_t n = blockIdx.x / K, k = blockIdx.x % K;
-  const acc_t a = alpha[n], b = acc_t(1) - a;
+  const acc_t a = alpha[n], b = F::sub(acc_t(1), a);
   const int64_t base = n * M;
   const int64_t end = min(M, (k + 1) * kChunk);
   for (int64_t i = k * kChunk + int64_t(threadIdx.x) * V; i < end; i += int64_t(kThreads) * V) {
@@ -64,8 +75,8 @@ __global__ void __launch_bounds__(kThreads) lerp_backward_kernel(const scalar_t*
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const acc_t v = static_cast<acc_t>(x.v[j]);
-      u.v[j] = static_cast<scalar_t>(a * v);
-      w.v[j] = static_cast<scalar_t>(b * v);
+      u.v[j] = static_cast<scalar_t>(F::mul(a, v));
+      w.v[j] = static_cast<scalar_t>(F::mul(b, v));
     }
     *reinterpret_cast<VecT<scalar_t, V>*>(gr + base + i) = u;
     *reinterpret_cast<VecT<scalar_t, V>*>(gf + base + i) = w;
@@ -79,8 +90,9 @@ void check_pair(const at::Tensor& real, const at::Tensor& fake) {
   check_interpolate_pair(real, fake);
 }
 
+// RAND: `alpha` is the output the kernel draws into; otherwise the caller's alpha, read only.
 template <bool RAND>
-void launch_lerp(const at::Tensor& real_in, const at::Tensor& fake_in, at::Tensor& out, at::Tensor& alpha,
+void launch_lerp(const at::Tensor& real_in, const at::Tensor& fake_in, at::Tensor& out, const at::Tensor& alpha,
                  const int64_t* seed) {
   at::Tensor real = per_sample_dense(real_in) ? real_in : real_in.contiguous();
   at::Tensor fake = fake_in.strides() == real.strides() ? fake_in : at::empty_like(real).copy_(fake_in);
@@ -95,11 +107,12 @@ void launch_lerp(const at::Tensor& real_in, const at::Tensor& fake_in, at::Tenso
     const scalar_t* r = real.const_data_ptr<scalar_t>();
     const scalar_t* f = fake.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    acc_t* a = alpha.mutable_data_ptr<acc_t>();
+    const acc_t* a_in = RAND ? nullptr : alpha.const_data_ptr<acc_t>();
+    acc_t* a_out = RAND ? alpha.mutable_data_ptr<acc_t>() : nullptr;
     if (M % V == 0 && aligned16(r) && aligned16(f) && aligned16(o)) {
-      lerp_kernel<scalar_t, acc_t, V, RAND><<<N * K, kThreads, 0, stream>>>(r, f, o, a, seed, M, K);
+      lerp_kernel<scalar_t, acc_t, V, RAND><<<N * K, kThreads, 0, stream>>>(r, f, o, a_in, a_out, seed, M, K);
     } else {
-      lerp_kernel<scalar_t, acc_t, 1, RAND><<<N * K, kThreads, 0, stream>>>(r, f, o, a, seed, M, K);
+      lerp_kernel<scalar_t, acc_t, 1, RAND><<<N * K, kThreads, 0, stream>>>(r, f, o, a_in, a_out, seed, M, K);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -109,8 +122,7 @@ at::Tensor interpolate_cuda(const at::Tensor& real, const at::Tensor& fake, cons
   check_pair(real, fake);
   check_interpolate_alpha(alpha_in, real);
   const c10::cuda::CUDAGuard guard(real.device());
-  // The kernel only reads alpha in this mode; the cast drops const for the shared signature.
-  at::Tensor alpha = alpha_in.contiguous();
+  const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor out;
   launch_lerp<false>(real, fake, out, alpha, nullptr);
   return out;

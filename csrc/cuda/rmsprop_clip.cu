@@ -6,48 +6,16 @@
 // float op is an explicit _rn intrinsic: IEEE division and square root as torch's kernels
 // use, and FMAs only where torch's kernels contract (addcmul, add(alpha=), lerp).
 #include "common.h"
+#include "op_checks.h"
+#include "cuda/fp_rn.cuh"
 #include "cuda/multi_tensor_apply.cuh"
-
-#include <ATen/ops/all.h>
-#include <ATen/ops/isfinite.h>
-#include <ATen/ops/logical_not.h>
-#include <ATen/ops/logical_or.h>
-#include <ATen/ops/zeros.h>
 
 #include <cmath>
 #include <type_traits>
 
 namespace pyfast_gan {
 
-void rmsprop_clip_check(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
-                        at::TensorList grad_avgs, at::TensorList momentum_buffers, double momentum, bool centered,
-                        double clip_value);
-void check_found_inf(const at::Tensor& found_inf, at::Device device);
-
 namespace {
-
-template <typename acc_t>
-struct Fp;
-
-template <>
-struct Fp<float> {
-  static __device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
-  static __device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
-  static __device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
-  static __device__ __forceinline__ float fma(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-  static __device__ __forceinline__ float div(float a, float b) { return __fdiv_rn(a, b); }
-  static __device__ __forceinline__ float sqrt(float a) { return __fsqrt_rn(a); }
-};
-
-template <>
-struct Fp<double> {
-  static __device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
-  static __device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
-  static __device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
-  static __device__ __forceinline__ double fma(double a, double b, double c) { return __fma_rn(a, b, c); }
-  static __device__ __forceinline__ double div(double a, double b) { return __ddiv_rn(a, b); }
-  static __device__ __forceinline__ double sqrt(double a) { return __dsqrt_rn(a); }
-};
 
 template <typename acc_t>
 struct Hyper {
@@ -217,55 +185,10 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   }
 }
 
-// any_nonfinite: one multi-tensor launch per dtype testing exponent bits; any block that
-// sees inf/NaN stores true into a device flag (a benign race: every writer stores true).
-template <typename T>
-struct NonfiniteFunctor {
-  bool* flag;
-  __device__ __forceinline__ void operator()(const mta::TensorListMetadata<1>& meta, int t, int64_t start,
-                                             int64_t len) const {
-    using U = std::conditional_t<sizeof(T) == 8, uint64_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
-    constexpr U mask = sizeof(T) == 8   ? U(0x7ff0000000000000ull)
-                       : sizeof(T) == 4 ? U(0x7f800000u)
-                       : std::is_same_v<T, at::BFloat16> ? U(0x7f80)
-                                                          : U(0x7c00);
-    const U* u = static_cast<const U*>(meta.addresses[0][t]) + start;
-    bool hit = false;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) hit |= (u[i] & mask) == mask;
-    if (hit) *flag = true;
-  }
-};
-
-at::Tensor any_nonfinite_cuda(at::TensorList tensors) {
-  TORCH_CHECK(!tensors.empty(), "tensors: needs at least one tensor");
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
-  at::Tensor flag = at::zeros({}, tensors[0].options().dtype(at::kBool));
-  for (at::ScalarType st : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
-    std::vector<std::vector<at::Tensor>> lists(1);
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const at::Tensor& t = tensors[i];
-      PFG_CHECK_ARG(t.is_floating_point(), "tensors", "every tensor must be floating point, got ",
-                    t.scalar_type(), " at index ", i);
-      PFG_CHECK_ARG(t.device() == tensors[0].device(), "tensors", "all tensors must be on one device");
-      if (t.scalar_type() != st) continue;
-      if (t.is_non_overlapping_and_dense())
-        lists[0].push_back(t);
-      else
-        flag.logical_or_(at::isfinite(t).all().logical_not());
-    }
-    if (lists[0].empty()) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "any_nonfinite_cuda", [&] {
-      mta::multi_tensor_apply<1>(lists, NonfiniteFunctor<scalar_t>{flag.data_ptr<bool>()});
-    });
-  }
-  return flag;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfast_gan, CUDA, m) {
   m.impl("rmsprop_clip_", &rmsprop_clip_cuda);
-  m.impl("any_nonfinite", &any_nonfinite_cuda);
 }
 
 }  // namespace pyfast_gan

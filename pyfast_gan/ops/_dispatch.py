@@ -9,6 +9,7 @@ Rules (as in NVlabs' torch_utils ops):
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -88,6 +89,58 @@ def resolve(op: str, family: str, impl: str, device: torch.device) -> str:
             return "triton"
         warn_once(op, f"pyfast_gan.{op}: native kernel unavailable ({why}); using the PyTorch reference")
     return "reference"
+
+
+_RESOLVED: dict[tuple[str, str, str, str], str] = {}
+
+
+@torch.compiler.assume_constant_result
+def resolve_cached(op: str, family: str, impl: str, device: str) -> str:
+    """:func:`resolve`, memoized per (op, family, impl, device), for ops that dispatch on every
+    step (clip_weights_ and RMSpropClip run once per critic step, and ``resolve`` costs more
+    than clamping a small critic), and evaluated once at trace time under torch.compile (it
+    checks files and environment variables, which dynamo cannot trace). ``device`` is a
+    string (``str(t.device)`` or ``t.device.type``) so the result can be a trace constant.
+    A request that cannot run raises every time (only answers are cached)."""
+    key = (op, family, impl, device)
+    which = _RESOLVED.get(key)
+    if which is None:
+        which = _RESOLVED[key] = resolve(op, family, impl, torch.device(device))
+    return which
+
+
+def native_loader(family: str, fakes: dict):
+    """An op module's ``native_ops()``: load ``family``'s library and register the op's fake
+    impls (``{"pyfast_gan::name": fn}``) once; returns ``torch.ops.pyfast_gan``, or None when
+    the library is unavailable. Called on first dispatch, so ``import pyfast_gan`` loads none."""
+
+    @functools.lru_cache(maxsize=None)
+    def native_ops():
+        if not _native.load(family):
+            return None
+        for name, fake in fakes.items():
+            torch.library.register_fake(name)(fake)
+        return torch.ops.pyfast_gan
+
+    return native_ops
+
+
+def resolver(op: str, family: str, native_ops, triton_ops=None):
+    """An op module's ``resolve_impl(impl, device) -> str``: :func:`resolve_cached`, plus the
+    op's one-time set-up for the answer (``native_ops()`` loads the library and registers fake
+    impls and autograd; ``triton_ops()`` the Triton ops' autograd). It is a trace-time constant
+    under torch.compile, so that set-up, which dynamo cannot trace, runs eagerly."""
+
+    @torch.compiler.assume_constant_result
+    def resolve_impl(impl: str, device: str) -> str:
+        which = resolve_cached(op, family, impl, device)
+        if which in ("cpu", "cuda"):
+            native_ops()
+        elif which == "triton" and triton_ops is not None:
+            triton_ops()
+        return which
+
+    return resolve_impl
 
 
 def check_impl_arg(impl: str) -> None:

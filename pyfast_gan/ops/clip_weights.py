@@ -16,8 +16,8 @@ from typing import Iterable
 
 import torch
 
-from .. import _native
-from ._dispatch import check_impl_arg, resolve
+from .._layout import is_dense
+from ._dispatch import check_impl_arg, native_loader, resolver
 
 __all__ = ["clip_weights_", "clip_weights_reference"]
 
@@ -58,7 +58,9 @@ def check_clip_value(clip_value, argname: str = "clip_value") -> float:
     return c
 
 
-def _check_tensors(tensors: list[torch.Tensor], argname: str = "params") -> None:
+def check_tensors(tensors: list[torch.Tensor], argname: str = "params") -> None:
+    """Dense (strided) floating-point tensors on one device; the ValueError names the first
+    offending tensor."""
     # Set/all() first: this runs on every WGAN critic step, so the common case stays cheap.
     dev = tensors[0].device
     if len({t.device for t in tensors}) == 1 and all(t.is_floating_point() and t.layout == torch.strided
@@ -82,22 +84,6 @@ def clip_weights_reference(tensors: Iterable[torch.Tensor], clip_value: float) -
             t.clamp_(-clip_value, clip_value)
 
 
-def is_dense(t: torch.Tensor) -> bool:
-    """True if ``t`` occupies exactly numel consecutive elements of its storage, in some order."""
-    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or _dense_any_order(t)
-
-
-def _dense_any_order(t: torch.Tensor) -> bool:
-    # Strides that, sorted, are those of a contiguous tensor of the permuted shape.
-    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
-    expected = 1
-    for s, n in dims:
-        if s != expected:
-            return False
-        expected *= n
-    return True
-
-
 @torch.compiler.disable
 def _triton_clip(tensors: list[torch.Tensor], c: float) -> None:
     from ..kernels.triton.clip_weights import triton_clip_weights_
@@ -112,21 +98,6 @@ def _triton_clip(tensors: list[torch.Tensor], c: float) -> None:
             t.clamp_(-c, c)
     for group in groups.values():
         triton_clip_weights_(group, c)
-
-
-_RESOLVED: dict[tuple[str, str, str], str] = {}
-
-
-@torch.compiler.assume_constant_result
-def resolve_impl(op: str, impl: str, device: str) -> str:
-    """``_dispatch.resolve``, memoized (it runs on every critic step and costs more than
-    clamping a small critic), and evaluated once at trace time under torch.compile (it
-    checks files and environment variables, which dynamo cannot trace)."""
-    key = (op, impl, device)
-    which = _RESOLVED.get(key)
-    if which is None:
-        which = _RESOLVED[key] = resolve(op, _FAMILY, impl, torch.device(device))
-    return which
 
 
 def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
@@ -147,13 +118,13 @@ def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
     if not tensors:
         check_impl_arg(impl)
         return
-    which = resolve_impl(_OP, impl, str(tensors[0].device))
+    which = resolve_impl(impl, str(tensors[0].device))
     with torch.no_grad():
         if which == "reference":
-            _check_tensors(tensors)
+            check_tensors(tensors)
             clip_weights_reference(tensors, c)
         elif which == "triton":
-            _check_tensors(tensors)
+            check_tensors(tensors)
             _triton_clip(tensors, c)
         else:
             # The kernel checks dtypes and devices itself (the fake impl too), and the
@@ -163,18 +134,16 @@ def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
             try:
                 torch.ops.pyfast_gan.clip_weights_(tensors, c)
             except (ValueError, RuntimeError):
-                _check_tensors(tensors)
+                check_tensors(tensors)
                 raise
 
 
-def _register_fake() -> None:
-    if not _native.load(_FAMILY):
-        return
-
-    @torch.library.register_fake("pyfast_gan::clip_weights_")
-    def _clip_weights_fake(tensors, clip_value):
-        _check_tensors(list(tensors), "tensors")
-        return None
+def _clip_weights_fake(tensors, clip_value):
+    check_tensors(list(tensors), "tensors")
+    return None
 
 
-_register_fake()
+native_ops = native_loader(_FAMILY, {"pyfast_gan::clip_weights_": _clip_weights_fake})
+
+# The impl for tensors on a device (memoized: asked on every call; see ``_dispatch.resolver``).
+resolve_impl = resolver(_OP, _FAMILY, native_ops)

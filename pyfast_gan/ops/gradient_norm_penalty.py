@@ -28,7 +28,7 @@ import torch
 
 from .. import _native
 from .._layout import acc_dtype, empty_in_kernel_layout, per_sample_dense  # noqa: F401 (re-exported)
-from ._dispatch import resolve
+from ._dispatch import resolver
 
 FAMILY = "penalty"
 MODES = ("two_sided", "one_sided", "zero_centered")
@@ -39,6 +39,24 @@ def reference_per_sample(grad: torch.Tensor, center: float = 1.0, mode: str = "t
     """The definition every kernel is tested against: plain PyTorch autograd."""
     norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=1, dtype=acc_dtype(grad.dtype))
     return _penalty_of_norm(norm, center, mode)
+
+
+def _setup_context(ctx, inputs, output):
+    grad, center, mode = inputs
+    ctx.save_for_backward(grad, output[1])
+    ctx.center, ctx.mode = center, mode
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward_with(backward_op):
+    """The one backward of every impl's penalty op: ``backward_op`` (the native or the Triton
+    ``gradient_norm_penalty_backward``) scales ``grad`` per sample; the norm is a constant."""
+
+    def backward(ctx, grad_penalty, _grad_norm):
+        grad, norm = ctx.saved_tensors
+        return backward_op(grad_penalty, grad, norm, ctx.center, ctx.mode), None, None
+
+    return backward
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,36 +76,23 @@ def native_ops():
     def _(grad_penalty, grad, norm, center, mode):
         return empty_in_kernel_layout(grad)
 
-    def setup_context(ctx, inputs, output):
-        grad, center, mode = inputs
-        ctx.save_for_backward(grad, output[1])
-        ctx.center, ctx.mode = center, mode
-        ctx.mark_non_differentiable(output[1])
-
-    def backward(ctx, grad_penalty, _grad_norm):
-        grad, norm = ctx.saved_tensors
-        return ops.gradient_norm_penalty_backward(grad_penalty, grad, norm, ctx.center, ctx.mode), None, None
-
-    torch.library.register_autograd("pyfast_gan::gradient_norm_penalty", backward, setup_context=setup_context)
+    torch.library.register_autograd("pyfast_gan::gradient_norm_penalty",
+                                    _backward_with(ops.gradient_norm_penalty_backward), setup_context=_setup_context)
     return ops
 
 
+@functools.lru_cache(maxsize=None)
 def triton_ops():
+    """Import the Triton kernels (their triton_ops carry their own fake impls) and give the
+    forward op the same autograd as the native one (once)."""
     from ..kernels.triton import gradient_norm_penalty as tk
 
+    tk.gradient_norm_penalty.register_autograd(_backward_with(tk.gradient_norm_penalty_backward),
+                                               setup_context=_setup_context)
     return tk
 
 
-@torch.compiler.assume_constant_result
-def _resolve(impl: str, device_type: str) -> str:
-    # Runs eagerly even under torch.compile (its result is a trace-time constant):
-    # loading the library and registering the ops is not traceable Python.
-    which = resolve("gradient_norm_penalty", FAMILY, impl, torch.device(device_type))
-    if which in ("cpu", "cuda"):
-        native_ops()
-    elif which == "triton":
-        triton_ops()
-    return which
+_resolve = resolver("gradient_norm_penalty", FAMILY, native_ops, triton_ops)
 
 
 def _check(grad, center, mode, reduction) -> None:

@@ -28,7 +28,7 @@ import functools
 import torch
 
 from .. import _native
-from ._dispatch import resolve
+from ._dispatch import resolver
 from .._layout import acc_dtype as alpha_dtype, empty_in_kernel_layout
 
 FAMILY = "penalty"
@@ -39,6 +39,26 @@ def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> to
     opm = alpha_dtype(real.dtype)
     a = alpha.to(opm).view(-1, *([1] * (real.dim() - 1)))
     return (a * real.to(opm) + (1 - a) * fake.to(opm)).to(real.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    if isinstance(output, tuple):  # interpolate_rand: alpha is an output
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+    else:
+        ctx.save_for_backward(inputs[2])
+
+
+def _backward_with(backward_op):
+    """The one backward of every impl's interpolate op: ``backward_op`` (the native or the
+    Triton ``interpolate_backward``) sends alpha*g to real and (1-alpha)*g to fake."""
+
+    def backward(ctx, grad_out, *_):
+        (alpha,) = ctx.saved_tensors
+        gr, gf = backward_op(grad_out, alpha)
+        return (gr if ctx.needs_input_grad[0] else None), (gf if ctx.needs_input_grad[1] else None), None
+
+    return backward
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,39 +80,25 @@ def native_ops():
     def _(grad_out, alpha):
         return empty_in_kernel_layout(grad_out), empty_in_kernel_layout(grad_out)
 
-    def setup(ctx, inputs, output):
-        if isinstance(output, tuple):  # interpolate_rand: alpha is an output
-            ctx.save_for_backward(output[1])
-            ctx.mark_non_differentiable(output[1])
-        else:
-            ctx.save_for_backward(inputs[2])
-
-    def backward(ctx, grad_out, *_):
-        (alpha,) = ctx.saved_tensors
-        gr, gf = ops.interpolate_backward(grad_out, alpha)
-        return (gr if ctx.needs_input_grad[0] else None), (gf if ctx.needs_input_grad[1] else None), None
-
-    torch.library.register_autograd("pyfast_gan::interpolate", backward, setup_context=setup)
-    torch.library.register_autograd("pyfast_gan::interpolate_rand", backward, setup_context=setup)
+    backward = _backward_with(ops.interpolate_backward)
+    torch.library.register_autograd("pyfast_gan::interpolate", backward, setup_context=_setup_context)
+    torch.library.register_autograd("pyfast_gan::interpolate_rand", backward, setup_context=_setup_context)
     return ops
 
 
+@functools.lru_cache(maxsize=None)
 def triton_ops():
+    """Import the Triton kernels (their triton_ops carry their own fake impls) and give the
+    ops the same autograd as the native ones (once)."""
     from ..kernels.triton import interpolate as tk
 
+    backward = _backward_with(tk.interpolate_backward)
+    tk.interpolate.register_autograd(backward, setup_context=_setup_context)
+    tk.interpolate_rand.register_autograd(backward, setup_context=_setup_context)
     return tk
 
 
-@torch.compiler.assume_constant_result
-def _resolve(impl: str, device_type: str) -> str:
-    # Runs eagerly even under torch.compile (its result is a trace-time constant):
-    # loading the library and registering the ops is not traceable Python.
-    which = resolve("interpolate", FAMILY, impl, torch.device(device_type))
-    if which in ("cpu", "cuda"):
-        native_ops()
-    elif which == "triton":
-        triton_ops()
-    return which
+_resolve = resolver("interpolate", FAMILY, native_ops, triton_ops)
 
 
 def check_samples(t, name: str = "real") -> None:

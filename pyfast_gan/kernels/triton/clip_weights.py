@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._layout import acc_dtype
+
 _TL_DTYPE = {
     torch.float32: tl.float32,
     torch.float16: tl.float16,
@@ -79,8 +81,7 @@ def _clip_kernel(addr_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, bounds_
 def bounds(clip_value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[lo, hi] as at::clamp sees them (rounded to ``dtype``), in the compute dtype
     (a Python float argument would reach the kernel as fp32, wrong for fp64)."""
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    b = torch.tensor([-clip_value, clip_value], dtype=torch.float64).to(dtype).to(compute)
+    b = torch.tensor([-clip_value, clip_value], dtype=torch.float64).to(dtype).to(acc_dtype(dtype))
     return b.to(device, non_blocking=True)
 
 
@@ -92,6 +93,5 @@ def triton_clip_weights_(tensors: list[torch.Tensor], clip_value: float) -> None
     device = tensors[0].device
     chunk, block = chunk_config(device)
     addr, numel, ct, cs = tensor_tables([tensors], chunk, device)
-    compute = tl.float64 if dtype == torch.float64 else tl.float32
-    _clip_kernel[(ct.numel(),)](addr, numel, ct, cs, bounds(clip_value, dtype, device), CHUNK=chunk, BLOCK=block, DTYPE=_TL_DTYPE[dtype],
-                                COMPUTE=compute)
+    _clip_kernel[(ct.numel(),)](addr, numel, ct, cs, bounds(clip_value, dtype, device), CHUNK=chunk, BLOCK=block,
+                                DTYPE=_TL_DTYPE[dtype], COMPUTE=_TL_DTYPE[acc_dtype(dtype)])

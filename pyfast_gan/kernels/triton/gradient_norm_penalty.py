@@ -6,7 +6,8 @@ fp32, then a small finalize kernel that adds each sample's partials in a fixed
 order: deterministic, no atomics, no memset); backward = one read of ``grad`` and
 one write of ``grad_input``. Registered with ``torch.library.triton_op`` so
 ``torch.compile`` sees the kernels; one fixed config, no autotune (autotune cannot
-run under TRITON_INTERPRET=1).
+run under TRITON_INTERPRET=1). Autograd is registered by the op's module,
+``pyfast_gan.ops.gradient_norm_penalty``, with the native op's formula.
 """
 from __future__ import annotations
 
@@ -111,21 +112,3 @@ def gradient_norm_penalty_backward(grad_penalty: torch.Tensor, grad: torch.Tenso
         flat(g), flat(out), grad_penalty.contiguous(), norm.contiguous(), m, center,
         MODE=MODE_IDS[mode], BLOCK=BLOCK)
     return out
-
-
-def _setup_context(ctx, inputs, output):
-    grad, center, mode = inputs
-    _, norm = output
-    ctx.save_for_backward(grad, norm)
-    ctx.center = center
-    ctx.mode = mode
-    ctx.mark_non_differentiable(norm)
-
-
-def _backward(ctx, grad_penalty, _grad_norm):
-    grad, norm = ctx.saved_tensors
-    gi = gradient_norm_penalty_backward(grad_penalty, grad, norm, ctx.center, ctx.mode)
-    return gi, None, None
-
-
-gradient_norm_penalty.register_autograd(_backward, setup_context=_setup_context)

@@ -3,7 +3,8 @@
 One pass over real/fake/x_hat (math in fp32, fp64 for fp64). ``triton_interpolate_rand``
 draws alpha[n] inside the kernel with ``tl.rand(seed, n)`` from a seed that lives on
 the device, so drawing alpha costs no launch and no host sync; the CPU and CUDA
-kernels implement the same Philox stream.
+kernels implement the same Philox stream. Autograd is registered by the op's module,
+``pyfast_gan.ops.interpolate``, with the native ops' formula.
 """
 from __future__ import annotations
 
@@ -95,20 +96,3 @@ def interpolate_backward(grad_out: torch.Tensor, alpha: torch.Tensor) -> tuple[t
     k = max(1, triton.cdiv(m, BLOCK))
     wrap_triton(_lerp_backward_kernel)[(n, k)](flat(g), flat(gr), flat(gf), alpha.contiguous(), m, BLOCK=BLOCK)
     return gr, gf
-
-
-def _setup(ctx, inputs, output):
-    alpha = inputs[2] if not isinstance(output, tuple) else output[1]
-    ctx.save_for_backward(alpha)
-    if isinstance(output, tuple):
-        ctx.mark_non_differentiable(output[1])
-
-
-def _backward(ctx, grad_out, *_):
-    (alpha,) = ctx.saved_tensors
-    gr, gf = interpolate_backward(grad_out, alpha)
-    return (gr if ctx.needs_input_grad[0] else None), (gf if ctx.needs_input_grad[1] else None), None
-
-
-interpolate.register_autograd(_backward, setup_context=_setup)
-interpolate_rand.register_autograd(_backward, setup_context=_setup)

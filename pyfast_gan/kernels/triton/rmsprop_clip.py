@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._layout import acc_dtype
 from .clip_weights import _TL_DTYPE, bounds, chunk_config, tensor_tables
 
 
@@ -121,7 +122,7 @@ def triton_rmsprop_clip_(params, grads, square_avgs, grad_avgs, momentum_buffers
     if not params:
         return
     dtype, device = params[0].dtype, params[0].device
-    compute_t = torch.float64 if dtype == torch.float64 else torch.float32
+    compute_t = acc_dtype(dtype)
     chunk, block = chunk_config(device)
     lists = [params, grads, square_avgs]
     if centered:
@@ -146,7 +147,7 @@ def triton_rmsprop_clip_(params, grads, square_avgs, grad_avgs, momentum_buffers
         torch.tensor(momentum, dtype=compute_t), b[0], b[1],
     ]).to(device, non_blocking=True)
     _rmsprop_clip_kernel[(ct.numel(),)](
-        addr, numel, ct, cs, hyper, hyper if found_inf is None else found_inf, len(params), CHUNK=chunk, BLOCK=block, DTYPE=_TL_DTYPE[dtype],
-        COMPUTE=tl.float64 if dtype == torch.float64 else tl.float32, CENTERED=bool(centered),
+        addr, numel, ct, cs, hyper, hyper if found_inf is None else found_inf, len(params), CHUNK=chunk, BLOCK=block,
+        DTYPE=_TL_DTYPE[dtype], COMPUTE=_TL_DTYPE[compute_t], CENTERED=bool(centered),
         MOMENTUM=momentum > 0, USE_WD=weight_decay != 0, MAXIMIZE=bool(maximize), LERP_SMALL=lerp_small,
         HAS_FOUND=found_inf is not None)
