@@ -196,17 +196,14 @@ class RMSpropClip(Optimizer):
         else:
             # A skipped step is not counted; the counters move to the flag's device once so
             # adding 1 - found_inf needs no transfer.
-            for p, state in _all_items(by_device):
+            states = [self.state[p] for p in params]
+            for state in states:
                 if state["step"].device != found_inf.device:
                     state["step"] = state["step"].to(found_inf.device)
-            torch._foreach_add_([s["step"] for _, s in _all_items(by_device)], 1.0 - found_inf)
+            torch._foreach_add_([state["step"] for state in states], 1.0 - found_inf)
         for device, items in by_device.items():
             rmsprop_clip_(*_lists(items, centered, momentum), **hyper, found_inf=found_inf,
                           impl=which_by_device[device])
-
-
-def _all_items(by_device: dict) -> list:
-    return [item for items in by_device.values() for item in items]
 
 
 def _check_found_inf(found_inf, work) -> None:

@@ -179,8 +179,9 @@ def _train(run: Run, hooks: dict) -> dict:
                     step_time, step_count = 0.0, 0
                     healthy()
                 if (step % cfg.sample_every == 0 or last) and run.main:
-                    ev = run.write_samples(out / "samples" / f"step_{step:06d}.png")
-                    metrics.image(out / "samples" / f"step_{step:06d}.png", step)
+                    grid = out / "samples" / f"step_{step:06d}.png"
+                    ev = run.write_samples(grid)
+                    metrics.image(grid, step)
                     if ev:
                         metrics.write({"step": step, **ev})
                         postfix["modes"] = f"{ev['modes_covered']}/{ev['num_modes']}"

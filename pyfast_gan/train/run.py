@@ -180,10 +180,6 @@ class Run:
     def main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def critic_steps(self) -> int:
-        return self.step.critic_steps
-
     def n_critic(self) -> int:
         cfg = self.cfg
         if cfg.wgan_schedule and (self.generator_steps < 25 or self.generator_steps % 500 == 0):
