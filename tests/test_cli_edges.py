@@ -1,6 +1,8 @@
 """The edge of the command lines (issue 15): nothing overwritten or lost, bad input is a
 one-line error with exit code 2 (never a traceback), flags that do nothing are named, and
-TensorBoard logs. Each CLI case runs the real command in a subprocess."""
+TensorBoard logs. Every case runs the commands' real entry points (``main(argv)`` of
+pyfast_gan.train/sample/evaluate) in a fresh interpreter; cases that share an environment share
+one interpreter (``cli_many``), since starting torch costs seconds per process on this CPU."""
 from __future__ import annotations
 
 import json
@@ -29,6 +31,43 @@ def cli(module: str, *argv, env=None, cwd=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
+_DRIVER = r"""
+import contextlib, importlib, io, json, os, sys, traceback
+results = []
+for module, argv, cwd in json.load(sys.stdin):
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = importlib.import_module("pyfast_gan." + module).main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        os.chdir(here)
+    results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def cli_many(*cases, env=None) -> list[subprocess.CompletedProcess]:
+    """Run each ``(module, argv)`` or ``(module, argv, cwd)`` through ``pyfast_gan.<module>.main``
+    in one fresh interpreter, one after the other, as ``python -m`` would (exit code from the
+    return value or SystemExit; an uncaught exception is a traceback on stderr, exit 1)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None: unset
+    payload = [(m, list(map(str, argv)), str(rest[0]) if rest else None) for m, argv, *rest in cases]
+    r = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(payload), capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [subprocess.CompletedProcess([m, *argv], d["returncode"], d["stdout"], d["stderr"])
+            for (m, argv, _), d in zip(payload, json.loads(r.stdout.splitlines()[-1]))]
+
+
 def assert_usage_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit code 2 and one error line naming what is wrong: no traceback, no usage block."""
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
@@ -53,22 +92,24 @@ def digits_run(tmp_path_factory) -> Path:
 # -- 1-3: run directories are never overwritten, checked before anything is built ----------
 def test_existing_run_is_never_overwritten(digits_run, tmp_path):
     before = snapshot(digits_run)
-    r = cli("train", "--out", digits_run, "--steps", "3", *TINY)
-    assert_usage_error(r, str(digits_run), "holds a run already", f"--resume {digits_run}", "new --out")
     # the run's own config.json as --config names the same directory through its out key
-    r = cli("train", "--config", digits_run / "config.json", "--steps", "3")
-    assert_usage_error(r, "holds a run already")
+    r1, r2 = cli_many(("train", ["--out", digits_run, "--steps", "3", *TINY]),
+                      ("train", ["--config", digits_run / "config.json", "--steps", "3"]))
+    assert_usage_error(r1, str(digits_run), "holds a run already", f"--resume {digits_run}", "new --out")
+    assert_usage_error(r2, "holds a run already")
     assert snapshot(digits_run) == before
 
 
 def test_out_that_cannot_be_written_fails_before_training(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert_usage_error(cli("train", "--out", a_file, "--steps", "1", *TINY), "not a directory")
-    assert_usage_error(cli("train", "--out", a_file / "run", "--steps", "1", *TINY), "cannot write")
-    (tmp_path / "run" ).mkdir()
+    (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("not a folder")
-    assert_usage_error(cli("train", "--out", tmp_path / "run", "--steps", "1", *TINY), "not a directory")
+    r1, r2, r3 = cli_many(*[("train", ["--out", out, "--steps", "1", *TINY])
+                            for out in (a_file, a_file / "run", tmp_path / "run")])
+    assert_usage_error(r1, "not a directory")
+    assert_usage_error(r2, "cannot write")
+    assert_usage_error(r3, "not a directory")
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints"]
 
 
@@ -83,40 +124,45 @@ def test_read_only_out_is_refused(tmp_path):
         ro.chmod(0o755)
 
 
-def test_stale_temporaries_are_removed_on_resume(digits_run, tmp_path):
+def test_stale_temporaries_are_removed_on_resume(digits_run, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
     stale = run / "checkpoints" / ".latest.pt.tmp999999"
     stale.write_bytes(b"half a checkpoint")
-    r = cli("train", "--resume", run, "--steps", "3")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert not stale.exists() and f"removed {stale}" in r.stderr
+    assert train_main(["--resume", str(run), "--steps", "3"]) == 0
+    assert not stale.exists() and f"removed {stale}" in capsys.readouterr().err
     assert torch.load(run / "checkpoints" / "latest.pt", weights_only=False)["step"] == 3
 
 
-def test_resume_of_a_finished_run_says_nothing_ran(digits_run, tmp_path):
+def test_resume_of_a_finished_run_says_nothing_ran(digits_run, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "done"
     shutil.copytree(digits_run, run)
-    r = cli("train", "--resume", run)
-    assert r.returncode == 0 and "nothing to train: the run is at step 2 and --steps is 2" in r.stderr
+    assert train_main(["--resume", str(run)]) == 0
+    assert "nothing to train: the run is at step 2 and --steps is 2" in capsys.readouterr().err
 
 
 # -- 4: outputs of sample and evaluate --------------------------------------------------------
 def test_sample_and_evaluate_output_paths(digits_run, tmp_path):
     before = snapshot(digits_run)
-    assert_usage_error(cli("sample", "--checkpoint", digits_run, "--out", tmp_path, cwd=tmp_path), "is a directory")
-    assert os.listdir(tmp_path) == []  # no temporary left behind
-    assert_usage_error(cli("sample", "--checkpoint", digits_run, "--out", tmp_path / "g.xyz"), "unknown image suffix")
-    assert_usage_error(cli("sample", "--checkpoint", digits_run, "--nrow", "-3"), "--nrow")
-    r = cli("sample", "--checkpoint", digits_run, "--n", "4", "--out", tmp_path / "g.jpg")
-    assert r.returncode == 0, r.stderr[-2000:]
+    here = tmp_path / "cwd"
+    here.mkdir()
+    r_dir, r_suffix, r_nrow, r_jpg, r_json = cli_many(
+        ("sample", ["--checkpoint", digits_run, "--out", here], here),
+        ("sample", ["--checkpoint", digits_run, "--out", tmp_path / "g.xyz"]),
+        ("sample", ["--checkpoint", digits_run, "--nrow", "-3"]),
+        ("sample", ["--checkpoint", digits_run, "--n", "4", "--out", tmp_path / "g.jpg"]),
+        ("evaluate", ["--checkpoint", digits_run, "--json", tmp_path, "--n", "64"]))
+    assert_usage_error(r_dir, "is a directory")
+    assert os.listdir(here) == []  # no temporary left behind
+    assert_usage_error(r_suffix, "unknown image suffix")
+    assert_usage_error(r_nrow, "--nrow")
+    assert r_jpg.returncode == 0, r_jpg.stderr[-2000:]
     assert (tmp_path / "g.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, not PNG bytes
-    assert_usage_error(cli("evaluate", "--checkpoint", digits_run, "--json", tmp_path, "--n", "64"),
-                       "is a directory")
+    assert_usage_error(r_json, "is a directory")
     assert snapshot(digits_run) == before
 
 
@@ -139,18 +185,31 @@ def bad_checkpoints(digits_run, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "foreign", "partial"])
-def test_bad_checkpoints_are_one_line_errors(bad_checkpoints, kind, tmp_path):
-    path = bad_checkpoints[kind]
-    for module, argv in (("train", ["--resume", path, "--out", tmp_path / "r"]),
-                         ("sample", ["--checkpoint", path, "--out", tmp_path / "g.png"]),
-                         ("evaluate", ["--checkpoint", path, "--n", "64"])):
-        assert_usage_error(cli(module, *argv), str(path), "not a")
-    assert not (tmp_path / "r").exists() and not (tmp_path / "g.png").exists()
+BAD_KINDS = ["truncated", "garbage", "empty", "foreign", "partial"]
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoint_results(bad_checkpoints, tmp_path_factory):
+    """Each bad checkpoint given to train --resume, sample and evaluate (one interpreter)."""
+    outs = {kind: tmp_path_factory.mktemp(kind) for kind in BAD_KINDS}
+    cases = [case for kind in BAD_KINDS for case in (
+        ("train", ["--resume", bad_checkpoints[kind], "--out", outs[kind] / "r"]),
+        ("sample", ["--checkpoint", bad_checkpoints[kind], "--out", outs[kind] / "g.png"]),
+        ("evaluate", ["--checkpoint", bad_checkpoints[kind], "--n", "64"]))]
+    results = iter(cli_many(*cases))
+    return {kind: (outs[kind], [next(results) for _ in range(3)]) for kind in BAD_KINDS}
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_checkpoints_are_one_line_errors(bad_checkpoints, bad_checkpoint_results, kind):
+    out, results = bad_checkpoint_results[kind]
+    for r in results:
+        assert_usage_error(r, str(bad_checkpoints[kind]), "not a")
+    assert not (out / "r").exists() and not (out / "g.png").exists()
 
 
 # -- 6-8, 12, 13: flags --------------------------------------------------------------------------
-@pytest.mark.parametrize("argv,fragment", [
+BAD_FLAGS = [
     (["--impl", "cuda"], "--impl cuda: cannot run"),
     (["--impl", "triton"], "--impl triton: cannot run"),
     (["--lr", "inf"], "--lr"), (["--lr-g", "inf"], "--lr-g"), (["--lr-g", "nan"], "--lr-g"),
@@ -158,36 +217,54 @@ def test_bad_checkpoints_are_one_line_errors(bad_checkpoints, kind, tmp_path):
     (["--clip-value", "nan"], "--clip-value"), (["--seed", "99999999999999999999"], "--seed"),
     (["--lr", "-1e-4"], "--lr: must be > 0 and finite, got -0.0001"),
     (["--loss", "vae"], "invalid choice"),
-])
-def test_bad_flags_are_one_line_errors(argv, fragment, tmp_path):
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_results(tmp_path_factory):
+    outs = [tmp_path_factory.mktemp("flags") / "o" for _ in BAD_FLAGS]
+    # without the interpreter, Triton cannot run on a CPU
+    results = cli_many(*[("train", [*argv, "--out", out, "--device", "cpu", *TINY])
+                         for (argv, _), out in zip(BAD_FLAGS, outs)], env={"TRITON_INTERPRET": "0"})
+    return list(zip(outs, results))
+
+
+@pytest.mark.parametrize("i", range(len(BAD_FLAGS)), ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flags_are_one_line_errors(bad_flag_results, i):
+    argv, fragment = BAD_FLAGS[i]
     if "cuda" in argv and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    # without the interpreter, Triton cannot run on a CPU
-    r = cli("train", *argv, "--out", tmp_path / "o", "--device", "cpu", *TINY, env={"TRITON_INTERPRET": "0"})
+    out, r = bad_flag_results[i]
     assert_usage_error(r, fragment)
-    assert not (tmp_path / "o").exists()
+    assert not out.exists()
 
 
-def test_flags_that_do_nothing_are_named(tmp_path):
-    r = cli("train", *TOY, "--steps", "1", "--image-size", "64", "--channels", "3", "--out", tmp_path / "a")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "--image-size: no effect on 2-D toy data" in r.stderr and "--channels: no effect" in r.stderr
-    r = cli("train", *TOY, "--steps", "1", "--loss", "dcgan", "--gp-weight", "5", "--clip-value", "0.1",
-            "--lazy-gp", "2", "--out", tmp_path / "b")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_python_dash_m_exits_2_with_one_line():
+    """The real ``python -m`` entry point, once: exit status 2 and the one error line."""
+    assert_usage_error(cli("train", "--lr", "-1e-4", "--device", "cpu"), "--lr: must be > 0 and finite")
+
+
+def test_flags_that_do_nothing_are_named(tmp_path, capsys):
+    argv = [*TOY, "--steps", "1", "--image-size", "64", "--channels", "3", "--out", str(tmp_path / "a")]
+    assert train_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "--image-size: no effect on 2-D toy data" in err and "--channels: no effect" in err
+    assert train_main([*TOY, "--steps", "1", "--loss", "dcgan", "--gp-weight", "5", "--clip-value", "0.1",
+                       "--lazy-gp", "2", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
     for flag in ("--gp-weight", "--lazy-gp", "--clip-value"):
-        assert r.stderr.count(f"{flag}: no effect with --loss dcgan") == 1, flag
+        assert err.count(f"{flag}: no effect with --loss dcgan") == 1, flag
 
 
 def test_help_shows_the_defaults_runs_get():
-    r = cli("train", "--help")
+    r, r_sample = cli_many(("train", ["--help"]), ("sample", ["--help"]))
+    assert r.returncode == 0 and r_sample.returncode == 0
     text = " ".join(r.stdout.split())
     assert "(default: 500; digits: 200; toy data: 250)" in text  # --sample-every
     assert "(default: 10; toy data: 20)" in text  # --log-every
     assert text.count("Default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>") == 1 and "(default: '')" not in text
     assert "--max-nonfinite" in text and "Checked at log and checkpoint steps" in text
-    r = cli("sample", "--help")
-    assert "scatter plot over real data for 2-D toy data)." in " ".join(r.stdout.split())
+    assert "scatter plot over real data for 2-D toy data)." in " ".join(r_sample.stdout.split())
 
 
 # -- 10: evaluate on image data ------------------------------------------------------------------
@@ -203,11 +280,13 @@ def test_evaluate_image_run_without_or_with_bad_weights(tmp_path):
     run = tmp_path / "run"
     assert train_main(["--data", str(folder), "--image-size", "32", "--steps", "1", "--out", str(run), *TINY]) == 0
     env = {"TORCH_HOME": str(tmp_path / "torch_home"), "PYFAST_GAN_INCEPTION_WEIGHTS": None}
-    assert_usage_error(cli("evaluate", "--checkpoint", run, "--n", "16", env=env), "nothing to measure", "fid")
     bogus = tmp_path / "weights.pth"
     bogus.write_text("not weights")
-    assert_usage_error(cli("evaluate", "--checkpoint", run, "--n", "16", "--inception-weights", bogus, env=env),
-                       str(bogus), "not a torch weights file")
+    r_none, r_bogus = cli_many(("evaluate", ["--checkpoint", run, "--n", "16"]),
+                               ("evaluate", ["--checkpoint", run, "--n", "16", "--inception-weights", bogus]),
+                               env=env)
+    assert_usage_error(r_none, "nothing to measure", "fid")
+    assert_usage_error(r_bogus, str(bogus), "not a torch weights file")
 
 
 # -- 22: TensorBoard ----------------------------------------------------------------------------
