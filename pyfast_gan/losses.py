@@ -16,7 +16,7 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 Stats = dict[str, Tensor]
 
-LOSSES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge")
+LOSSES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge", "began", "cogan")
 
 
 def _f32(t: Tensor, name: str) -> Tensor:
@@ -96,10 +96,76 @@ _LOSS_OBJECTS = {
     "lsgan": Loss("lsgan", False, False, _lsgan_critic, _lsgan_generator),
     # Generator side of the hinge loss is -E[D(G(z))] (Lim & Ye 2017; Miyato et al. 2018).
     "hinge": Loss("hinge", False, False, _hinge_critic, _wgan_generator),
+    # CoGAN (Liu & Tuzel 2016) trains each of its two GANs with the standard loss; its critic
+    # (models/cogan.py) returns both domains' logits per sample, so the mean over the (2N,)
+    # scores is the mean of the two domains' DCGAN losses (the paper sums them: a factor 2).
+    "cogan": Loss("cogan", False, False, _dcgan_critic, _dcgan_generator),
 }
 
 
-def get_loss(name: str) -> Loss:
+class BEGANLoss:
+    """BEGAN (Berthelot et al. 2017, eq. 4): the critic is an auto-encoder whose "scores" are
+    the per-sample L1 reconstruction errors L(v) = mean |v - D(v)| (models/began.py), so the
+    step sees (N,) scores as for every loss. L_D = L(x) - k_t L(G(z_D)), L_G = L(G(z_G)).
+
+    k_t is state: a device tensor updated in place after each generator step,
+    k <- clip(k + lambda_k (gamma L(x) - L(G(z_G))), 0, 1), with L(x) from the last applied
+    critic step, and left as it was when either step was skipped (non-finite), so nothing
+    reads it back to the host. It is part of the checkpoint (:meth:`state_dict`).
+    ``after_generator`` also returns the convergence measure
+    M_global = L(x) + |gamma L(x) - L(G(z_G))| (the paper's sec. 3.4.1)."""
+
+    name = "began"
+    uses_gp = False
+    uses_clipping = False
+    stateful = True
+
+    def __init__(self, gamma: float = 0.5, lambda_k: float = 0.001, k0: float = 0.0, device=None):
+        self.gamma, self.lambda_k = float(gamma), float(lambda_k)
+        self.k = torch.tensor(float(k0), device=device)
+        self.real = torch.zeros((), device=device)  # L(x) of the last applied critic step
+
+    def to(self, device) -> "BEGANLoss":
+        self.k, self.real = self.k.to(device), self.real.to(device)
+        return self
+
+    def critic(self, real_out: Tensor, fake_out: Tensor) -> tuple[Tensor, Stats]:
+        r, f = _f32(real_out, "real_out"), _f32(fake_out, "fake_out")
+        loss = r.mean() - self.k * f.mean()
+        stats = _base_stats(r, f)
+        stats["critic_loss"] = loss.detach()
+        return loss, stats
+
+    def generator(self, fake_out: Tensor) -> tuple[Tensor, Stats]:
+        f = _f32(fake_out, "fake_out")
+        loss = f.mean()
+        return loss, {"d_fake": f.detach().mean(), "generator_loss": loss.detach()}
+
+    @torch.no_grad()
+    def after_critic(self, stats: Stats, skipped: Tensor) -> Stats:
+        self.real.copy_(torch.where(skipped.bool(), self.real, stats["d_real"].float()))
+        return {}
+
+    @torch.no_grad()
+    def after_generator(self, stats: Stats, skipped: Tensor) -> Stats:
+        balance = self.gamma * self.real - stats["d_fake"].float()
+        k_new = (self.k + self.lambda_k * balance).clamp(0.0, 1.0)
+        self.k.copy_(torch.where(skipped.bool(), self.k, k_new))
+        return {"k_t": self.k.clone(), "m_global": self.real + balance.abs()}
+
+    def state_dict(self) -> dict:
+        return {"k": self.k.detach().cpu().clone(), "real": self.real.detach().cpu().clone()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.k.copy_(s["k"])
+        self.real.copy_(s["real"])
+
+
+def get_loss(name: str, **kw):
+    """The loss object for ``name``. Stateless losses are shared objects; "began" is a fresh
+    :class:`BEGANLoss` (``kw``: gamma, lambda_k, k0) since it carries k_t."""
+    if name == "began":
+        return BEGANLoss(**kw)
     try:
         return _LOSS_OBJECTS[name]
     except KeyError:
@@ -124,6 +190,11 @@ PRESETS: dict[str, dict] = {
     "dcgan": dict(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), n_critic=1, batch_size=128, critic_norm="batch"),
     "lsgan": dict(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), n_critic=1, batch_size=128, critic_norm="batch"),
     "hinge": dict(optimizer="adam", lr=2e-4, betas=(0.0, 0.9), n_critic=1, batch_size=64, critic_norm="batch"),
+    # began: Berthelot et al. 2017, sec. 4.1 (Adam 1e-4, batch 16, gamma 0.5, lambda_k 0.001,
+    # k_0 0); it gives no betas: DCGAN's (0.5, 0.999). No normalisation in its networks.
+    "began": dict(optimizer="adam", lr=1e-4, betas=(0.5, 0.999), n_critic=1, batch_size=16, critic_norm="none"),
+    # cogan: Liu & Tuzel 2016, sec. 5 (Adam 2e-4, beta1 0.5, batch 128), DCGAN-style networks.
+    "cogan": dict(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), n_critic=1, batch_size=128, critic_norm="batch"),
 }
 
-__all__ = ["LOSSES", "PRESETS", "Loss", "get_loss"]
+__all__ = ["LOSSES", "PRESETS", "BEGANLoss", "Loss", "get_loss"]

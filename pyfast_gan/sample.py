@@ -40,7 +40,8 @@ def load_generator(checkpoint: str, ema: bool = False, device: str = "cpu"):
     ck = ckpt_mod.load(path, map_location=device)
     cfg = {**ck["config"], "step": int(ck.get("step", 0))}
     G, _ = build_models(cfg["arch"], image_size=cfg["image_size"], channels=cfg["channels"],
-                        z_dim=cfg["z_dim"], base=cfg["base"], critic_norm=cfg["critic_norm"])
+                        z_dim=cfg["z_dim"], base=cfg["base"], critic_norm=cfg["critic_norm"],
+                        embed=cfg.get("began_embed", 0))
     if ema:
         if ck.get("ema") is None:
             raise ValueError(f"--ema: the checkpoint {path} has no EMA generator (train with --ema 0.999)")
@@ -85,6 +86,10 @@ def main(argv=None) -> int:
         sampler = ToySampler(cfg["data"])
         real = sampler.sample(max(args.n, 1000), generator=torch.Generator().manual_seed(args.seed + 1))
         save_toy_scatter(x, real, out, title=f"{args.n} samples", modes=getattr(sampler, "modes", None))
+    elif cfg["arch"] == "cogan":  # each pair (same z) side by side
+        from pyfast_gan.models import pairs_side_by_side
+
+        save_image_grid(pairs_side_by_side(x, cfg["channels"]), out, nrow=2 * (args.nrow or 8))
     else:
         save_image_grid(x, out, nrow=args.nrow or None)
     print(f"wrote {args.n} samples to {out}")

@@ -192,6 +192,8 @@ def test_data_errors(tmp_path):
         with pytest.raises(DataError, match="no readable images.*all 3"):
             open_dataset(str(bad))
     with pytest.raises(DataError, match="data_format"):
+        open_dataset(str(bad), data_format="tfrecord")
+    with pytest.raises(DataError, match="not an LMDB folder"):
         open_dataset(str(bad), data_format="lmdb")
     with pytest.raises(DataError, match="ToySampler"):
         open_dataset("8gaussians")

@@ -12,7 +12,9 @@ def _sigmoid(x):
 
 # The formulas as the papers write them, evaluated independently in float64.
 def _critic_formula(name, r, f):
-    if name == "dcgan":
+    if name == "began":  # a fresh BEGAN loss has k_0 = 0: L_D = L(x) - 0 * L(G(z))
+        return r.mean() - 0.0 * f.mean()
+    if name in ("dcgan", "cogan"):
         return -(torch.log(_sigmoid(r)).mean() + torch.log(1 - _sigmoid(f)).mean())
     if name in ("wgan", "wgan-gp"):
         return -(r.mean() - f.mean())
@@ -24,7 +26,9 @@ def _critic_formula(name, r, f):
 
 
 def _generator_formula(name, f):
-    if name == "dcgan":
+    if name == "began":
+        return f.mean()
+    if name in ("dcgan", "cogan"):
         return -torch.log(_sigmoid(f)).mean()
     if name in ("wgan", "wgan-gp", "hinge"):
         return -f.mean()
@@ -84,7 +88,7 @@ def test_dcgan_loss_is_stable_for_large_logits():
 def test_loss_flags():
     assert get_loss("wgan-gp").uses_gp and not get_loss("wgan-gp").uses_clipping
     assert get_loss("wgan").uses_clipping and not get_loss("wgan").uses_gp
-    for n in ("dcgan", "lsgan", "hinge"):
+    for n in ("dcgan", "lsgan", "hinge", "began", "cogan"):
         assert not get_loss(n).uses_gp and not get_loss(n).uses_clipping
     assert all(get_loss(n).name == n for n in LOSSES)
 

@@ -1,4 +1,5 @@
-"""Training data: image folders, MNIST IDX, CIFAR-10 batches, the embedded digits, toy 2-D.
+"""Training data: image folders, LMDBs of encoded images (LSUN), MNIST IDX, CIFAR-10 batches,
+the embedded digits, toy 2-D; decoded once into a memory-mapped cache (cache.py).
 
 Image sources give uint8 (C, S, S) tensors; :func:`to_float` maps them to [-1, 1].
 """
@@ -10,14 +11,16 @@ from ._common import DataError, ImageDataset, TensorImageDataset, decode_all, to
 from .cifar import cifar10_dataset, find_cifar_batches
 from .digits import digits_dataset
 from .images import IMAGE_EXTENSIONS, ImageFolderDataset, load_image
+from .lmdb_images import LMDBDataset, is_lmdb
 from .mnist import find_idx_images, mnist_dataset, read_idx
 from .toy import TOY_DATASETS, ToySampler
 
-DATA_FORMATS = ("auto", "folder", "mnist", "cifar10")
+DATA_FORMATS = ("auto", "folder", "mnist", "cifar10", "lmdb")
 
 
 def detect_format(path: str | Path) -> str:
-    """'mnist', 'cifar10' or 'folder' for an existing path (DataError otherwise)."""
+    """'mnist', 'cifar10', 'lmdb' (a folder holding data.mdb) or 'folder' for an existing
+    path (DataError otherwise)."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist")
@@ -37,6 +40,8 @@ def detect_format(path: str | Path) -> str:
             f"cannot tell the format of file {str(p)!r}: give a folder of images, an MNIST IDX "
             "file or a CIFAR-10 batch (or set data_format)"
         )
+    if is_lmdb(p):
+        return "lmdb"
     if find_cifar_batches(p):
         return "cifar10"
     if find_idx_images(p):
@@ -50,14 +55,20 @@ def open_dataset(
     image_size: int | None = None,
     channels: int | None = None,
     progress: bool = True,
+    crop: int = 0,
+    max_images: int = 0,
 ) -> ImageDataset:
     """The image dataset named by ``spec``: "digits" (embedded) or a PATH (DataError when it
     does not exist, is empty or holds no readable image).
 
-    ``data_format`` "auto" detects MNIST IDX files, CIFAR-10 python batches, else an image
-    folder. ``image_size`` defaults to 32 (digits, mnist, cifar10) or 64 (folders);
-    ``channels`` to the data's own (1 for digits/mnist, 3 for cifar10/folders).
+    ``data_format`` "auto" detects MNIST IDX files, CIFAR-10 python batches, an LMDB (a
+    folder holding data.mdb), else an image folder. ``image_size`` defaults to 32 (digits,
+    mnist, cifar10) or 64 (folders, lmdb); ``channels`` to the data's own (1 for
+    digits/mnist, 3 for cifar10/folders/lmdb). ``crop`` > 0: center crop to crop x crop
+    before the resize; ``max_images`` > 0: the first N images only.
     """
+    if crop < 0 or max_images < 0:
+        raise DataError(f"crop and max_images must be >= 0, got {crop} and {max_images}")
     if data_format not in DATA_FORMATS:
         raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     if not isinstance(spec, (str, Path)) or str(spec) == "":
@@ -69,15 +80,22 @@ def open_dataset(
     if spec == "digits":
         if data_format != "auto":
             raise DataError(f"data 'digits' is the embedded dataset; data_format must be 'auto', got {data_format!r}")
+        if crop or max_images:
+            raise DataError("--crop and --max-images apply to a data PATH, not to the embedded digits")
         return digits_dataset(image_size or 32, channels or 1)
     fmt = detect_format(spec) if data_format == "auto" else data_format
     if not Path(spec).exists():
         raise DataError(f"data path {spec!r} does not exist")
     if fmt == "mnist":
-        return mnist_dataset(spec, image_size or 32, channels or 1, progress=progress)
+        return mnist_dataset(spec, image_size or 32, channels or 1, progress=progress, crop=crop,
+                             max_images=max_images)
     if fmt == "cifar10":
-        return cifar10_dataset(spec, image_size or 32, channels or 3, progress=progress)
-    return ImageFolderDataset(spec, image_size or 64, channels or 3, progress=progress)
+        return cifar10_dataset(spec, image_size or 32, channels or 3, progress=progress, crop=crop,
+                               max_images=max_images)
+    if fmt == "lmdb":
+        return LMDBDataset(spec, image_size or 64, channels or 3, crop=crop, max_images=max_images)
+    return ImageFolderDataset(spec, image_size or 64, channels or 3, progress=progress, crop=crop,
+                              max_images=max_images)
 
 
 __all__ = [
@@ -87,6 +105,7 @@ __all__ = [
     "DataError",
     "ImageDataset",
     "ImageFolderDataset",
+    "LMDBDataset",
     "TensorImageDataset",
     "ToySampler",
     "cifar10_dataset",

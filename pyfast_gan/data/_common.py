@@ -89,6 +89,18 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot convert {c} channels to {channels}")
 
 
+def center_crop_uint8(x: torch.Tensor, crop: int, source: str = "") -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (N, C, crop, crop), the box :func:`~.images.load_image` crops
+    (left = (W - crop) // 2, top = (H - crop) // 2); crop 0 returns x."""
+    if not crop:
+        return x
+    h, w = x.shape[2], x.shape[3]
+    if crop > min(h, w):
+        raise DataError(f"--crop {crop} is larger than the {w}x{h} images of {source or 'the data'}")
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return x[:, :, top:top + crop, left:left + crop].contiguous()
+
+
 def resize_uint8(x: torch.Tensor, image_size: int, progress: bool = True, desc: str = "resizing") -> torch.Tensor:
     """uint8 (N, C, H, W) -> (N, C, S, S): shorter side to S (bicubic, antialiased when
     shrinking), then a center crop. Chunked so 60k images never need a big float copy."""
@@ -145,7 +157,11 @@ def decode_all(ds: ImageDataset, num_workers: int = 0, progress: bool = True) ->
     out = torch.empty((n, ds.channels, ds.image_size, ds.image_size), dtype=torch.uint8)
     ok = torch.zeros(n, dtype=torch.bool)
     failures: list[tuple[int, str]] = []
-    loader = DataLoader(_Safe(ds), batch_size=32, num_workers=num_workers, collate_fn=_as_list)
+    # Its own generator: a DataLoader draws its workers' base seed from the global RNG
+    # otherwise, and the models built after decoding would then start from other weights
+    # than a run whose images come from the data cache (issue 14).
+    loader = DataLoader(_Safe(ds), batch_size=32, num_workers=num_workers, collate_fn=_as_list,
+                        generator=torch.Generator().manual_seed(0))
     with tqdm(total=n, desc="decoding images", unit="img", disable=not progress, leave=False) as bar:
         for batch in loader:
             for i, img, err in batch:

@@ -43,6 +43,15 @@ class ImageBatcher:
 
     def next(self, batch_size: int) -> torch.Tensor:
         """This process's batch of ``batch_size`` from the next global batch."""
+        idx = self._indices(batch_size)
+        if self.on_device:
+            x = self.data.index_select(0, idx.to(self.data.device, non_blocking=True))
+        else:
+            x = self.data.index_select(0, idx).pin_memory().to(self.device, non_blocking=True)
+        return self._finish(x)
+
+    def _indices(self, batch_size: int) -> torch.Tensor:
+        """Advance the data position by one global batch; this rank's image indices."""
         gb = batch_size * self.world
         if gb > self.n:
             raise ValueError(f"--batch-size {batch_size} x {self.world} processes is larger than "
@@ -52,12 +61,10 @@ class ImageBatcher:
             self.offset = 0
             self.perm = torch.randperm(self.n, generator=self.gen)
         start = self.offset + self.rank * batch_size
-        idx = self.perm[start:start + batch_size]
         self.offset += gb
-        if self.on_device:
-            x = self.data.index_select(0, idx.to(self.data.device, non_blocking=True))
-        else:
-            x = self.data.index_select(0, idx).pin_memory().to(self.device, non_blocking=True)
+        return self.perm[start:start + batch_size]
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = to_float(x)
         if self.memory_format is torch.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -71,6 +78,79 @@ class ImageBatcher:
             raise ValueError("--resume: the checkpoint's data position does not match the data "
                              f"({self.n} images now)")
         self.epoch, self.offset, self.perm = int(s["epoch"]), int(s["offset"]), s["perm"].clone()
+
+
+class MappedBatcher(ImageBatcher):
+    """ImageBatcher over the memory-mapped data cache (issue 14): the same seeded order (so
+    a run gives the same batches, and resumes the same way, with or without the cache), but
+    each batch is gathered from the map, pinned and copied to the device by a background
+    thread one batch ahead, overlapping the step; a rank reads only its own slice. A dataset
+    that fits in half the free device memory is copied there whole instead (today's path)."""
+
+    def __init__(self, data: torch.Tensor, device: torch.device, generator: torch.Generator,
+                 memory_format=torch.contiguous_format, rank: int = 0, world_size: int = 1,
+                 say=print):
+        self.rank, self.world = rank, world_size
+        self.n = data.shape[0]
+        self.device = device
+        self.gen = generator
+        self.memory_format = memory_format
+        self.on_device = False
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if data.numel() < 0.5 * free:
+                self.on_device = True
+                data = data.to(device)
+        self.data = data
+        self.epoch = 0
+        self.offset = 0
+        self.perm = torch.randperm(self.n, generator=self.gen)
+        self._ahead = None  # (indices, future) of the batch being gathered
+        self._pool = None
+        self._stream = None
+
+    def _load(self, idx: torch.Tensor):
+        x = self.data.index_select(0, idx)  # page faults on the map happen here, off the step
+        if self.device.type != "cuda":
+            return x, None
+        x = x.pin_memory()
+        with torch.cuda.stream(self._stream):
+            x = x.to(self.device, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(self._stream)
+        return x, ev
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        if self.on_device:
+            return super().next(batch_size)
+        idx = self._indices(batch_size)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and torch.equal(ahead[0], idx):
+            x, ev = ahead[1].result()
+        else:  # first batch, an epoch boundary, or a position restored (resume, peek)
+            x, ev = self._load(idx)
+        if ev is not None:
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_event(ev)
+            x.record_stream(cur)
+        # Gather the next batch now if it is in this epoch's permutation: looking past it
+        # would move the generator, whose state the checkpoint holds.
+        gb = batch_size * self.world
+        if self.offset + gb <= self.n:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="pyfast_gan-batches")
+                if self.device.type == "cuda":
+                    self._stream = torch.cuda.Stream(self.device)
+            start = self.offset + self.rank * batch_size
+            nxt = self.perm[start:start + batch_size].clone()
+            self._ahead = (nxt, self._pool.submit(self._load, nxt))
+        return self._finish(x)
+
+    def load_state_dict(self, s: dict) -> None:
+        super().load_state_dict(s)
+        self._ahead = None
 
 
 class ToyBatcher:

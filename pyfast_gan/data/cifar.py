@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import DataError, TensorImageDataset, check_size_channels, convert_channels, resize_uint8
+from ._common import (DataError, TensorImageDataset, center_crop_uint8, check_size_channels, convert_channels,
+                      resize_uint8)
 
 # The batches are pickles: allow only what a CIFAR batch needs (numpy arrays), so a
 # hostile file cannot run code.
@@ -64,7 +65,8 @@ def find_cifar_batches(root: Path) -> list[Path]:
 
 
 def cifar10_dataset(
-    path: str | Path, image_size: int = 32, channels: int = 3, progress: bool = True
+    path: str | Path, image_size: int = 32, channels: int = 3, progress: bool = True, crop: int = 0,
+    max_images: int = 0,
 ) -> TensorImageDataset:
     check_size_channels(image_size, channels)
     path = Path(path)
@@ -73,6 +75,7 @@ def cifar10_dataset(
     files = find_cifar_batches(path)
     if not files:
         raise DataError(f"no CIFAR-10 python batches (data_batch_1 ... or test_batch) in {str(path)!r}")
-    x = torch.from_numpy(np.concatenate([load_cifar_batch(f) for f in files]))
+    x = torch.from_numpy(np.concatenate([load_cifar_batch(f) for f in files])[:max_images or None])
+    x = center_crop_uint8(x, crop, str(path))
     x = resize_uint8(convert_channels(x, channels), image_size, progress, desc="resizing CIFAR-10")
     return TensorImageDataset(x, source=str(files[0].parent if len(files) > 1 else files[0]))

@@ -65,15 +65,19 @@ def to_8bit(im: Image.Image) -> Image.Image:
     return gray
 
 
-def load_image(path: Path | str, image_size: int, channels: int) -> torch.Tensor:
-    """One file -> uint8 (channels, S, S): EXIF-rotated, 16-bit gray reduced to 8 bits
-    (:func:`to_8bit`), converted to RGB (or L), shorter side resized to S (bicubic;
-    pillow's filters antialias when shrinking), center-cropped."""
+def load_image(path, image_size: int, channels: int, crop: int = 0) -> torch.Tensor:
+    """One file (a path or a binary file object, e.g. an LMDB value in a BytesIO) -> uint8
+    (channels, S, S): EXIF-rotated, 16-bit gray reduced to 8 bits (:func:`to_8bit`),
+    converted to RGB (or L), center-cropped to ``crop`` x ``crop`` when crop > 0 (the
+    DCGAN/WGAN CelebA preprocessing; an image smaller than that is an error), shorter side
+    resized to S (bicubic; pillow's filters antialias when shrinking), center-cropped."""
     mode = "RGB" if channels == 3 else "L"
     with Image.open(path) as im:
-        # JPEG: let the decoder shrink by a power of two first (never below S), much faster
-        # for photos far larger than the training size.
-        im.draft(mode, (image_size, image_size))
+        if not crop:
+            # JPEG: let the decoder shrink by a power of two first (never below S), much
+            # faster for photos far larger than the training size. Not with --crop: the
+            # crop box is in the original's pixels.
+            im.draft(mode, (image_size, image_size))
         im = to_8bit(ImageOps.exif_transpose(im))
         if im.mode != mode:
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
@@ -82,6 +86,12 @@ def load_image(path: Path | str, image_size: int, channels: int) -> torch.Tensor
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             im = im.convert(mode)
+        if crop:
+            w, h = im.size
+            if w < crop or h < crop:
+                raise ValueError(f"image {w}x{h} is smaller than --crop {crop}")
+            left, top = (w - crop) // 2, (h - crop) // 2
+            im = im.crop((left, top, left + crop, top + crop))
         w, h = im.size
         scale = image_size / min(w, h)
         nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
@@ -97,9 +107,15 @@ def load_image(path: Path | str, image_size: int, channels: int) -> torch.Tensor
 class ImageFolderDataset(ImageDataset):
     """Lazily decoded image folder. Construction lists the files and reads each header
     (in threads); files pillow cannot identify are skipped and counted in one warning.
-    Files whose header reads but whose pixels do not are found by :func:`decode_all`."""
+    Files whose header reads but whose pixels do not are found by :func:`decode_all`.
 
-    def __init__(self, root: str | os.PathLike, image_size: int = 64, channels: int = 3, progress: bool = True):
+    ``crop``: center crop before the resize (:func:`load_image`); ``max_images``: only the
+    first N files of the sorted listing (0 = all); ``files``: that listing, already made
+    (the data cache's fingerprint walk), whose headers are then not read here: a bad file
+    is skipped when it is decoded."""
+
+    def __init__(self, root: str | os.PathLike, image_size: int = 64, channels: int = 3, progress: bool = True,
+                 crop: int = 0, max_images: int = 0, files: list[Path] | None = None):
         check_size_channels(image_size, channels)
         root = Path(root)
         if not root.exists():
@@ -107,8 +123,14 @@ class ImageFolderDataset(ImageDataset):
         if not root.is_dir():
             raise DataError(f"data path {str(root)!r} is not a folder of images")
         self.source = str(root)
-        self.image_size, self.channels = image_size, channels
+        self.image_size, self.channels, self.crop = image_size, channels, crop
+        self.num_skipped = 0
+        if files is not None:
+            self.files = list(files)
+            return
         files = list_images(root)
+        if max_images:
+            files = files[:max_images]
         if not files:
             raise DataError(
                 f"no images in folder {str(root)!r} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
@@ -141,7 +163,7 @@ class ImageFolderDataset(ImageDataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return load_image(self.files[i], self.image_size, self.channels)
+        return load_image(self.files[i], self.image_size, self.channels, self.crop)
 
     def describe(self, i: int) -> str:
         return str(self.files[i])

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import DataError, TensorImageDataset, check_size_channels, convert_channels, resize_uint8
+from ._common import (DataError, TensorImageDataset, center_crop_uint8, check_size_channels, convert_channels,
+                      resize_uint8)
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -59,9 +60,11 @@ def find_idx_images(root: Path) -> list[Path]:
 
 
 def mnist_dataset(
-    path: str | Path, image_size: int = 32, channels: int = 1, progress: bool = True
+    path: str | Path, image_size: int = 32, channels: int = 1, progress: bool = True, crop: int = 0,
+    max_images: int = 0,
 ) -> TensorImageDataset:
-    """The training images of an MNIST (or Fashion-MNIST, ...) IDX file or folder."""
+    """The training images of an MNIST (or Fashion-MNIST, ...) IDX file or folder (the first
+    ``max_images`` when > 0, center-cropped to ``crop`` before the resize when > 0)."""
     check_size_channels(image_size, channels)
     path = Path(path)
     if not path.exists():
@@ -72,6 +75,7 @@ def mnist_dataset(
     arr = read_idx(files[0])
     if arr.dtype != np.uint8 or arr.ndim != 3:
         raise DataError(f"{str(files[0])!r} holds {arr.dtype} of shape {arr.shape}, expected uint8 (N, H, W) images")
-    x = torch.from_numpy(arr.copy()).unsqueeze(1)
+    x = torch.from_numpy(arr[:max_images or None].copy()).unsqueeze(1)
+    x = center_crop_uint8(x, crop, str(files[0]))
     x = resize_uint8(convert_channels(x, channels), image_size, progress, desc="resizing MNIST")
     return TensorImageDataset(x, source=str(files[0]))

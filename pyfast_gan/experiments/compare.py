@@ -8,6 +8,13 @@ architecture, width, noise size and seed; each loss keeps its paper's optimizer 
 So runs with more critic steps per generator step spend more computation: the report shows
 the critic iterations and the wall time next to the scores.
 
+The extension (``--section extension``): LSGAN and BEGAN beside them on the digits, and
+CoGAN on two pairs of digit domains (digits/negatives, digits/edges), scored per domain and
+by the correspondence of its pairs against shuffled pairs. BEGAN is not run on 25 Gaussians:
+its critic is an auto-encoder, and auto-encoding a 2-D point through a bottleneck of its own
+size has nothing to compress. ``--section extension`` trains and scores only these runs and
+rewrites the report with the earlier sections kept as they are in results.json.
+
 Each run is a ``python -m pyfast_gan.train`` process writing to OUT/runs/<data>/<run>/; a run
 that already finished is reused and an interrupted one is resumed, so the study can be
 stopped and restarted without losing work. The final checkpoints are scored with
@@ -39,6 +46,14 @@ RUNS = {
     "wgan-nc5": ("wgan", ["--n-critic", "5"]),
     "wgan-gp": ("wgan-gp", []),
 }
+# The extension: more of the source study's variants, on the digits only (see the docstring).
+EXTENSION = {
+    "lsgan": ("lsgan", []),
+    "began": ("began", []),
+    "cogan-negative": ("cogan", ["--cogan-domain", "negative"]),
+    "cogan-edges": ("cogan", ["--cogan-domain", "edges"]),
+}
+SECTIONS = ("all", "main", "extension")
 DATA = ("digits", "25gaussians")
 # Per-data budget: the trainer's own defaults for that data (pyfast_gan.train.config), the
 # batch size every run shares, and how often the metrics are taken during training.
@@ -61,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", nargs="+", default=list(DATA), choices=DATA, help="datasets (default: both)")
     c.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS),
                    help="runs to compare (default: all)")
+    c.add_argument("--section", default="all", choices=SECTIONS,
+                   help="main: the DCGAN/WGAN/WGAN-GP study; extension: LSGAN, BEGAN and CoGAN on the digits "
+                        "(the report keeps the other section from OUT/results.json); all: both (default)")
+    c.add_argument("--ext-runs", nargs="+", default=list(EXTENSION), choices=list(EXTENSION),
+                   help="extension runs (default: all)")
     c.add_argument("--steps", type=int, default=0,
                    help="generator steps of every run (default: per data, digits 1200, 25gaussians 3000)")
     c.add_argument("--eval-every", type=int, default=0,
@@ -92,7 +112,7 @@ def _checkpoint_step(run_dir: Path) -> int:
 
 def train_run(data: str, name: str, args, run_dir: Path) -> dict:
     """Train (or resume, or reuse) one run in its own process; returns its record."""
-    loss, extra = RUNS[name]
+    loss, extra = {**RUNS, **EXTENSION}[name]
     b = BUDGET[data]
     steps = args.steps or b["steps"]
     done = _checkpoint_step(run_dir)
@@ -143,23 +163,25 @@ def score_run(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
         "scores": scalar_items(res),
         "counts": res.get("class_counts") or res.get("mode_counts"),
         "history": [{"step": r["step"], **r["eval"]} for r in recs if isinstance(r.get("eval"), dict)],
-        "losses": [{k: r[k] for k in ("step", "loss_d", "loss_g", "wasserstein") if k in r}
+        "losses": [{k: r[k] for k in ("step", "loss_d", "loss_g", "wasserstein", "m_global", "k_t") if k in r}
                    for r in recs if "loss_d" in r],
     }
 
 
-def critic_tracking(row: dict, key: str) -> float | None:
+def critic_tracking(row: dict, key: str, stat: str = "wasserstein") -> float | None:
     """Spearman correlation, over the evaluation steps, between the critic's gap
     E[D(real)] - E[D(fake)] (the Wasserstein estimate for WGAN and WGAN-GP; logged as
     "wasserstein" for every loss) averaged since the previous evaluation, and the metric
     ``key``. The WGAN paper's claim is that its critic value tracks sample quality (a
-    strongly positive value against a lower-is-better metric); the DCGAN loss does not."""
+    strongly positive value against a lower-is-better metric); the DCGAN loss does not.
+    ``stat="m_global"``: the same for BEGAN's convergence measure (lower is better, so it
+    tracks quality when the value is strongly positive too)."""
     from scipy.stats import spearmanr
 
     hist = [h for h in row["history"] if key in h]
     xs, ys, prev = [], [], 0
     for h in hist:
-        gaps = [r["wasserstein"] for r in row["losses"] if prev < r["step"] <= h["step"] and "wasserstein" in r]
+        gaps = [r[stat] for r in row["losses"] if prev < r["step"] <= h["step"] and r.get(stat) is not None]
         prev = h["step"]
         if gaps:
             xs.append(sum(gaps) / len(gaps))
@@ -195,7 +217,7 @@ def _panels(n: int, width: float, height: float):
     return fig, list(axes.flat[:n])
 
 
-def figure_samples(data: str, rows: list[dict], out: Path, seed: int) -> Path:
+def figure_samples(data: str, rows: list[dict], out: Path, seed: int, name: str = "") -> Path:
     """Final samples of every run side by side, from the same 64 noise vectors."""
     from pyfast_gan.data import ToySampler
     from pyfast_gan.sample import load_generator
@@ -223,10 +245,10 @@ def figure_samples(data: str, rows: list[dict], out: Path, seed: int) -> Path:
         ax.set_title(f"{row['run']}\n{sub}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    return save_figure(fig, out / f"{data}_samples.png")
+    return save_figure(fig, out / (name or f"{data}_samples.png"))
 
 
-def figure_losses(data: str, rows: list[dict], out: Path) -> Path:
+def figure_losses(data: str, rows: list[dict], out: Path, name: str = "") -> Path:
     fig, axes = _panels(len(rows), 3.3, 2.6)
     for ax, row in zip(axes, rows):
         for key, lab in (("loss_d", "critic loss"), ("loss_g", "generator loss")):
@@ -239,10 +261,10 @@ def figure_losses(data: str, rows: list[dict], out: Path) -> Path:
         ax.tick_params(labelsize=6)
         ax.set_xlabel("generator step", fontsize=7)
     axes[0].legend(fontsize=6)
-    return save_figure(fig, out / f"{data}_losses.png")
+    return save_figure(fig, out / (name or f"{data}_losses.png"))
 
 
-def figure_metric_vs_step(data: str, rows: list[dict], out: Path) -> Path:
+def figure_metric_vs_step(data: str, rows: list[dict], out: Path, name: str = "") -> Path:
     keys = (("cfid", "classifier FID (log)"), ("classes_covered", "classes covered")) if data == "digits" else \
         (("modes_covered", "modes covered"), ("high_quality_fraction", "high-quality fraction"))
     fig, axes = _panels(len(keys), 5.2, 3.2)
@@ -258,7 +280,7 @@ def figure_metric_vs_step(data: str, rows: list[dict], out: Path) -> Path:
         ax.set_xlabel("generator step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    return save_figure(fig, out / f"{data}_metric_vs_step.png")
+    return save_figure(fig, out / (name or f"{data}_metric_vs_step.png"))
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -286,8 +308,13 @@ def _f(v, fmt):
 
 
 def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
+    ext = results.get("extension")
+    # The main section's own command and settings: with --section extension it is the one kept
+    # from results.json, run earlier (maybe on another commit).
+    args = argparse.Namespace(**{**vars(args), **results.get("settings", {})})
+    argv = results.get("argv", argv)
     m = results["machine"]
-    lines = [
+    lines = [] if not results["data"] else [
         "# DCGAN vs WGAN vs WGAN-GP: same budget, same seeds",
         "",
         "Produced by (from the repository root, after `bash scripts/setup.sh`):",
@@ -372,11 +399,19 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
             f"Losses:\n\n![{data} losses]({figs['losses']})",
             "",
         ]
+    if ext is not None:
+        lines += extension_lines(ext, title=not results["data"])
+    notes = out / "NOTES.md"  # what the images show, written by whoever looked at them
+    if notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
     lines += ["Numbers: `results.json` next to this report. Runs (checkpoints, metrics.jsonl, logs) are not "
-              "committed; the command above recreates them.", ""]
+              "committed; the commands above recreate them.", ""]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+SETTINGS = ("jobs", "threads", "eval_n", "final_n", "seed")
 
 
 def compare(args, argv: list[str]) -> dict:
@@ -384,10 +419,13 @@ def compare(args, argv: list[str]) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(d, r) for d in args.data for r in args.runs]
-    _say(f"{len(jobs)} runs ({', '.join(args.data)} x {', '.join(args.runs)}), {args.jobs} at a time; "
+    main_part = args.section in ("all", "main")
+    ext_part = args.section in ("all", "extension")
+    jobs = [(d, r) for d in args.data for r in args.runs] if main_part else []
+    jobs += [("digits", r) for r in args.ext_runs] if ext_part else []
+    _say(f"{len(jobs)} runs ({', '.join(f'{d}/{r}' for d, r in jobs)}), {args.jobs} at a time; "
          f"runs in {out / 'runs'}")
-    if "digits" in args.data:
+    if any(d == "digits" for d, _ in jobs):
         from pyfast_gan.metrics.digits_classifier import load_digits_classifier
 
         load_digits_classifier(progress=True)  # train it once here, not in every run at the same time
@@ -403,13 +441,24 @@ def compare(args, argv: list[str]) -> dict:
         _say(f"{d}/{r}: " + ("reused (already finished)" if rec["reused"] else f"trained in {rec['wall_s']:.0f} s"))
         return rec
 
+    # The longest runs first (BEGAN's auto-encoder critic, WGAN-GP), so the pool ends together.
+    order = sorted(jobs, key=lambda j: j[1] not in ("began", "wgan-gp"))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
-        list(ex.map(one, jobs))
+        list(ex.map(one, order))
     bar.close()
     _say(f"training done in {time.perf_counter() - t0:.0f} s; scoring with {args.final_n} samples each")
     torch.set_num_threads(max(1, args.jobs * args.threads))
-    results = {"machine": _machine(), "argv": argv, "data": args.data, "runs": {}, "baselines": {}, "figures": {}}
-    for d in args.data:
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    if main_part:
+        results = {"machine": _machine(), "argv": argv, "settings": settings, "data": args.data, "runs": {},
+                   "baselines": {}, "figures": {}}
+    else:  # keep the main section as it is in results.json
+        prev = out / "results.json"
+        results = json.loads(prev.read_text()) if prev.is_file() else {}
+        results.setdefault("machine", _machine())
+        for k, v in (("data", []), ("runs", {}), ("baselines", {}), ("figures", {})):
+            results.setdefault(k, v)
+    for d in args.data if main_part else []:
         ev = Evaluator(d, n=args.final_n, seed=args.seed, device="cpu")
         rows = []
         for r in args.runs:
@@ -424,10 +473,191 @@ def compare(args, argv: list[str]) -> dict:
             "losses": figure_losses(d, rows, out).name,
             "metric": figure_metric_vs_step(d, rows, out).name,
         }
+    if ext_part:
+        results["extension"] = {"machine": _machine(), "argv": argv, "settings": settings,
+                                **score_extension(out, args, Evaluator("digits", n=args.final_n, seed=args.seed,
+                                                                      device="cpu"))}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = write_report(out, results, args, argv)
     _say(f"report: {report}")
     return results
+
+
+# ---- the extension: LSGAN, BEGAN, CoGAN on the digits ---------------------------------------
+def score_cogan(name: str, run_dir: Path, args, evaluator) -> dict:
+    """A CoGAN run: classifier scores of domain A (digits) and, for negatives, of domain B
+    made digits again (its own inverse); the pair correspondence against shuffled pairs."""
+    from pyfast_gan.data.cogan import TRANSFORMS, negative
+    from pyfast_gan.metrics.cogan import correspondence_scores, generate_pairs
+    from pyfast_gan.metrics.suite import scalar_items
+    from pyfast_gan.sample import load_generator
+
+    G, cfg = load_generator(str(run_dir), device="cpu")
+    ck = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
+    domain = cfg["cogan_domain"]
+    a, b = generate_pairs(G, args.final_n, seed=args.seed)
+    res_a = evaluator.score_batches(a.split(500))
+    res_b = evaluator.score_batches(negative(b).split(500)) if domain == "negative" else None
+    recs = _read_jsonl(run_dir / "metrics.jsonl")
+    return {
+        "data": "digits", "run": name, "loss": "cogan", "domain": domain, "steps": int(ck["step"]),
+        "critic_steps": int(ck["critic_steps"]), "batch_size": cfg["batch_size"],
+        "train_time_s": round(float(ck.get("elapsed", 0.0)), 1),
+        "scores_a": scalar_items(res_a), "counts_a": res_a.get("class_counts"),
+        "scores_b": scalar_items(res_b) if res_b else None,
+        "correspondence": correspondence_scores(a, b, TRANSFORMS[domain], seed=args.seed),
+        "history": [{"step": r["step"], **r["eval"]} for r in recs if isinstance(r.get("eval"), dict)],
+        "losses": [{k: r[k] for k in ("step", "loss_d", "loss_g") if k in r} for r in recs if "loss_d" in r],
+    }
+
+
+def score_extension(out: Path, args, evaluator) -> dict:
+    rows, cogan = [], []
+    for name in args.ext_runs:
+        run_dir = out / "runs" / "digits" / name
+        if EXTENSION[name][0] == "cogan":
+            row = score_cogan(name, run_dir, args, evaluator)
+            row["dir"] = str(run_dir)
+            cogan.append(row)
+            continue
+        row = score_run("digits", name, run_dir, args, evaluator)
+        row["dir"] = str(run_dir)
+        row["tracking"] = critic_tracking(row, "cfid")
+        row["m_tracking"] = critic_tracking(row, "cfid", stat="m_global")
+        last = next((r for r in reversed(row["losses"]) if r.get("m_global") is not None), None)
+        row["final_k"], row["final_m"] = (last["k_t"], last["m_global"]) if last else (None, None)
+        rows.append(row)
+    figures = {}
+    if rows:
+        figures.update(samples=figure_samples("digits", rows, out, args.seed, "digits_ext_samples.png").name,
+                       metric=figure_metric_vs_step("digits", rows, out, "digits_ext_metric_vs_step.png").name,
+                       losses=figure_losses("digits", rows, out, "digits_ext_losses.png").name)
+        began = [r for r in rows if r["loss"] == "began"]
+        if began:
+            figures["began"] = figure_began(began[0], out).name
+    if cogan:
+        figures["cogan"] = figure_cogan(cogan, out, args.seed).name
+    return {"runs": rows, "cogan": cogan, "figures": figures}
+
+
+def figure_began(row: dict, out: Path) -> Path:
+    """BEGAN's M_global and k_t (per log step) beside the classifier FID (per evaluation)."""
+    fig, axes = _panels(2, 5.2, 3.2)
+    pts = [(r["step"], r["m_global"], r["k_t"]) for r in row["losses"] if r.get("m_global") is not None]
+    ax = axes[0]
+    if pts:
+        xs, ms, ks = zip(*pts)
+        ax.plot(xs, ms, lw=0.8, label="M_global")
+        ax.plot(xs, ks, lw=0.8, label="k_t")
+    ax.set_title("BEGAN: convergence measure and balance", fontsize=9)
+    ax.legend(fontsize=7)
+    hist = [(h["step"], h["cfid"]) for h in row["history"] if "cfid" in h]
+    if hist:
+        xs, ys = zip(*hist)
+        axes[1].plot(xs, ys, marker="o", ms=2, lw=1, c="tab:red")
+        axes[1].set_yscale("log")
+    axes[1].set_title(f"classifier FID (log); Spearman rho(M_global, cFID) = {_f(row['m_tracking'], '+.2f')}",
+                      fontsize=8)
+    for a in axes:
+        a.set_xlabel("generator step", fontsize=8)
+        a.grid(alpha=0.3)
+    return save_figure(fig, out / "began_convergence.png")
+
+
+def figure_cogan(rows: list[dict], out: Path, seed: int) -> Path:
+    """Each CoGAN run's pairs from the same 32 noise vectors, A and B side by side."""
+    from pyfast_gan.models import pairs_side_by_side
+    from pyfast_gan.sample import load_generator
+    from pyfast_gan.train.outputs import image_grid
+
+    fig, axes = _panels(len(rows), 4.4, 4.8)
+    for ax, row in zip(axes, rows):
+        G, cfg = load_generator(row["dir"], device="cpu")
+        z = torch.randn(32, cfg["z_dim"], generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            x = G(z).float()
+        ax.imshow(image_grid(pairs_side_by_side(x, cfg["channels"]), nrow=8)[:, :, 0], cmap="gray", vmin=0, vmax=255)
+        c = row["correspondence"]
+        ax.set_title(f"{row['run']} (pairs: A | B)\ncorrespondence {c['paired']:.3f}, shuffled z {c['shuffled']:.3f}",
+                     fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return save_figure(fig, out / "cogan_samples.png")
+
+
+def extension_lines(ext: dict, title: bool = False) -> list[str]:
+    m, st = ext["machine"], ext["settings"]
+    lines = ["# LSGAN, BEGAN and CoGAN on the digits", ""] if title else []
+    lines += [
+        "## Extension: LSGAN, BEGAN and CoGAN on the digits",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        "python -m pyfast_gan.experiments " + " ".join(ext["argv"]),
+        "```",
+        "",
+        f"Machine: {m['device']}, {m['cpu_count']} cores; {st['jobs']} runs at a time with {st['threads']} "
+        f"thread(s) each; torch {m['torch']}, Python {m['python']}, commit {m['commit']}, {m['date']}.",
+        "",
+        "Same budget as the digits section above (generator steps, batch size, width, noise size, seed); each loss "
+        "keeps its paper's settings (LSGAN: DCGAN's Adam 2e-4, betas (0.5, 0.999); BEGAN: Adam 1e-4, betas "
+        "(0.5, 0.999), gamma 0.5, lambda_k 0.001, k_0 0, its auto-encoder critic and decoder-shaped generator "
+        "(3x3 convs, ELU, nearest upsampling) with n = the width; CoGAN: DCGAN networks coupled in pairs, Adam "
+        "2e-4). BEGAN's networks cost far more per step than the DCGAN ones at the same width (full-resolution "
+        "3x3 convolutions): compare the train times. BEGAN is not run on 25 Gaussians: its critic is an "
+        "auto-encoder, and auto-encoding a 2-D point through a bottleneck has nothing to compress.",
+        "",
+    ]
+    rows = ext["runs"]
+    if rows:
+        lines += [
+            f"Scored like the digits section ({st['final_n']} samples). ρ(M_global, cFID): Spearman correlation "
+            "over the evaluation steps between BEGAN's convergence measure M_global = L(x) + |γL(x) − L(G(z))| "
+            "(mean since the previous evaluation) and the cFID; BEGAN's paper proposes M_global as a measure "
+            "that tracks quality (a value near +1).",
+            "",
+            "| run | loss | generator steps | cFID | IS | classes | KL(hist‖U) | ρ(critic gap, cFID) | "
+            "ρ(M_global, cFID) | final k_t | final M_global | train time (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            sc = r["scores"]
+            lines.append(f"| {r['run']} | {r['loss']} | {r['steps']} | {sc['cfid']:.1f} | {sc['is_score']:.2f} | "
+                         f"{sc['classes_covered']}/10 | {sc['kl_uniform']:.3f} | {_f(r['tracking'], '+.2f')} | "
+                         f"{_f(r['m_tracking'], '+.2f')} | {_f(r['final_k'], '.4f')} | {_f(r['final_m'], '.4f')} | "
+                         f"{r['train_time_s']:.0f} |")
+        lines += ["", "Predicted-class counts (classes 0-9):", ""]
+        lines += [f"- {r['run']}: {r['counts']}" for r in rows]
+        figs = ext["figures"]
+        lines += ["", f"Final samples (same noise for every run):\n\n![extension samples]({figs['samples']})", "",
+                  f"Scores during training:\n\n![extension metric vs step]({figs['metric']})", "",
+                  f"Losses:\n\n![extension losses]({figs['losses']})", ""]
+        if "began" in figs:
+            lines += [f"BEGAN's M_global and k_t against the classifier FID:\n\n![BEGAN convergence]({figs['began']})", ""]
+    if ext["cogan"]:
+        lines += [
+            "### CoGAN",
+            "",
+            "Two unpaired domains: the digits (A) and a transformation of them (B), A and B drawn from disjoint "
+            "halves of the 1,797 digits, so the training data holds no pair. Domain A is scored by the digits "
+            "classifier; domain B too for negatives, after making them digits again (the negative is its own "
+            "inverse); edge images have no inverse and get no classifier score. Pair correspondence: the fraction "
+            "of pixels where T(A) and B agree within 0.25 on the [0, 1] scale (T: the domain's transformation), "
+            "for the generated pairs and for the same images paired across shuffled z (the unpaired baseline); "
+            f"{st['final_n']} pairs.",
+            "",
+            "| run | domain B | generator steps | cFID A | classes A | cFID B | classes B | correspondence | "
+            "shuffled-z baseline | train time (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in ext["cogan"]:
+            a, b, c = r["scores_a"], r["scores_b"], r["correspondence"]
+            lines.append(f"| {r['run']} | {r['domain']} | {r['steps']} | {a['cfid']:.1f} | {a['classes_covered']}/10 | "
+                         + (f"{b['cfid']:.1f} | {b['classes_covered']}/10 | " if b else "n/a | n/a | ")
+                         + f"{c['paired']:.3f} | {c['shuffled']:.3f} | {r['train_time_s']:.0f} |")
+        lines += ["", f"Pairs from the same z (A left, B right):\n\n![CoGAN pairs]({ext['figures']['cogan']})", ""]
+    return lines
 
 
 def main(argv=None) -> int:

@@ -87,8 +87,11 @@ def critic_scores(critic, real, fake, concat: bool):
     if concat:
         # One forward of 2N instead of two of N: the same scores for a critic without batch
         # statistics (every sample is scored on its own), larger and more efficient convs.
+        # Split at half, not at N: a critic may give several scores per sample (CoGAN's
+        # two domains, sample-major), which keeps real's before fake's all the same.
         out = critic(torch.cat([real, fake]))
-        return out[: real.shape[0]], out[real.shape[0]:]
+        half = out.shape[0] // 2
+        return out[:half], out[half:]
     return critic(real), critic(fake)
 
 

@@ -90,7 +90,7 @@ class GANStep:
     critic: ``loss_d``, ``d_real``, ``d_fake``, ``wasserstein``, ``critic_loss``,
     ``grad_norm_d``, ``skipped`` and, on penalty steps, ``gp`` (unweighted mean penalty) and
     ``grad_norm_x_hat``; generator: ``loss_g``, ``g_d_fake``, ``g_generator_loss``,
-    ``grad_norm_g``, ``skipped``.
+    ``grad_norm_g``, ``skipped`` and, with BEGAN's loss, ``k_t`` and ``m_global``.
 
     Args:
         G, D: generator and critic (on their device; channels_last is applied here).
@@ -129,6 +129,14 @@ class GANStep:
         fp16 = self.dtype is torch.float16
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        if isinstance(loss, str):
+            from pyfast_gan.losses import get_loss
+
+            loss = get_loss(loss)
+        # One loss object for both objectives: a stateful loss (BEGAN's k_t) is updated by
+        # the step after each applied update (after_critic / after_generator, on the device)
+        # and checkpointed with the run (loss_state_dict).
+        self.loss_fn = loss.to(self.device) if getattr(loss, "stateful", False) else loss
         self.objective = CriticObjective(loss, gp_weight=gp_weight, lazy_gp=lazy_gp, compile=compile,
                                          compile_penalty=compile_penalty, amp=amp,
                                          scaler=self.scaler_d, impl=impl, verify=verify)
@@ -160,6 +168,8 @@ class GANStep:
         skipped, gnorm = self._update(self.D, self.opt_d, self.scaler_d, loss, 0)
         if self.clip_after is not None:  # a skipped step left the weights as they were
             pyfast_gan.clip_weights_(self._params(self.D), self.clip_after, impl=self.impl)
+        if getattr(self.loss_fn, "stateful", False):
+            stats = {**stats, **self.loss_fn.after_critic(stats, skipped)}
         return {"loss_d": loss.detach().float(), **stats, "grad_norm_d": gnorm, "skipped": skipped}
 
     def generator_step(self, n: int, z: torch.Tensor | None = None) -> dict:
@@ -179,8 +189,21 @@ class GANStep:
             self.ema.update(self.G, skip=skipped)
         out = {"loss_g": loss.detach().float()}
         out.update({f"g_{k}": v for k, v in stats.items()})
+        if getattr(self.loss_fn, "stateful", False):
+            out.update(self.loss_fn.after_generator(stats, skipped))  # BEGAN: k_t, m_global
         out.update(grad_norm_g=gnorm, skipped=skipped)
         return out
+
+    def loss_state_dict(self) -> dict | None:
+        """A stateful loss's state (BEGAN's k_t) for the checkpoint, else None."""
+        return self.loss_fn.state_dict() if getattr(self.loss_fn, "stateful", False) else None
+
+    def load_loss_state(self, state: dict | None) -> None:
+        if getattr(self.loss_fn, "stateful", False):
+            if state is None:
+                raise ValueError("the checkpoint has no state for the stateful loss "
+                                 f"{self.loss_fn.name!r}")
+            self.loss_fn.load_state_dict(state)
 
     # -- pieces -------------------------------------------------------------------------
     def noise(self, n: int) -> torch.Tensor:

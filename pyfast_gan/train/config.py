@@ -20,9 +20,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOSS_CHOICES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge")
+LOSS_CHOICES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge", "began", "cogan")
 TOY_DATA = ("8gaussians", "25gaussians", "swissroll")
-ARCH_CHOICES = ("auto", "dcgan", "resnet", "mlp")
+ARCH_CHOICES = ("auto", "dcgan", "resnet", "mlp", "began", "cogan")
+# Losses that come with their own networks: the loss names the arch (auto resolves to it).
+LOSS_ARCH = {"began": "began", "cogan": "cogan"}
+COGAN_DOMAINS = ("negative", "edges")
 DCGAN_SIZES = (32, 64, 96, 128)
 RESNET_SIZES = (32, 64, 96, 128)
 
@@ -41,23 +44,47 @@ def _f(default, help: str, choices=None, **kw):
 class TrainConfig:
     # --- what to train -------------------------------------------------------------
     loss: str = _f("wgan-gp", "GAN objective. Each loss has a preset from its paper "
-                   "(optimizer, lr, betas, n_critic, batch size, critic norm).",
+                   "(optimizer, lr, betas, n_critic, batch size, critic norm). began: BEGAN's "
+                   "auto-encoder critic and k_t balance; cogan: CoGAN's coupled generator and "
+                   "critic pairs on two unpaired domains (images only).",
                    LOSS_CHOICES)
     data: str = _f("digits", "'digits' (embedded scikit-learn digits, no download), a toy 2-D "
                    "set (8gaussians, 25gaussians, swissroll) or a PATH: image folder, MNIST "
-                   "IDX files or CIFAR-10 python batches.")
-    data_format: str = _f("auto", "How to read a data PATH.", ("auto", "folder", "mnist", "cifar10"))
+                   "IDX files, CIFAR-10 python batches or an LMDB of encoded images (a folder "
+                   "holding data.mdb, as LSUN ships).")
+    data_format: str = _f("auto", "How to read a data PATH.", ("auto", "folder", "mnist", "cifar10", "lmdb"))
+    data_cache: str = _f("auto", "Decoded-dataset cache for a data PATH: on = decode once (in "
+                         "--num-workers processes, default all cores) into $PYFAST_GAN_CACHE/data "
+                         "(default ~/.cache/pyfast_gan/data) and memory-map it in later runs and on "
+                         "every torchrun rank; off = decode into memory on every run; auto = on for "
+                         "image folders and LMDB, off for MNIST / CIFAR-10 (decoded in seconds). "
+                         "Batches are the same either way.", ("auto", "on", "off"))
+    crop: int = _f(0, "Center crop to CROP x CROP pixels before resizing to --image-size (0 = "
+                   "none; CelebA's 178x218 aligned faces: 108, as DCGAN and WGAN used).")
+    max_images: int = _f(0, "Use only the first N images of a data PATH (0 = all; sorted file "
+                         "names, LMDB key order), as the WGAN paper's LSUN runs did.")
     image_size: int = _f(0, "Image side in pixels (0 = the data's default: 32 for digits/MNIST/"
                          "CIFAR-10, 64 for folders). DCGAN and ResNet: 32, 64, 96, 128.")
     channels: int = _f(0, "Image channels (0 = the data's own; 1 converts to grayscale).",
                        (0, 1, 3))
-    arch: str = _f("auto", "Model family (auto = mlp for toy data, dcgan for images).",
-                   ARCH_CHOICES)
+    arch: str = _f("auto", "Model family (auto = mlp for toy data, began/cogan for those losses, "
+                   "dcgan for other images).", ARCH_CHOICES)
     base: int = _f(64, "Model width: channels of the widest-resolution conv layer (DCGAN/"
                    "ResNet) or hidden units (MLP).")
     z_dim: int = _f(100, "Latent dimension.")
     critic_norm: str = _f("batch", "Normalisation in the critic (WGAN-GP needs no batch norm).",
                           ("batch", "layer", "instance", "none"))
+    began_embed: int = _f(0, "BEGAN: embedding size h of the auto-encoder critic (0 = --z-dim, "
+                          "as in the paper); --base is its filter count n.")
+    began_gamma: float = _f(0.5, "BEGAN: diversity ratio gamma = E[L(G(z))] / E[L(x)] the k_t "
+                            "balance aims at.")
+    began_lambda_k: float = _f(0.001, "BEGAN: learning rate lambda_k of the balance term k_t.")
+    cogan_domain: str = _f("negative", "CoGAN on the embedded digits: the second domain, the "
+                           "digits' negatives or their edge images (the first is the digits; the "
+                           "two are drawn from disjoint halves, so no pair is ever seen).",
+                           COGAN_DOMAINS)
+    data_b: str = _f("", "CoGAN: the second domain's images (a PATH read like --data); needed "
+                     "unless --data is digits.")
     # --- optimisation --------------------------------------------------------------
     steps: int = _f(10000, "Generator iterations (each one includes n_critic critic steps).")
     batch_size: int = _f(64, "Batch size (real and fake) per process: under torchrun with N "
@@ -70,9 +97,13 @@ class TrainConfig:
                         ("adam", "rmsprop"))
     lr: float = _f(1e-4, "Learning rate (both networks unless --lr-g is given).")
     lr_g: float = _f(0.0, "Generator learning rate (0 = same as --lr).")
-    lr_decay: str = _f("none", "Learning-rate schedule of both networks: none (constant) or "
+    lr_decay: str = _f("none", "Learning-rate schedule of both networks: none (constant), "
                        "linear (from the initial lr down to 0 at --steps; a function of the "
-                       "step counter, so --resume continues it exactly).", ("none", "linear"))
+                       "step counter, so --resume continues it exactly) or plateau (--loss began: "
+                       "halve both lrs when the mean of BEGAN's M_global over --plateau-steps "
+                       "generator steps is no lower than the best earlier window's).",
+                       ("none", "linear", "plateau"))
+    plateau_steps: int = _f(1000, "Window of --lr-decay plateau, in generator steps.")
     betas: typing.Tuple[float, float] = _f((0.0, 0.9), "Adam betas.", nargs=2, metavar=("BETA1", "BETA2"))
     clip_value: float = _f(0.01, "WGAN weight clipping bound c.")
     gp_weight: float = _f(10.0, "WGAN-GP penalty weight lambda.")
@@ -218,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(
         prog="python -m pyfast_gan.train",
-        description="Train DCGAN / WGAN / WGAN-GP / LSGAN / hinge GANs. With no arguments: "
+        description="Train DCGAN / WGAN / WGAN-GP / LSGAN / hinge / BEGAN / CoGAN GANs. With no arguments: "
                     "WGAN-GP on the embedded digits (32x32), a few minutes on a CPU. "
                     "Data-parallel on N processes (GPUs, or CPU with gloo): torchrun "
                     "--nproc_per_node=N -m pyfast_gan.train ... (--batch-size is per process; "
@@ -322,7 +353,7 @@ def _check_choices(values: dict) -> str | None:
 
 # Fields that define the models and data; a resumed run cannot change them.
 FROZEN_ON_RESUME = ("loss", "data", "data_format", "image_size", "channels", "arch", "base",
-                    "z_dim", "critic_norm")
+                    "z_dim", "critic_norm", "began_embed", "cogan_domain", "data_b", "crop", "max_images")
 
 
 def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None = None) -> TrainConfig:
@@ -408,7 +439,7 @@ def ignored_flags(cfg: TrainConfig, explicit: set[str]) -> list[str]:
     out = []
     if cfg.data in TOY_DATA:
         out += [f"--{k.replace('_', '-')}: no effect on 2-D toy data ({cfg.data}); ignored"
-                for k in ("image_size", "channels", "data_format") if k in explicit]
+                for k in ("image_size", "channels", "data_format", "data_cache") if k in explicit]
     from pyfast_gan.losses import get_loss
 
     loss = get_loss(cfg.loss)
@@ -417,6 +448,12 @@ def ignored_flags(cfg: TrainConfig, explicit: set[str]) -> list[str]:
                 for k in ("gp_weight", "lazy_gp", "compile_penalty") if k in explicit]
     if not loss.uses_clipping and "clip_value" in explicit:
         out.append(f"--clip-value: no effect with --loss {cfg.loss} (only wgan clips the critic); ignored")
+    for k, owner in (("began_embed", "began"), ("began_gamma", "began"), ("began_lambda_k", "began"),
+                     ("cogan_domain", "cogan"), ("data_b", "cogan")):
+        if k in explicit and cfg.loss != owner:
+            out.append(f"--{k.replace('_', '-')}: no effect without --loss {owner}; ignored")
+    if cfg.loss == "cogan" and cfg.data_b and "cogan_domain" in explicit:
+        out.append("--cogan-domain: no effect with --data-b (domain B is that data); ignored")
     return out
 
 
@@ -433,6 +470,27 @@ def validate(cfg: TrainConfig) -> None:
         if not os.path.exists(cfg.data):
             bad("data", f"path does not exist: {cfg.data!r} (expected digits, 8gaussians, "
                 "25gaussians, swissroll or a path to images / MNIST / CIFAR-10)")
+    need = LOSS_ARCH.get(cfg.loss)
+    if need and is_toy:
+        bad("loss", f"{cfg.loss} trains image models only, not 2-D toy data ({cfg.data!r})"
+            + (": an auto-encoder critic for 2-D points has no structure to reconstruct"
+               if cfg.loss == "began" else ""))
+    if need and cfg.arch not in ("auto", need):
+        bad("arch", f"--loss {cfg.loss} comes with its own networks: use --arch auto or {need}, not {cfg.arch!r}")
+    if cfg.arch in LOSS_ARCH.values() and cfg.loss != cfg.arch:
+        bad("arch", f"{cfg.arch} networks go with --loss {cfg.arch}, not {cfg.loss!r}")
+    if cfg.loss == "cogan" and not cfg.data_b and cfg.data != "digits":
+        bad("data-b", "--loss cogan on a PATH needs the second domain's images: --data-b PATH")
+    if cfg.data_b and not os.path.exists(cfg.data_b):
+        bad("data-b", f"path does not exist: {cfg.data_b!r}")
+    if cfg.lr_decay == "plateau" and cfg.loss != "began":
+        bad("lr-decay", "plateau follows BEGAN's convergence measure: --loss began only")
+    if cfg.began_embed < 0:
+        bad("began-embed", f"must be >= 0 (0 = --z-dim), got {cfg.began_embed}")
+    if not (math.isfinite(cfg.began_gamma) and 0 < cfg.began_gamma <= 1):
+        bad("began-gamma", f"must be in (0, 1], got {cfg.began_gamma}")
+    if not (math.isfinite(cfg.began_lambda_k) and cfg.began_lambda_k >= 0):
+        bad("began-lambda-k", f"must be >= 0 and finite, got {cfg.began_lambda_k}")
     if is_toy and cfg.arch not in ("auto", "mlp"):
         bad("arch", f"toy data {cfg.data!r} needs the mlp models, not {cfg.arch!r}")
     if not is_toy and cfg.arch == "mlp":
@@ -444,11 +502,16 @@ def validate(cfg: TrainConfig) -> None:
                 f"{'resnet' if cfg.arch == 'resnet' else 'dcgan'} models (choose from "
                 f"{', '.join(map(str, sizes))})")
     for name in ("steps", "batch_size", "n_critic", "base", "z_dim", "sample_every",
-                 "checkpoint_every", "log_every", "n_samples", "max_nonfinite"):
+                 "checkpoint_every", "log_every", "n_samples", "max_nonfinite", "plateau_steps"):
         if getattr(cfg, name) < 1:
             bad(name.replace("_", "-"), f"must be >= 1, got {getattr(cfg, name)}")
     if cfg.image_size < 0:
         bad("image-size", f"must be >= 0, got {cfg.image_size}")
+    for name in ("crop", "max_images"):
+        if getattr(cfg, name) < 0:
+            bad(name.replace("_", "-"), f"must be >= 0 (0 = off), got {getattr(cfg, name)}")
+    if (cfg.crop or cfg.max_images) and (is_toy or cfg.data == "digits"):
+        bad("crop" if cfg.crop else "max-images", f"applies to a data PATH, not to {cfg.data!r}")
     if cfg.lazy_gp < 0:
         bad("lazy-gp", f"must be >= 0, got {cfg.lazy_gp}")
     if cfg.num_workers < 0:

@@ -172,6 +172,8 @@ def _train(run: Run, hooks: dict) -> dict:
                         metrics.write(rec)
                     postfix.update(D=f"{rec.get('loss_d', float('nan')):.3g}",
                                    G=f"{rec.get('loss_g', float('nan')):.3g}")
+                    if "m_global" in rec:  # BEGAN's balance and convergence measure
+                        postfix.update(k=f"{rec['k_t']:.3g}", M=f"{rec['m_global']:.3g}")
                     if rec["img_per_s"]:
                         postfix["img/s"] = f"{rec['img_per_s']:.0f}"
                     pbar.set_postfix(postfix, refresh=False)
@@ -187,7 +189,7 @@ def _train(run: Run, hooks: dict) -> dict:
                         postfix["modes"] = f"{ev['modes_covered']}/{ev['num_modes']}"
                     plot_losses(metrics.records, out / "plots" / "losses.png")
                 if evaluator is not None and (step % cfg.eval_every == 0 or last):
-                    res = scalar_items(evaluator(run.ema.module if run.ema is not None else run.G, cfg.z_dim))
+                    res = scalar_items(evaluator(run.eval_generator(), cfg.z_dim))
                     metrics.write({"step": step, "eval": res})
                     plot_metrics(metrics.records, out / "plots" / "metrics.png")
                     key = next((k for k in ("cfid", "fid", "toy_fd") if k in res), None)

@@ -93,13 +93,15 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
-    """plots/losses.png: critic/generator losses, Wasserstein estimate and penalty, and
-    images/s, against generator step."""
+    """plots/losses.png: critic/generator losses, Wasserstein estimate and penalty (BEGAN:
+    k_t and M_global), and images/s, against generator step."""
     plt = pyplot()
 
     recs = [r for r in records if "loss_d" in r]
     panels = [("losses", ("loss_d", "loss_g")), ("critic", ("wasserstein", "gp")),
               ("throughput", ("img_per_s",))]
+    if any("m_global" in r for r in recs):
+        panels.insert(2, ("BEGAN: balance k_t and convergence M_global", ("k_t", "m_global")))
     evals = [r for r in records if "modes_covered" in r]
     if evals:
         panels.append(("mode coverage", ("modes_covered",)))

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyfast_gan.data.batch import ImageBatcher, ToyBatcher, peek
+from pyfast_gan.data.batch import ImageBatcher, MappedBatcher, ToyBatcher, peek
 from pyfast_gan.fast import distributed as dist_mod
 from pyfast_gan.fast.step import GANStep, build_optimizers, fit_loaded_state, set_lr
 from pyfast_gan.losses import get_loss
 from pyfast_gan.models import EMA, build_models
 
 from . import checkpoint as ckpt_mod
-from .config import TOY_DATA, TrainConfig, default_out_dir
+from .plateau import PlateauDecay
+from .config import LOSS_ARCH, TOY_DATA, TrainConfig, default_out_dir
 
 CHECKPOINT_VERSION = 2
 
@@ -102,6 +103,8 @@ def cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> s
         return "the multi-process gradient all-reduce is not captured"
     if cfg.lr_decay != "none" and cfg.optimizer == "rmsprop":
         return "--lr-decay with RMSprop is not captured (a graphed RMSprop step bakes in its lr)"
+    if getattr(get_loss(cfg.loss), "stateful", False):
+        return f"--loss {cfg.loss} keeps loss state (k_t) that the capture's warm-up would move"
     return None
 
 
@@ -169,6 +172,7 @@ class Run:
     fixed_noise: torch.Tensor
     say: Say
     toy: tuple | None = None           # (real points, modes, std) for toy evaluation
+    plateau: PlateauDecay | None = None  # --lr-decay plateau (BEGAN)
     real_u8: torch.Tensor | None = None  # decoded images, for the evaluator only
     generator_steps: int = 0
     elapsed_before: float = 0.0
@@ -200,7 +204,23 @@ class Run:
         stats = [self.step.critic_step(self.batcher.next(cfg.batch_size)) for _ in range(self.n_critic())]
         stats.append(self.step.generator_step(cfg.batch_size))
         self.generator_steps += 1
+        if self.plateau is not None:
+            self.plateau.observe(stats[-1]["m_global"])
+            if self.generator_steps % self.plateau.window == 0 and self.plateau.end_window():
+                set_lr(self.opt_g, (cfg.lr_g or cfg.lr) * self.plateau.scale)
+                set_lr(self.opt_d, cfg.lr * self.plateau.scale)
+                self.say(f"--lr-decay plateau: M_global stalled; lr x {self.plateau.scale:g} "
+                         f"at step {self.generator_steps}")
         return stats
+
+    def eval_generator(self) -> torch.nn.Module:
+        """The generator the evaluator scores (EMA when on); CoGAN: domain A's images."""
+        g = self.ema.module if self.ema is not None else self.G
+        if self.cfg.arch == "cogan":
+            from pyfast_gan.models import DomainView
+
+            return DomainView(g, 0)
+        return g
 
     # -- outputs ------------------------------------------------------------------------
     def write_samples(self, path: Path) -> dict:
@@ -215,6 +235,11 @@ class Run:
                                              enabled=self.step.dtype is not None):
             x = gm(self.fixed_noise).float()
         gm.train(was)
+        if self.cfg.arch == "cogan":  # pairs from the same z side by side, 8 pairs a row
+            from pyfast_gan.models import pairs_side_by_side
+
+            save_image_grid(pairs_side_by_side(x, self.cfg.channels), path, nrow=16)
+            return {}
         if not self.toy:
             save_image_grid(x, path)
             return {}
@@ -275,6 +300,8 @@ class Run:
             "config": self.cfg.to_dict(),
             "elapsed": self.elapsed_before + elapsed,
             "nonfinite_total": step.health()["total"],
+            "loss_state": step.loss_state_dict(),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
 
     def load(self, ck: dict) -> None:
@@ -300,6 +327,9 @@ class Run:
         self.generator_steps = int(ck["step"])
         step.critic_steps = int(ck["critic_steps"])
         step.reset_health(int(ck.get("nonfinite_total", 0)))
+        step.load_loss_state(ck.get("loss_state"))
+        if self.plateau is not None and ck.get("plateau") is not None:
+            self.plateau.load_state_dict(ck["plateau"])
         self.fixed_noise = ck["fixed_noise"].to(self.device)
         self.elapsed_before = float(ck.get("elapsed", 0.0))
 
@@ -330,8 +360,28 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     else:
         from pyfast_gan.data import decode_all, open_dataset
 
-        ds = open_dataset(cfg.data, data_format=cfg.data_format, image_size=cfg.image_size or None,
-                          channels=cfg.channels or None)
+        from pyfast_gan.data.cache import TrainingImages
+
+        # The decoded-dataset cache (issue 14) for one domain; CoGAN reads its two in memory.
+        images = TrainingImages(cfg.data, data_format=cfg.data_format, image_size=cfg.image_size or None,
+                                channels=cfg.channels or None, crop=cfg.crop, max_images=cfg.max_images,
+                                cache="off" if cfg.loss == "cogan" else cfg.data_cache,
+                                progress=cfg.progress and rank == 0)
+        ds = images.ds if images.ds is not None else images  # len, image_size, channels before decoding
+        if cfg.loss == "cogan":
+            # Batches of (A, B) side by side in the channels, unpaired (data/cogan.py); the
+            # size check below applies to the smaller domain.
+            from pyfast_gan.data.cogan import digit_domains
+
+            if cfg.data_b:
+                a_u8 = decode_all(ds, num_workers=cfg.num_workers, progress=cfg.progress and rank == 0)
+                ds_b = open_dataset(cfg.data_b, image_size=ds.image_size, channels=ds.channels)
+                b_u8 = decode_all(ds_b, num_workers=cfg.num_workers, progress=cfg.progress and rank == 0)
+            else:
+                a_u8, b_u8 = digit_domains(decode_all(ds), cfg.cogan_domain, cfg.seed + 17)
+            from pyfast_gan.data import TensorImageDataset
+
+            ds = TensorImageDataset(a_u8 if len(a_u8) <= len(b_u8) else b_u8, source=cfg.data)
         if len(ds) < cfg.batch_size * world:
             raise ValueError(f"--batch-size {cfg.batch_size}"
                              + (f" x {world} processes" if world > 1 else "")
@@ -341,15 +391,25 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
         if image_size not in sizes:
             raise ValueError(f"--image-size: the data's size {image_size} is not supported "
                              f"by the models; pass --image-size one of {sizes}")
-        real_u8 = decode_all(ds, num_workers=cfg.num_workers, progress=cfg.progress and rank == 0)
-        batcher = ImageBatcher(real_u8, device, data_gen, memory_format, rank, world, say=say)
+        if cfg.loss == "cogan":
+            from pyfast_gan.data.cogan import PairBatcher
+
+            real_u8 = a_u8
+            batcher = PairBatcher(ImageBatcher(a_u8, device, data_gen, memory_format, rank, world, say=say),
+                                  ImageBatcher(b_u8, device, data_gen, memory_format, rank, world, say=say))
+        else:
+            real_u8, mapped = images.load(num_workers=cfg.num_workers, progress=cfg.progress and rank == 0,
+                                          say=say, rank=rank, world=world)
+            batcher = (MappedBatcher if mapped else ImageBatcher)(real_u8, device, data_gen, memory_format,
+                                                                   rank, world, say=say)
     # Record the sizes the data decided, so config.json (and resume) is complete.
+    auto_arch = LOSS_ARCH.get(cfg.loss, "dcgan")
     cfg = dataclasses.replace(cfg, image_size=image_size, channels=channels,
-                              arch="mlp" if is_toy else ("dcgan" if cfg.arch == "auto" else cfg.arch))
+                              arch="mlp" if is_toy else (auto_arch if cfg.arch == "auto" else cfg.arch))
 
     # ---- models, optimizers, the step -------------------------------------------------
     G, D = build_models(cfg.arch, image_size=image_size, channels=channels, z_dim=cfg.z_dim,
-                        base=cfg.base, critic_norm=cfg.critic_norm)
+                        base=cfg.base, critic_norm=cfg.critic_norm, embed=cfg.began_embed)
     G.to(device=device, memory_format=memory_format)
     D.to(device=device, memory_format=memory_format)
     dist_mod.broadcast_module(G)  # every rank starts from rank 0's weights and buffers
@@ -369,7 +429,9 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
         # WGAN keeps the critic in [-c, c] from the first forward on (the reference code
         # clamps before each critic pass).
         pyfast_gan.clip_weights_(D.parameters(), cfg.clip_value, impl=cfg.impl)
-    step = GANStep(G, D, opt_g, opt_d, cfg.loss, z_dim=cfg.z_dim, gp_weight=cfg.gp_weight,
+    loss = (get_loss("began", gamma=cfg.began_gamma, lambda_k=cfg.began_lambda_k) if cfg.loss == "began"
+            else cfg.loss)
+    step = GANStep(G, D, opt_g, opt_d, loss, z_dim=cfg.z_dim, gp_weight=cfg.gp_weight,
                    lazy_gp=cfg.lazy_gp, clip_after=clip_after, amp=amp,
                    channels_last=memory_format is torch.channels_last, compile=cfg.compile,
                    compile_penalty=cfg.compile_penalty, impl=cfg.impl, ema=ema,
@@ -381,7 +443,8 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     fixed_noise = torch.randn(cfg.n_samples, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
     run = Run(cfg=cfg, device=device, rank=rank, world=world, batcher=batcher, data_gen=data_gen,
               G=G, D=D, opt_g=opt_g, opt_d=opt_d, ema=ema, step=step, fixed_noise=fixed_noise.to(device),
-              say=say, toy=toy, real_u8=real_u8)
+              say=say, toy=toy, real_u8=real_u8,
+              plateau=PlateauDecay(cfg.plateau_steps, device) if cfg.lr_decay == "plateau" else None)
     if cfg.resume:
         path = ckpt_mod.find_checkpoint(cfg.resume)
         run.load(ckpt_mod.load(path, map_location=device))

@@ -1,0 +1,461 @@
+"""The decoded-dataset cache (issue 14): a data PATH (image folder, LMDB, MNIST, CIFAR-10)
+is decoded once, in worker processes, into one uint8 file of N x C x S x S images plus a
+small JSON index, under ``$PYFAST_GAN_CACHE/data`` (default ``~/.cache/pyfast_gan/data``).
+Later runs, and every torchrun rank, memory-map that file instead of decoding again, so
+start-up time and resident memory do not grow with the dataset.
+
+The cache key hashes the settings (image size, channels, crop, max_images) with a content
+fingerprint of the source (folder: every file's relative path, size and mtime; LMDB:
+data.mdb's size and mtime and the record count; MNIST/CIFAR: their files' sizes and
+mtimes), so a changed source or setting gets a new cache. An index is trusted only when
+its data file has the exact size it records and the same checksum of 64 sampled blocks
+(a truncated or overwritten cache is rebuilt, with a message). Files are written under a
+temporary name and renamed into place (data first, index last), one builder at a time per
+key (an fcntl lock; a second process waits, then opens what the first built).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ._common import DataError, ImageDataset, TensorImageDataset
+
+CACHE_VERSION = 1
+DATA_CACHE_CHOICES = ("auto", "on", "off")
+_CHUNK = 64  # images per worker task: big enough to amortise the pickling, small for the bar
+_SAMPLE_BLOCKS, _BLOCK = 64, 4096
+
+
+def cache_root() -> Path:
+    """$PYFAST_GAN_CACHE/data, else $XDG_CACHE_HOME/pyfast_gan/data, else
+    ~/.cache/pyfast_gan/data (the folder the digits classifier's cache lives in)."""
+    from pyfast_gan.metrics.digits_classifier import cache_dir
+
+    return cache_dir() / "data"
+
+
+@dataclass
+class Source:
+    """A data PATH as the cache sees it, described without decoding anything."""
+
+    kind: str                     # folder | lmdb | mnist | cifar10
+    path: str                     # absolute
+    image_size: int
+    channels: int
+    crop: int
+    max_images: int
+    fingerprint: str
+    count: int                    # images before any is skipped (files, records, array rows)
+    files: list | None = field(default=None, repr=False)  # folder: the fingerprinted listing
+    _ds: ImageDataset | None = field(default=None, repr=False)
+
+    def settings(self) -> dict:
+        return {"image_size": self.image_size, "channels": self.channels, "crop": self.crop,
+                "max_images": self.max_images}
+
+    def key(self) -> str:
+        blob = json.dumps({"version": CACHE_VERSION, "kind": self.kind, "path": self.path,
+                           "fingerprint": self.fingerprint, **self.settings()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def stem(self) -> str:
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(self.path).name)[:40]
+        s = self.settings()
+        return (f"{self.kind}-{name}-{s['image_size']}px-c{s['channels']}"
+                + (f"-crop{self.crop}" if self.crop else "") + f"-{self.key()}")
+
+    def dataset(self, progress: bool = True) -> ImageDataset:
+        """The dataset to decode when building (folders: the fingerprinted file list as is)."""
+        from . import open_dataset
+        from .images import ImageFolderDataset
+
+        if self._ds is None:
+            if self.kind == "folder":
+                self._ds = ImageFolderDataset(self.path, self.image_size, self.channels, crop=self.crop,
+                                              files=self.files)
+            else:
+                self._ds = open_dataset(self.path, self.kind, self.image_size, self.channels,
+                                        progress=progress, crop=self.crop, max_images=self.max_images)
+        return self._ds
+
+
+def _stat_digest(paths, root: Path | None = None) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        name = str(Path(p).relative_to(root)) if root is not None else str(p)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def describe_source(spec: str, data_format: str = "auto", image_size: int | None = None,
+                    channels: int | None = None, crop: int = 0, max_images: int = 0) -> Source | None:
+    """The cache's view of a data PATH (None for the embedded digits, which is not cached).
+    Cheap: lists and stats files, reads no pixels. DataError as open_dataset gives them."""
+    from . import DATA_FORMATS, detect_format
+    from ._common import check_size_channels
+    from .cifar import find_cifar_batches
+    from .images import IMAGE_EXTENSIONS, list_images
+    from .lmdb_images import LMDBDataset, is_lmdb, lmdb_entries
+    from .mnist import find_idx_images
+
+    if spec == "digits":
+        return None
+    if data_format not in DATA_FORMATS:
+        raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+    if crop < 0 or max_images < 0:
+        raise DataError(f"crop and max_images must be >= 0, got {crop} and {max_images}")
+    p = Path(spec)
+    kind = detect_format(p) if data_format == "auto" else data_format
+    if not p.exists():
+        raise DataError(f"data path {spec!r} does not exist")
+    root = p.resolve()
+    size = image_size or (64 if kind in ("folder", "lmdb") else 32)
+    ch = channels or (1 if kind == "mnist" else 3)
+    check_size_channels(size, ch)
+    files = None
+    if kind == "folder":
+        if not root.is_dir():
+            raise DataError(f"data path {spec!r} is not a folder of images")
+        files = list_images(root)[:max_images or None]
+        if not files:
+            raise DataError(f"no images in folder {spec!r} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        count, fp = len(files), _stat_digest(files, root)
+    elif kind == "lmdb":
+        if not is_lmdb(root):
+            LMDBDataset(spec)  # raises the folder's DataError
+        entries = lmdb_entries(root)
+        if entries == 0:
+            raise DataError(f"no images in the LMDB {spec!r} (it has no records)")
+        count = min(entries, max_images) if max_images else entries
+        fp = _stat_digest([root / "data.mdb"], root) + f":{entries}"
+    else:
+        found = find_idx_images(root) if kind == "mnist" else find_cifar_batches(root)
+        if not found:
+            raise DataError(f"no {'IDX image file' if kind == 'mnist' else 'CIFAR-10 python batches'} in {spec!r}")
+        found = found[:1] if kind == "mnist" else found
+        base = root if root.is_dir() else root.parent
+        count, fp = -1, _stat_digest(found, base)  # -1: known once the arrays are read
+    return Source(kind, str(root), size, ch, crop, max_images, fp, count, files)
+
+
+# ---- building -------------------------------------------------------------------------------
+
+_WORKER_DS: ImageDataset | None = None
+
+
+def _init_worker(ds: ImageDataset) -> None:
+    global _WORKER_DS
+    _WORKER_DS = ds
+    torch.set_num_threads(1)
+
+
+def _decode_range(bounds: tuple[int, int]):
+    """Images [start, stop) of the worker's dataset -> (uint8 array of the good ones,
+    [(index, error)] of the rest)."""
+    ds = _WORKER_DS
+    start, stop = bounds
+    out = np.empty((stop - start, ds.channels, ds.image_size, ds.image_size), np.uint8)
+    k, bad = 0, []
+    for i in range(start, stop):
+        try:
+            out[k] = ds[i].numpy()
+            k += 1
+        except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
+            bad.append((i, f"{type(e).__name__}: {e}"))
+    return out[:k], bad
+
+
+def _decode_into(f, ds: ImageDataset, num_workers: int, progress: bool) -> tuple[int, list]:
+    """Decode every image of ``ds`` in order into the open file ``f``; returns (images
+    written, [(description, error)] of the skipped ones)."""
+    if isinstance(ds, TensorImageDataset):  # MNIST / CIFAR-10: decoded in bulk already
+        f.write(ds.images.contiguous().numpy().tobytes())
+        return len(ds), []
+    n = len(ds)
+    ranges = [(s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)]
+    written, skipped = 0, []
+    workers = max(1, min(num_workers or (os.cpu_count() or 1), len(ranges)))
+    bar = tqdm(total=n, desc="building data cache", unit="img", disable=not progress, smoothing=0.1)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(bar)
+        if workers == 1:
+            _init_worker(ds)
+            results = map(_decode_range, ranges)
+        else:
+            # fork: the workers inherit the dataset (a 3M-key LMDB listing is not pickled
+            # per task); they decode with PIL and numpy only.
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(ds,)))
+            results = pool.map(_decode_range, ranges)  # in order: the cache keeps the source order
+        for arr, bad in results:
+            f.write(arr.tobytes())
+            written += arr.shape[0]
+            skipped += [(getattr(ds, "describe", str)(i), e) for i, e in bad]
+            bar.update(arr.shape[0] + len(bad))
+    return written, skipped
+
+
+def _checksum(path: Path, size: int) -> str:
+    """sha256 of 64 blocks of 4 KiB spread over the file (and its last block): catches a file
+    overwritten or cut by something other than this module without reading gigabytes."""
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        offsets = sorted({min(size - 1, size * k // _SAMPLE_BLOCKS) for k in range(_SAMPLE_BLOCKS)}
+                         | {max(0, size - _BLOCK)}) if size else []
+        for off in offsets:
+            f.seek(off)
+            h.update(f.read(_BLOCK))
+    return h.hexdigest()
+
+
+def _paths(source: Source, root: Path) -> tuple[Path, Path, Path]:
+    stem = source.stem()
+    return root / f"{stem}.u8", root / f"{stem}.json", root / f"{stem}.lock"
+
+
+def _check(source: Source, data: Path, index: Path) -> tuple[dict | None, str]:
+    """(the index, "") when the cache for ``source`` is complete and intact, else (None, why)."""
+    if not index.exists():
+        return None, "missing"
+    try:
+        idx = json.loads(index.read_text())
+        want = {"version": CACHE_VERSION, "key": source.key(), "fingerprint": source.fingerprint}
+        if any(idx.get(k) != v for k, v in want.items()):
+            return None, "its index belongs to another source or version"
+        n, c, s, _ = idx["shape"]
+        nbytes = n * c * s * s
+        have = data.stat().st_size if data.exists() else None
+        if have != nbytes:
+            return None, f"data file is {have} bytes, the index says {nbytes}"
+        if _checksum(data, nbytes) != idx["checksum"]:
+            return None, "data file does not match the index's checksum"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"unreadable index ({type(e).__name__}: {e})"
+    return idx, ""
+
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+@contextlib.contextmanager
+def _lock(path: Path, say):
+    """An exclusive fcntl lock on ``path``, held by one builder of a cache at a time (released
+    by the kernel if the holder dies)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"data cache: waiting for another process building {path.with_suffix('.u8').name}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(source: Source, data: Path, index: Path, num_workers: int, progress: bool, say) -> None:
+    """Decode ``source`` into ``data`` and write ``index`` (caller holds the lock)."""
+    for stale in data.parent.glob(data.name + ".tmp*"):  # left by a builder that died
+        _remove(stale)
+    tmp = data.with_name(f"{data.name}.tmp{os.getpid()}")
+    tmp_index = index.with_name(f"{index.name}.tmp{os.getpid()}")
+    t0 = time.perf_counter()
+    try:
+        ds = source.dataset(progress)
+        with open(tmp, "wb") as f:
+            n, skipped = _decode_into(f, ds, num_workers, progress)
+            f.flush()
+            os.fsync(f.fileno())
+        if n == 0:
+            raise DataError(f"no readable images in {source.path!r}: all {len(skipped)} failed to decode")
+        if skipped:
+            first = "; ".join(f"{d} ({e})" for d, e in skipped[:3])
+            warnings.warn(f"skipped {len(skipped)} unreadable image(s) of {n + len(skipped)} while "
+                          f"decoding {source.path}: {first}" + (" ..." if len(skipped) > 3 else ""),
+                          stacklevel=3)
+        shape = [n, source.channels, source.image_size, source.image_size]
+        meta = {"version": CACHE_VERSION, "key": source.key(), "source": source.path, "kind": source.kind,
+                "fingerprint": source.fingerprint, **source.settings(), "shape": shape,
+                "num_items": n + len(skipped), "num_skipped": len(skipped),
+                "skipped": [[d, e] for d, e in skipped[:1000]],
+                "checksum": _checksum(tmp, n * source.channels * source.image_size ** 2),
+                "build_s": round(time.perf_counter() - t0, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp_index.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, data)          # data first: an index never points at a partial file
+        os.replace(tmp_index, index)
+    except OSError as e:
+        what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else (e.strerror or str(e))
+        raise DataError(f"cannot build the data cache for {source.path!r} in {str(data.parent)!r}: {what}") from None
+    finally:
+        _remove(tmp, tmp_index)
+    dt = time.perf_counter() - t0
+    say(f"data cache: decoded {n} images of {source.path} in {dt:.1f} s ({n / max(dt, 1e-9):.0f} img/s) "
+        f"into {data}")
+
+
+@dataclass
+class DataCache:
+    """An opened cache: ``images`` is a uint8 (N, C, S, S) tensor over the memory-mapped file
+    (copy-on-write: pages are read from the file on demand and shared by every process)."""
+
+    data_path: Path
+    index: dict
+    images: torch.Tensor
+    built: bool
+
+    @property
+    def num_skipped(self) -> int:
+        return int(self.index.get("num_skipped", 0))
+
+
+def _map(data: Path, idx: dict, built: bool) -> DataCache:
+    arr = np.memmap(data, dtype=np.uint8, mode="c", shape=tuple(idx["shape"]))
+    return DataCache(data, idx, torch.from_numpy(arr), built)
+
+
+def open_cache(source: Source, *, num_workers: int = 0, progress: bool = True, say=print,
+               root: Path | None = None, build: bool = True) -> DataCache:
+    """The cache for ``source``: opened when it exists and is intact, else built (under the
+    lock; a process that finds another building waits and then opens its result). With
+    ``build=False`` a missing cache is a DataError (torchrun ranks other than 0)."""
+    root = Path(root) if root is not None else cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data cache folder {str(root)!r}: {e.strerror or e}") from None
+    data, index, lock = _paths(source, root)
+    idx, _ = _check(source, data, index)
+    if idx is not None:
+        return _map(data, idx, False)
+    try:
+        lock_cm = _lock(lock, say)
+        lock_cm.__enter__()
+    except OSError as e:
+        raise DataError(f"cannot lock the data cache {str(lock)!r}: {e.strerror or e}") from None
+    try:
+        idx, why = _check(source, data, index)
+        if idx is not None:
+            return _map(data, idx, False)
+        if not build:
+            raise DataError(f"the data cache for {source.path!r} was not built ({data}: {why})")
+        if why != "missing":
+            say(f"data cache: {data} is not usable ({why}); rebuilding it")
+        _remove(index, data)
+        _build(source, data, index, num_workers, progress, say)
+        idx, why = _check(source, data, index)
+        if idx is None:  # what was just written does not read back: never train on it
+            raise DataError(f"the data cache {str(data)!r} just built does not verify ({why})")
+        return _map(data, idx, True)
+    finally:
+        lock_cm.__exit__(None, None, None)
+
+
+def open_shared(source: Source, *, rank: int, world: int, num_workers: int = 0, progress: bool = True,
+                say=print, root: Path | None = None) -> DataCache:
+    """open_cache under torchrun: rank 0 takes the build lock before the others pass a
+    barrier, so they block on the lock (no collective timeout, however long the build takes)
+    and then open the file rank 0 wrote; if rank 0 failed, they fail too instead of waiting."""
+    if world == 1:
+        return open_cache(source, num_workers=num_workers, progress=progress, say=say, root=root)
+    import torch.distributed as dist
+
+    root = Path(root) if root is not None else cache_root()
+    if rank == 0:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock_cm = _lock(_paths(source, root)[2], say)
+            lock_cm.__enter__()
+        except OSError as e:
+            dist.barrier()
+            raise DataError(f"cannot lock the data cache in {str(root)!r}: {e.strerror or e}") from None
+        dist.barrier()
+        try:
+            idx, why = _check(source, *_paths(source, root)[:2])
+            if idx is None:
+                if why != "missing":
+                    say(f"data cache: {_paths(source, root)[0]} is not usable ({why}); rebuilding it")
+                _remove(*_paths(source, root)[:2])
+                _build(source, *_paths(source, root)[:2], num_workers, progress, say)
+        finally:
+            lock_cm.__exit__(None, None, None)
+        out = open_cache(source, root=root, say=say, build=False)
+        out.built = idx is None
+    else:
+        dist.barrier()
+        out = open_cache(source, root=root, say=say, build=False)
+    dist.barrier()  # every rank has its map before training starts
+    return out
+
+
+class TrainingImages:
+    """The trainer's images, decided before any pixel is decoded: ``count`` (-1 when only
+    decoding tells: MNIST/CIFAR through the cache), ``image_size`` and ``channels`` for the
+    checks build() makes first, then :meth:`load` -> (uint8 (N, C, S, S) tensor, mapped).
+
+    ``cache``: "on" caches every data PATH, "off" decodes into memory as before issue 14,
+    "auto" caches sources decoded file by file (image folders, LMDB) and keeps MNIST /
+    CIFAR-10 (bulk arrays, decoded in seconds) in memory. The embedded digits are never
+    cached."""
+
+    def __init__(self, spec: str, *, data_format: str = "auto", image_size: int | None = None,
+                 channels: int | None = None, crop: int = 0, max_images: int = 0, cache: str = "auto",
+                 progress: bool = True, root: Path | None = None):
+        from . import open_dataset
+
+        self.root = Path(root) if root is not None else None
+
+        if cache not in DATA_CACHE_CHOICES:
+            raise DataError(f"data_cache must be one of {DATA_CACHE_CHOICES}, got {cache!r}")
+        self.source, self.ds = None, None
+        if cache != "off" and spec != "digits":
+            self.source = describe_source(spec, data_format, image_size, channels, crop, max_images)
+            if cache == "auto" and self.source.kind in ("mnist", "cifar10"):
+                self.source = None
+        if self.source is None:
+            self.ds = open_dataset(spec, data_format=data_format, image_size=image_size, channels=channels,
+                                   progress=progress, crop=crop, max_images=max_images)
+            self.count, self.image_size, self.channels = len(self.ds), self.ds.image_size, self.ds.channels
+        else:
+            s = self.source
+            if s.count < 0:  # MNIST / CIFAR-10: the index knows, else the arrays (needed to build)
+                idx, _ = _check(s, *_paths(s, self.root or cache_root())[:2])
+                s.count = idx["shape"][0] if idx is not None else len(s.dataset(progress))
+            self.count, self.image_size, self.channels = s.count, s.image_size, s.channels
+
+    def __len__(self) -> int:
+        return self.count
+
+    def load(self, *, num_workers: int = 0, progress: bool = True, say=print, rank: int = 0,
+             world: int = 1) -> tuple[torch.Tensor, bool]:
+        """(images, True when they are a memory map of the cache)."""
+        from . import decode_all
+
+        if self.source is None:
+            return decode_all(self.ds, num_workers=num_workers, progress=progress), False
+        t0 = time.perf_counter()
+        c = open_shared(self.source, rank=rank, world=world, num_workers=num_workers, progress=progress,
+                        say=say, root=self.root)
+        if not c.built:
+            say(f"data cache: opened {c.data_path} ({c.images.shape[0]} images, {self.image_size}x"
+                f"{self.image_size}) in {time.perf_counter() - t0:.2f} s"
+                + (f"; {c.num_skipped} unreadable file(s) were skipped when it was built" if c.num_skipped else ""))
+        return c.images, True

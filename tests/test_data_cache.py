@@ -1,0 +1,411 @@
+"""The decoded-dataset cache (issue 14): bit-exact round trips for folders, LMDB, MNIST and
+CIFAR-10; rebuilds on a changed source or setting and on a damaged cache; one cache from
+two concurrent builders; crop; batches from the map equal today's in-memory batches, in one
+process, over two gloo processes and across a resume; errors name the path."""
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import pickle
+import resource
+import signal
+import socket
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pyfast_gan.data import DataError, decode_all, detect_format, load_image, open_dataset
+from pyfast_gan.data import cache as cache_mod
+from pyfast_gan.data.batch import ImageBatcher, MappedBatcher, peek
+from pyfast_gan.data.cache import TrainingImages, describe_source, open_cache, open_shared
+
+
+def _folder(root: Path, n: int = 10, seed: int = 0) -> Path:
+    """Random RGB pictures of assorted sizes and formats, plus one corrupt file."""
+    rng = np.random.default_rng(seed)
+    (root / "sub").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = Image.fromarray(rng.integers(0, 256, (30 + 3 * i, 40 + (i % 4) * 5, 3), dtype=np.uint8))
+        if i % 3 == 0:
+            img.save(root / "sub" / f"{i:03d}.jpg", quality=90)
+        else:
+            img.save(root / f"{i:03d}.png")
+    (root / "broken.png").write_bytes(b"not a png at all" * 8)
+    return root
+
+
+def _direct(path, **kw) -> torch.Tensor:
+    """Today's in-memory decoding (no cache)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return decode_all(open_dataset(str(path), **kw), progress=False)
+
+
+def _open(path, root, *, size=32, channels=None, crop=0, max_images=0, fmt="auto", say=None, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src = describe_source(str(path), fmt, size, channels, crop, max_images)
+        return open_cache(src, root=root, progress=False, say=say or (lambda m: None), **kw)
+
+
+def _write_idx(path, arr):
+    path.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+                     + arr.astype(np.uint8).tobytes())
+
+
+def _write_cifar(path, data):
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, b"labels": [0] * len(data)}, f, protocol=2)
+
+
+def _lmdb(root: Path, blobs: list[bytes]) -> Path:
+    import lmdb
+
+    env = lmdb.open(str(root), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i, b in enumerate(blobs):
+            txn.put(f"{i:08d}".encode(), b)
+    env.close()
+    return root
+
+
+def _png_bytes(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---- round trips ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["folder", "mnist", "cifar10"])
+def test_cache_round_trip_equals_direct_decoding(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    if kind == "folder":
+        src, kw = _folder(tmp_path / "imgs"), dict(image_size=32)
+    elif kind == "mnist":
+        src = tmp_path / "mnist"
+        src.mkdir()
+        _write_idx(src / "train-images-idx3-ubyte", rng.integers(0, 256, (9, 28, 28), dtype=np.uint8))
+        kw = dict(image_size=32)
+    else:
+        src = tmp_path / "cifar"
+        src.mkdir()
+        _write_cifar(src / "data_batch_1", rng.integers(0, 256, (5, 3072), dtype=np.uint8))
+        _write_cifar(src / "data_batch_2", rng.integers(0, 256, (4, 3072), dtype=np.uint8))
+        kw = dict(image_size=32, channels=1)
+    want = _direct(src, **kw)
+    assert want.float().std() > 10  # random pictures, not a blank tensor
+    root = tmp_path / "cache"
+    first = _open(src, root, size=kw["image_size"], channels=kw.get("channels"))
+    assert first.built and torch.equal(first.images, want)
+    again = _open(src, root, size=kw["image_size"], channels=kw.get("channels"))
+    assert not again.built and torch.equal(again.images, want)
+    # one data file and one index, nothing temporary left over
+    names = sorted(p.suffix for p in root.iterdir())
+    assert names == [".json", ".lock", ".u8"]
+    if kind == "folder":
+        assert first.index["num_skipped"] == 1 and "broken.png" in first.index["skipped"][0][0]
+
+
+def test_training_images_modes(tmp_path):
+    """auto caches folders, keeps MNIST in memory; on caches MNIST; off never caches."""
+    src = _folder(tmp_path / "imgs", n=6)
+    mn = tmp_path / "mnist"
+    mn.mkdir()
+    _write_idx(mn / "train-images-idx3-ubyte", np.random.default_rng(2).integers(0, 256, (5, 28, 28), dtype=np.uint8))
+    root = tmp_path / "cache"
+    quiet = dict(say=lambda m: None, num_workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, mapped = TrainingImages(str(src), image_size=32, cache="auto", root=root, progress=False).load(**quiet)
+        assert mapped and torch.equal(x, _direct(src, image_size=32))
+        ti = TrainingImages(str(mn), cache="auto", root=root, progress=False)
+        assert ti.ds is not None and not ti.load(**quiet)[1]
+        ti = TrainingImages(str(mn), cache="on", root=root, progress=False)
+        assert len(ti) == 5 and ti.load(**quiet)[1]
+        ti = TrainingImages(str(mn), cache="on", root=root, progress=False)  # count from the index
+        assert len(ti) == 5 and ti.source._ds is None
+        assert not TrainingImages(str(src), image_size=32, cache="off", root=root, progress=False).load(**quiet)[1]
+
+
+# ---- invalidation ---------------------------------------------------------------------------
+
+def test_changed_source_or_setting_builds_a_new_cache(tmp_path):
+    src = _folder(tmp_path / "imgs", n=8)
+    root = tmp_path / "cache"
+    base = _open(src, root)
+    assert base.built
+
+    def check(expect_built=True, **kw):
+        c = _open(src, root, **kw)
+        assert c.built == expect_built
+        assert torch.equal(c.images, _direct(src, image_size=kw.get("size", 32), crop=kw.get("crop", 0)))
+        return c
+
+    # add a file
+    Image.fromarray(np.full((33, 35, 3), 77, np.uint8)).save(src / "new.png")
+    c = check()
+    assert c.images.shape[0] == base.images.shape[0] + 1
+    # modify a file's pixels (same name; a new size and mtime)
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (50, 50, 3), dtype=np.uint8)).save(src / "001.png")
+    check()
+    # remove a file
+    (src / "002.png").unlink()
+    c = check()
+    assert c.images.shape[0] == base.images.shape[0]
+    # unchanged source: opened, not built
+    check(expect_built=False)
+    # other settings: size, crop
+    check(size=64)
+    check(crop=28)
+    assert len(list(root.glob("*.u8"))) == 6
+
+
+def test_damaged_cache_is_rebuilt_with_a_message(tmp_path):
+    src = _folder(tmp_path / "imgs", n=6)
+    root = tmp_path / "cache"
+    want = _open(src, root).images.clone()
+    data = next(root.glob("*.u8"))
+    index = data.with_suffix(".json")
+    damage = [
+        ("truncated", lambda: os.truncate(data, data.stat().st_size - 100), "bytes, the index says"),
+        ("overwritten", lambda: data.write_bytes(b"\xff" * data.stat().st_size), "checksum"),
+        ("bad index", lambda: index.write_text("{not json"), "unreadable index"),
+    ]
+    for what, harm, why in damage:
+        harm()
+        msgs = []
+        c = _open(src, root, say=msgs.append)
+        assert c.built, what
+        assert any("not usable" in m and why in m for m in msgs), (what, msgs)
+        assert torch.equal(c.images, want), what
+
+
+def _concurrent_builder(src, root, q):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        msgs = []
+        c = open_cache(describe_source(str(src), "auto", 32), root=root, progress=False, say=msgs.append,
+                       num_workers=1)
+        q.put((c.built, c.images.numpy().tobytes(), msgs))
+
+
+def test_two_concurrent_builders_leave_one_valid_cache(tmp_path, monkeypatch):
+    src = _folder(tmp_path / "imgs", n=12)
+    root = tmp_path / "cache"
+    real_build = cache_mod._build
+
+    def slow_build(*a, **kw):  # hold the lock long enough that the second process must wait
+        import time
+
+        time.sleep(1.0)
+        return real_build(*a, **kw)
+
+    monkeypatch.setattr(cache_mod, "_build", slow_build)
+    ctx = mp.get_context("fork")  # the children inherit the slowed builder
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_builder, args=(src, root, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    out = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(b for b, _, _ in out) == [False, True]  # one built, the other opened it
+    waited = [m for b, _, msgs in out if not b for m in msgs]
+    assert any("waiting for another process" in m for m in waited), waited
+    want = _direct(src, image_size=32).numpy().tobytes()
+    assert all(x == want for _, x, _ in out)
+    assert sorted(p.suffix for p in root.iterdir()) == [".json", ".lock", ".u8"]
+
+
+# ---- LMDB, crop -----------------------------------------------------------------------------
+
+def test_lmdb_read_cache_and_max_images(tmp_path):
+    rng = np.random.default_rng(4)
+    arrs = [rng.integers(0, 256, (40 + i, 36, 3), dtype=np.uint8) for i in range(7)]
+    blobs = [_png_bytes(a) for a in arrs]
+    blobs[3] = b"corrupt value"
+    src = _lmdb(tmp_path / "bedroom_train_lmdb", blobs)
+    assert detect_format(src) == "lmdb"
+    want = torch.stack([load_image(io.BytesIO(b), 32, 3) for i, b in enumerate(blobs) if i != 3])
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        direct = decode_all(open_dataset(str(src), image_size=32), progress=False)
+    assert torch.equal(direct, want)
+    c = _open(src, tmp_path / "cache")
+    assert c.built and torch.equal(c.images, want) and c.index["num_skipped"] == 1
+    # --max-images: the first N records, in key order, with their own cache
+    c4 = _open(src, tmp_path / "cache", max_images=4)
+    assert c4.built and torch.equal(c4.images, want[:3])
+    # a corrupt LMDB is a one-line error naming it
+    bad = tmp_path / "bad_lmdb"
+    bad.mkdir()
+    (bad / "data.mdb").write_bytes(os.urandom(9000))
+    assert detect_format(bad) == "lmdb"
+    for opener in (lambda: open_dataset(str(bad)), lambda: _open(bad, tmp_path / "cache")):
+        with pytest.raises(DataError, match="bad_lmdb") as e:
+            opener()
+        assert "\n" not in str(e.value)
+
+
+def test_crop_is_a_center_crop_before_the_resize(tmp_path):
+    rng = np.random.default_rng(6)
+    arr = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)  # H 50, W 70
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(arr).save(root / "a.png")
+    # no resize: exactly the numpy center box (left (70-32)//2 = 19, top (50-32)//2 = 9)
+    got = load_image(root / "a.png", 32, 3, crop=32)
+    assert torch.equal(got, torch.from_numpy(arr[9:41, 19:51]).permute(2, 0, 1))
+    # with a resize: PIL's crop then PIL's bicubic resize
+    ref = Image.fromarray(arr).crop((15, 5, 55, 45)).resize((32, 32), Image.Resampling.BICUBIC)
+    got = load_image(root / "a.png", 32, 3, crop=40)
+    assert torch.equal(got, torch.from_numpy(np.asarray(ref)).permute(2, 0, 1))
+    # through the cache, and for MNIST arrays (the same box on a tensor)
+    c = _open(root, tmp_path / "cache", crop=40)
+    assert torch.equal(c.images[0], got)
+    mn = tmp_path / "mnist"
+    mn.mkdir()
+    digits = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    _write_idx(mn / "train-images-idx3-ubyte", digits)
+    x = decode_all(open_dataset(str(mn), image_size=20, crop=20))
+    assert torch.equal(x, torch.from_numpy(digits[:, 4:24, 4:24]).unsqueeze(1))
+    # an image smaller than the crop is skipped; every file too small is an error
+    with pytest.raises(DataError, match="no readable images"):
+        _open(root, tmp_path / "cache", crop=60)
+
+
+# ---- batches --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
+def test_mapped_batches_equal_in_memory_batches(tmp_path, rank, world):
+    rng = np.random.default_rng(7)
+    n, b = 23, 4  # 23 % 8 != 0: epochs end with a dropped remainder
+    path = tmp_path / "x.u8"
+    path.write_bytes(rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8).tobytes())
+    mapped = torch.from_numpy(np.memmap(path, np.uint8, mode="c", shape=(n, 3, 8, 8)))
+    ref = ImageBatcher(mapped.clone(), torch.device("cpu"), torch.Generator().manual_seed(5), rank=rank,
+                       world_size=world)
+    got = MappedBatcher(mapped, torch.device("cpu"), torch.Generator().manual_seed(5), rank=rank,
+                        world_size=world)
+    saved = None
+    for i in range(20):  # several epochs
+        if i == 6:
+            torch.testing.assert_close(peek(got, b), peek(ref, b), rtol=0, atol=0)
+        if i == 9:
+            saved, gstate = got.state_dict(), got.gen.get_state()
+        x, y = got.next(b), ref.next(b)
+        assert torch.equal(x, y), i
+    assert got.epoch == ref.epoch >= 3
+    # restoring a saved position replays the same batches (what --resume does)
+    got.load_state_dict(saved)
+    got.gen.set_state(gstate)
+    ref2 = ImageBatcher(mapped.clone(), torch.device("cpu"), torch.Generator().manual_seed(5), rank=rank,
+                        world_size=world)
+    for i in range(20):
+        y = ref2.next(b)
+        if i >= 9:
+            assert torch.equal(got.next(b), y), i
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_worker(rank, port, src, root, out):
+    from pyfast_gan.fast import distributed as fd
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        fd.init_distributed(device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            src_ = describe_source(src, "auto", 32)
+            c = open_shared(src_, rank=rank, world=2, root=Path(root), progress=False, say=lambda m: None,
+                            num_workers=1)
+        bt = MappedBatcher(c.images, torch.device("cpu"), torch.Generator().manual_seed(3), rank=rank, world_size=2)
+        torch.save({"built": c.built, "batches": [bt.next(3) for _ in range(5)]}, f"{out}.{rank}")
+    finally:
+        fd.cleanup()
+
+
+def test_two_gloo_processes_share_one_cache(tmp_path):
+    src = _folder(tmp_path / "imgs", n=12)
+    root = tmp_path / "cache"
+    out = str(tmp_path / "res")
+    torch.multiprocessing.start_processes(_gloo_worker, args=(_free_port(), str(src), str(root), out), nprocs=2,
+                                          join=True, start_method="fork")
+    r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert (r0["built"], r1["built"]) == (True, False)  # rank 0 built, rank 1 mapped its file
+    assert len(list(root.glob("*.u8"))) == 1
+    # today's result: one process, in memory, global batch 2 x 3
+    one = ImageBatcher(_direct(src, image_size=32), torch.device("cpu"), torch.Generator().manual_seed(3))
+    for x0, x1 in zip(r0["batches"], r1["batches"]):
+        assert torch.equal(torch.cat([x0, x1]), one.next(6))
+
+
+# ---- the trainer ----------------------------------------------------------------------------
+
+TINY = ["--base", "4", "--z-dim", "8", "--batch-size", "4", "--n-critic", "2", "--n-samples", "4",
+        "--no-progress", "--log-every", "1", "--sample-every", "1000", "--image-size", "32",
+        "--no-tensorboard"]
+
+
+def test_resume_is_bitwise_with_the_cache_and_equals_in_memory(tmp_path, one_thread, capsys):
+    from pyfast_gan.train import main
+
+    src = str(_folder(tmp_path / "imgs", n=9))  # 9 good images, batch 4 x 2 critic steps: epochs turn over
+    args = ["--data", src, *TINY]
+    full, part, mem = tmp_path / "full", tmp_path / "part", tmp_path / "mem"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*args, "--data-cache", "on", "--steps", "4", "--out", str(full)]) == 0
+        assert "data cache: decoded 9 images" in capsys.readouterr().err
+        assert main([*args, "--data-cache", "on", "--steps", "2", "--out", str(part)]) == 0
+        assert "data cache: opened" in capsys.readouterr().err
+        assert main(["--resume", str(part), "--steps", "4", "--no-progress"]) == 0
+        assert main([*args, "--data-cache", "off", "--steps", "4", "--out", str(mem)]) == 0
+    ca, cb, cm = (torch.load(p / "checkpoints" / "latest.pt", weights_only=False) for p in (full, part, mem))
+    assert ca["step"] == cb["step"] == 4 and ca["data"]["epoch"] >= 1
+    for key in ("G", "D"):
+        for k in ca[key]:
+            assert torch.equal(ca[key][k], cb[key][k]), (key, k)  # resumed == uninterrupted
+            assert torch.equal(ca[key][k], cm[key][k]), (key, k)  # cached == in memory
+    assert torch.equal(ca["data"]["perm"], cb["data"]["perm"]) and ca["data"]["offset"] == cb["data"]["offset"]
+
+
+def test_errors_name_the_path_and_leave_no_partial_cache(tmp_path, capsys):
+    from pyfast_gan.train import main
+
+    (tmp_path / "empty").mkdir()
+    for data, what in ((tmp_path / "empty", "no images in folder"), (tmp_path / "missing", "does not exist")):
+        with pytest.raises(SystemExit) as e:
+            main(["--data", str(data), "--data-cache", "on", "--out", str(tmp_path / "o"), "--no-progress"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert str(data) in err and what in err
+    # a full disk while building: the file size limit makes writes fail as ENOSPC would
+    src = _folder(tmp_path / "imgs", n=8)
+    root = tmp_path / "cache"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (5000, hard))
+    try:
+        with pytest.raises(DataError, match="cannot build the data cache") as e:
+            _open(src, root, num_workers=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert str(src) in str(e.value) and "\n" not in str(e.value)
+    assert not list(root.glob("*.u8*")) and not list(root.glob("*.json*"))  # nothing half-written
+    assert _open(src, root).built  # and the next run builds it
