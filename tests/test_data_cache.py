@@ -23,7 +23,7 @@ from PIL import Image
 from pyfast_gan.data import DataError, decode_all, detect_format, load_image, open_dataset
 from pyfast_gan.data import cache as cache_mod
 from pyfast_gan.data.batch import ImageBatcher, MappedBatcher, peek
-from pyfast_gan.data.cache import TrainingImages, describe_source, open_cache, open_shared
+from pyfast_gan.data.cache import CacheRows, TrainingImages, describe_source, open_cache, open_shared
 
 
 def _folder(root: Path, n: int = 10, seed: int = 0) -> Path:
@@ -283,8 +283,9 @@ def test_crop_is_a_center_crop_before_the_resize(tmp_path):
 
 # ---- batches --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("reader", ["pread", "map"])
 @pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
-def test_mapped_batches_equal_in_memory_batches(tmp_path, rank, world):
+def test_mapped_batches_equal_in_memory_batches(tmp_path, rank, world, reader):
     rng = np.random.default_rng(7)
     n, b = 23, 4  # 23 % 8 != 0: epochs end with a dropped remainder
     path = tmp_path / "x.u8"
@@ -292,8 +293,9 @@ def test_mapped_batches_equal_in_memory_batches(tmp_path, rank, world):
     mapped = torch.from_numpy(np.memmap(path, np.uint8, mode="c", shape=(n, 3, 8, 8)))
     ref = ImageBatcher(mapped.clone(), torch.device("cpu"), torch.Generator().manual_seed(5), rank=rank,
                        world_size=world)
+    rows = CacheRows(path, (n, 3, 8, 8)) if reader == "pread" else None
     got = MappedBatcher(mapped, torch.device("cpu"), torch.Generator().manual_seed(5), rank=rank,
-                        world_size=world)
+                        world_size=world, rows=rows)
     saved = None
     for i in range(20):  # several epochs
         if i == 6:
@@ -312,6 +314,36 @@ def test_mapped_batches_equal_in_memory_batches(tmp_path, rank, world):
         y = ref2.next(b)
         if i >= 9:
             assert torch.equal(got.next(b), y), i
+
+
+def _mapped_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_batches_from_the_cache_leave_the_map_unread(tmp_path):
+    # The trainer's reader (CacheRows, pread) copies batches without faulting the map's pages
+    # in, so resident memory does not grow with the dataset; gathering through the map does.
+    src = _folder(tmp_path / "imgs", n=64)
+    c = _open(src, tmp_path / "cache")
+    path = c.data_path.resolve()
+    bt = MappedBatcher(c.images, torch.device("cpu"), torch.Generator().manual_seed(1), rows=c.rows)
+    seen = torch.cat([bt.next(8) for _ in range(16)])  # two epochs of the 64 images
+    assert seen.shape == (128, 3, 32, 32) and _mapped_rss_kib(path) == 0
+    want = torch.from_numpy(np.fromfile(path, np.uint8).reshape(c.images.shape))
+    assert torch.equal(c.rows.gather(torch.tensor([5, 0, 63, 5])), want[[5, 0, 63, 5]])
+    assert torch.equal(c.images.index_select(0, torch.arange(64)), want)
+    assert _mapped_rss_kib(path) > 0  # the check itself can fail: the map does become resident
+    with pytest.raises(DataError, match="shorter than its index"):
+        CacheRows(path, (65,) + tuple(want.shape[1:])).gather(torch.tensor([64]))
 
 
 def _free_port() -> int:
@@ -333,7 +365,8 @@ def _gloo_worker(rank, port, src, root, out):
             src_ = describe_source(src, "auto", 32)
             c = open_shared(src_, rank=rank, world=2, root=Path(root), progress=False, say=lambda m: None,
                             num_workers=1)
-        bt = MappedBatcher(c.images, torch.device("cpu"), torch.Generator().manual_seed(3), rank=rank, world_size=2)
+        bt = MappedBatcher(c.images, torch.device("cpu"), torch.Generator().manual_seed(3), rank=rank, world_size=2,
+                           rows=c.rows)
         torch.save({"built": c.built, "batches": [bt.next(3) for _ in range(5)]}, f"{out}.{rank}")
     finally:
         fd.cleanup()

@@ -26,20 +26,24 @@ class ImageBatcher:
         self.device = device
         self.gen = generator
         self.memory_format = memory_format
-        self.on_device = True
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if data.numel() < 0.5 * free:
-                data = data.to(device)
-            else:
-                self.on_device = False
-                data = data.pin_memory()
-                say(f"dataset ({data.numel() / 2**30:.1f} GiB) does not fit in device memory; "
-                    "streaming batches from pinned host memory")
-        self.data = data
+        self.data = self._place(data, say)
         self.epoch = 0
         self.offset = 0
         self.perm = torch.randperm(self.n, generator=self.gen)
+
+    def _place(self, data: torch.Tensor, say) -> torch.Tensor:
+        """Where the images live: on the device when they fit in half its free memory, else
+        pinned host memory; sets ``on_device``."""
+        self.on_device = True
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if data.numel() < 0.5 * free:
+                return data.to(self.device)
+            self.on_device = False
+            data = data.pin_memory()
+            say(f"dataset ({data.numel() / 2**30:.1f} GiB) does not fit in device memory; "
+                "streaming batches from pinned host memory")
+        return data
 
     def next(self, batch_size: int) -> torch.Tensor:
         """This process's batch of ``batch_size`` from the next global batch."""
@@ -85,35 +89,41 @@ class MappedBatcher(ImageBatcher):
     a run gives the same batches, and resumes the same way, with or without the cache), but
     each batch is gathered from the map, pinned and copied to the device by a background
     thread one batch ahead, overlapping the step; a rank reads only its own slice. A dataset
-    that fits in half the free device memory is copied there whole instead (today's path)."""
+    that fits in half the free device memory is copied there whole instead (today's path).
+
+    ``rows``: the cache's :class:`~pyfast_gan.data.cache.CacheRows`, which reads each batch
+    with ``pread`` so the map's pages never become resident (peak memory flat in the dataset
+    size); without it batches are gathered from ``data`` itself."""
 
     def __init__(self, data: torch.Tensor, device: torch.device, generator: torch.Generator,
                  memory_format=torch.contiguous_format, rank: int = 0, world_size: int = 1,
-                 say=print):
-        self.rank, self.world = rank, world_size
-        self.n = data.shape[0]
-        self.device = device
-        self.gen = generator
-        self.memory_format = memory_format
-        self.on_device = False
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if data.numel() < 0.5 * free:
-                self.on_device = True
-                data = data.to(device)
-        self.data = data
-        self.epoch = 0
-        self.offset = 0
-        self.perm = torch.randperm(self.n, generator=self.gen)
+                 say=print, rows=None):
+        self.rows = rows
+        super().__init__(data, device, generator, memory_format, rank, world_size, say)
         self._ahead = None  # (indices, future) of the batch being gathered
         self._pool = None
         self._stream = None
 
+    def _place(self, data: torch.Tensor, say) -> torch.Tensor:
+        """On the device when it fits (as ImageBatcher), else left on the map (not pinned:
+        batches are gathered and pinned one at a time)."""
+        self.on_device = False
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if data.numel() < 0.5 * free:
+                self.on_device = True
+                return data.to(self.device)
+        return data
+
     def _load(self, idx: torch.Tensor):
-        x = self.data.index_select(0, idx)  # page faults on the map happen here, off the step
-        if self.device.type != "cuda":
+        cuda = self.device.type == "cuda"
+        if self.rows is not None:  # file reads happen here, off the step
+            x = self.rows.gather(idx, pin=cuda)
+        else:
+            x = self.data.index_select(0, idx)
+            x = x.pin_memory() if cuda else x
+        if not cuda:
             return x, None
-        x = x.pin_memory()
         with torch.cuda.stream(self._stream):
             x = x.to(self.device, non_blocking=True)
             ev = torch.cuda.Event()

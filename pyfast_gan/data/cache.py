@@ -1,8 +1,9 @@
 """The decoded-dataset cache (issue 14): a data PATH (image folder, LMDB, MNIST, CIFAR-10)
 is decoded once, in worker processes, into one uint8 file of N x C x S x S images plus a
 small JSON index, under ``$PYFAST_GAN_CACHE/data`` (default ``~/.cache/pyfast_gan/data``).
-Later runs, and every torchrun rank, memory-map that file instead of decoding again, so
-start-up time and resident memory do not grow with the dataset.
+Later runs, and every torchrun rank, open that file instead of decoding again (training
+batches are read from it with ``pread``; whole-dataset readers get a memory map), so start-up
+time and resident memory do not grow with the dataset.
 
 The cache key hashes the settings (image size, channels, crop, max_images) with a content
 fingerprint of the source (folder: every file's relative path, size and mtime; LMDB:
@@ -24,6 +25,7 @@ import multiprocessing as mp
 import os
 import time
 import warnings
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,15 +314,40 @@ def _build(source: Source, data: Path, index: Path, num_workers: int, progress: 
         f"into {data}")
 
 
+class CacheRows:
+    """Batches read from the cache file with ``pread``: each image is copied from the page
+    cache straight into the batch's own (optionally pinned) buffer, so no page of the file is
+    mapped into the process. Gathering through the memory map instead leaves every page it
+    touched (and the kernel's read-around) resident, which grows with the dataset."""
+
+    def __init__(self, path: Path, shape):
+        self.path, self.shape = Path(path), tuple(int(s) for s in shape)
+        self.row = int(np.prod(self.shape[1:]))
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+    def gather(self, idx: torch.Tensor, pin: bool = False) -> torch.Tensor:
+        """uint8 (len(idx), C, S, S): the rows ``idx`` of the file, in that order."""
+        out = torch.empty((idx.numel(),) + self.shape[1:], dtype=torch.uint8, pin_memory=pin)
+        buf = out.numpy()
+        for j, i in enumerate(idx.tolist()):
+            if os.preadv(self.fd, [buf[j]], i * self.row) != self.row:
+                raise DataError(f"data cache {self.path} is shorter than its index says "
+                                f"(image {i} of {self.shape[0]}); delete it to rebuild")
+        return out
+
+
 @dataclass
 class DataCache:
     """An opened cache: ``images`` is a uint8 (N, C, S, S) tensor over the memory-mapped file
-    (copy-on-write: pages are read from the file on demand and shared by every process)."""
+    (copy-on-write: pages are read from the file on demand and shared by every process), for
+    whole-dataset readers (the evaluator); ``rows`` reads training batches without the map."""
 
     data_path: Path
     index: dict
     images: torch.Tensor
     built: bool
+    rows: CacheRows
 
     @property
     def num_skipped(self) -> int:
@@ -329,7 +356,7 @@ class DataCache:
 
 def _map(data: Path, idx: dict, built: bool) -> DataCache:
     arr = np.memmap(data, dtype=np.uint8, mode="c", shape=tuple(idx["shape"]))
-    return DataCache(data, idx, torch.from_numpy(arr), built)
+    return DataCache(data, idx, torch.from_numpy(arr), built, CacheRows(data, idx["shape"]))
 
 
 def open_cache(source: Source, *, num_workers: int = 0, progress: bool = True, say=print,
@@ -445,12 +472,13 @@ class TrainingImages:
         return self.count
 
     def load(self, *, num_workers: int = 0, progress: bool = True, say=print, rank: int = 0,
-             world: int = 1) -> tuple[torch.Tensor, bool]:
-        """(images, True when they are a memory map of the cache)."""
+             world: int = 1) -> tuple[torch.Tensor, CacheRows | None]:
+        """(images, rows): the decoded images, and the cache's batch reader when they are a
+        memory map of the cache (None when they were decoded into memory)."""
         from . import decode_all
 
         if self.source is None:
-            return decode_all(self.ds, num_workers=num_workers, progress=progress), False
+            return decode_all(self.ds, num_workers=num_workers, progress=progress), None
         t0 = time.perf_counter()
         c = open_shared(self.source, rank=rank, world=world, num_workers=num_workers, progress=progress,
                         say=say, root=self.root)
@@ -458,4 +486,4 @@ class TrainingImages:
             say(f"data cache: opened {c.data_path} ({c.images.shape[0]} images, {self.image_size}x"
                 f"{self.image_size}) in {time.perf_counter() - t0:.2f} s"
                 + (f"; {c.num_skipped} unreadable file(s) were skipped when it was built" if c.num_skipped else ""))
-        return c.images, True
+        return c.images, c.rows

@@ -398,10 +398,13 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
             batcher = PairBatcher(ImageBatcher(a_u8, device, data_gen, memory_format, rank, world, say=say),
                                   ImageBatcher(b_u8, device, data_gen, memory_format, rank, world, say=say))
         else:
-            real_u8, mapped = images.load(num_workers=cfg.num_workers, progress=cfg.progress and rank == 0,
-                                          say=say, rank=rank, world=world)
-            batcher = (MappedBatcher if mapped else ImageBatcher)(real_u8, device, data_gen, memory_format,
-                                                                   rank, world, say=say)
+            real_u8, rows = images.load(num_workers=cfg.num_workers, progress=cfg.progress and rank == 0,
+                                        say=say, rank=rank, world=world)
+            if rows is None:
+                batcher = ImageBatcher(real_u8, device, data_gen, memory_format, rank, world, say=say)
+            else:
+                batcher = MappedBatcher(real_u8, device, data_gen, memory_format, rank, world, say=say,
+                                        rows=rows)
     # Record the sizes the data decided, so config.json (and resume) is complete.
     auto_arch = LOSS_ARCH.get(cfg.loss, "dcgan")
     cfg = dataclasses.replace(cfg, image_size=image_size, channels=channels,
