@@ -45,6 +45,7 @@ def _assert_grads_close(got, ref, rtol=1e-4):
 
 
 @pytest.mark.skipif(not fc.has_trace_autograd_ops(), reason="torch lacks trace_autograd_ops")
+@pytest.mark.slow  # ~30 s of inductor compilation of a conv critic's double backward on 2 cores
 def test_compiled_wgan_gp_conv_critic_matches_eager():
     torch.manual_seed(3)
     critic = DCGANCritic(32, 3, base=4, norm="layer")
