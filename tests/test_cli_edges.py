@@ -1,14 +1,19 @@
 """The edge of the command lines (issue 15): nothing overwritten or lost, bad input is a
 one-line error with exit code 2 (never a traceback), flags that do nothing are named, and
 TensorBoard logs. Every case runs the commands' real entry points (``main(argv)`` of
-pyfast_gan.train/sample/evaluate) in a fresh interpreter; cases that share an environment share
-one interpreter (``cli_many``), since starting torch costs seconds per process on this CPU."""
+pyfast_gan.train/sample/evaluate), in process, or in one fresh interpreter per environment when
+a case needs its own (``cli_many(..., env=)``): starting torch costs seconds per process on this
+CPU. One case runs ``python -m`` itself."""
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -31,41 +36,50 @@ def cli(module: str, *argv, env=None, cwd=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-_DRIVER = r"""
-import contextlib, importlib, io, json, os, sys, traceback
-results = []
-for module, argv, cwd in json.load(sys.stdin):
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    here = os.getcwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = importlib.import_module("pyfast_gan." + module).main(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        err.write(traceback.format_exc())
-        code = 1
-    finally:
-        os.chdir(here)
-    results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
-print(json.dumps(results))
-"""
+def _run_cases(payload) -> list[dict]:
+    """Each ``(module, argv, cwd)`` through ``pyfast_gan.<module>.main(argv)`` as ``python -m``
+    would run it: the exit code from the return value or SystemExit, an uncaught exception a
+    traceback on stderr and exit 1; stdout and stderr captured per case."""
+    results = []
+    for module, argv, cwd in payload:
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        here = os.getcwd()
+        try:
+            if cwd:
+                os.chdir(cwd)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = importlib.import_module("pyfast_gan." + module).main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            err.write(traceback.format_exc())
+            code = 1
+        finally:
+            os.chdir(here)
+        results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+    return results
+
+
+_DRIVER = ("import json, sys; sys.path.insert(0, sys.argv[1]); from test_cli_edges import _run_cases; "
+           "print(json.dumps(_run_cases(json.load(sys.stdin))))")
 
 
 def cli_many(*cases, env=None) -> list[subprocess.CompletedProcess]:
     """Run each ``(module, argv)`` or ``(module, argv, cwd)`` through ``pyfast_gan.<module>.main``
-    in one fresh interpreter, one after the other, as ``python -m`` would (exit code from the
-    return value or SystemExit; an uncaught exception is a traceback on stderr, exit 1)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    env = {k: v for k, v in env.items() if v is not None}  # None: unset
+    one after the other (:func:`_run_cases`): in this process, or, when ``env`` is given, in one
+    fresh interpreter with that environment (None unsets a variable)."""
     payload = [(m, list(map(str, argv)), str(rest[0]) if rest else None) for m, argv, *rest in cases]
-    r = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(payload), capture_output=True,
-                       text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    if env is None:
+        results = _run_cases(payload)
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+        env = {k: v for k, v in env.items() if v is not None}
+        r = subprocess.run([sys.executable, "-c", _DRIVER, str(Path(__file__).parent)],
+                           input=json.dumps(payload), capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results = json.loads(r.stdout.splitlines()[-1])
     return [subprocess.CompletedProcess([m, *argv], d["returncode"], d["stdout"], d["stderr"])
-            for (m, argv, _), d in zip(payload, json.loads(r.stdout.splitlines()[-1]))]
+            for (m, argv, _), d in zip(payload, results)]
 
 
 def assert_usage_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -268,7 +282,7 @@ def test_help_shows_the_defaults_runs_get():
 
 
 # -- 10: evaluate on image data ------------------------------------------------------------------
-def test_evaluate_image_run_without_or_with_bad_weights(tmp_path):
+def test_evaluate_image_run_without_or_with_bad_weights(tmp_path, monkeypatch):
     from PIL import Image
     import numpy as np
 
@@ -279,12 +293,12 @@ def test_evaluate_image_run_without_or_with_bad_weights(tmp_path):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     run = tmp_path / "run"
     assert train_main(["--data", str(folder), "--image-size", "32", "--steps", "1", "--out", str(run), *TINY]) == 0
-    env = {"TORCH_HOME": str(tmp_path / "torch_home"), "PYFAST_GAN_INCEPTION_WEIGHTS": None}
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no Inception weights anywhere
+    monkeypatch.delenv("PYFAST_GAN_INCEPTION_WEIGHTS", raising=False)
     bogus = tmp_path / "weights.pth"
     bogus.write_text("not weights")
     r_none, r_bogus = cli_many(("evaluate", ["--checkpoint", run, "--n", "16"]),
-                               ("evaluate", ["--checkpoint", run, "--n", "16", "--inception-weights", bogus]),
-                               env=env)
+                               ("evaluate", ["--checkpoint", run, "--n", "16", "--inception-weights", bogus]))
     assert_usage_error(r_none, "nothing to measure", "fid")
     assert_usage_error(r_bogus, str(bogus), "not a torch weights file")
 
