@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import DataError, ImageDataset, TensorImageDataset, decode_all, to_float
+from ._common import DataError, ImageDataset, TensorImageDataset, check_crop_max_images, decode_all, to_float
 from .cifar import cifar10_dataset, find_cifar_batches
 from .digits import digits_dataset
 from .images import IMAGE_EXTENSIONS, ImageFolderDataset, load_image
@@ -67,8 +67,7 @@ def open_dataset(
     digits/mnist, 3 for cifar10/folders/lmdb). ``crop`` > 0: center crop to crop x crop
     before the resize; ``max_images`` > 0: the first N images only.
     """
-    if crop < 0 or max_images < 0:
-        raise DataError(f"crop and max_images must be >= 0, got {crop} and {max_images}")
+    check_crop_max_images(crop, max_images)
     if data_format not in DATA_FORMATS:
         raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     if not isinstance(spec, (str, Path)) or str(spec) == "":

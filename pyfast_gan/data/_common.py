@@ -89,6 +89,12 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot convert {c} channels to {channels}")
 
 
+def check_crop_max_images(crop: int, max_images: int) -> None:
+    """--crop and --max-images: 0 (off) or positive."""
+    if crop < 0 or max_images < 0:
+        raise DataError(f"crop and max_images must be >= 0, got {crop} and {max_images}")
+
+
 def center_crop_uint8(x: torch.Tensor, crop: int, source: str = "") -> torch.Tensor:
     """uint8 (N, C, H, W) -> (N, C, crop, crop), the box :func:`~.images.load_image` crops
     (left = (W - crop) // 2, top = (H - crop) // 2); crop 0 returns x."""

@@ -31,13 +31,17 @@ class ImageBatcher:
         self.offset = 0
         self.perm = torch.randperm(self.n, generator=self.gen)
 
+    def _fits_on_device(self, data: torch.Tensor) -> bool:
+        """Whether the whole dataset fits in half the device's free memory."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return data.numel() < 0.5 * free
+
     def _place(self, data: torch.Tensor, say) -> torch.Tensor:
         """Where the images live: on the device when they fit in half its free memory, else
         pinned host memory; sets ``on_device``."""
         self.on_device = True
         if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if data.numel() < 0.5 * free:
+            if self._fits_on_device(data):
                 return data.to(self.device)
             self.on_device = False
             data = data.pin_memory()
@@ -107,13 +111,8 @@ class MappedBatcher(ImageBatcher):
     def _place(self, data: torch.Tensor, say) -> torch.Tensor:
         """On the device when it fits (as ImageBatcher), else left on the map (not pinned:
         batches are gathered and pinned one at a time)."""
-        self.on_device = False
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if data.numel() < 0.5 * free:
-                self.on_device = True
-                return data.to(self.device)
-        return data
+        self.on_device = self.device.type == "cuda" and self._fits_on_device(data)
+        return data.to(self.device) if self.on_device else data
 
     def _load(self, idx: torch.Tensor):
         cuda = self.device.type == "cuda"

@@ -109,7 +109,7 @@ def describe_source(spec: str, data_format: str = "auto", image_size: int | None
     """The cache's view of a data PATH (None for the embedded digits, which is not cached).
     Cheap: lists and stats files, reads no pixels. DataError as open_dataset gives them."""
     from . import DATA_FORMATS, detect_format
-    from ._common import check_size_channels
+    from ._common import check_crop_max_images, check_size_channels
     from .cifar import find_cifar_batches
     from .images import IMAGE_EXTENSIONS, list_images
     from .lmdb_images import LMDBDataset, is_lmdb, lmdb_entries
@@ -119,8 +119,7 @@ def describe_source(spec: str, data_format: str = "auto", image_size: int | None
         return None
     if data_format not in DATA_FORMATS:
         raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    if crop < 0 or max_images < 0:
-        raise DataError(f"crop and max_images must be >= 0, got {crop} and {max_images}")
+    check_crop_max_images(crop, max_images)
     p = Path(spec)
     kind = detect_format(p) if data_format == "auto" else data_format
     if not p.exists():

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from .batch import ImageBatcher
 
-DOMAINS = ("negative", "edges")
 # On the 3x3 morphological gradient of the [0, 1] image. The upscaled 8x8 digits are soft:
 # at 0.5 their outlines break into fragments, at 0.3 they are closed (looked at, 32 px).
 EDGE_THRESHOLD = 0.3
@@ -33,6 +32,7 @@ def edges(x: torch.Tensor) -> torch.Tensor:
 
 
 TRANSFORMS = {"negative": negative, "edges": edges}
+DOMAINS = tuple(TRANSFORMS)
 
 
 def _u8(fn, x: torch.Tensor) -> torch.Tensor:

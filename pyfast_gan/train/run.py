@@ -24,15 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyfast_gan.data.batch import ImageBatcher, MappedBatcher, ToyBatcher, peek
+from pyfast_gan.data.batch import ImageBatcher, ToyBatcher, peek
 from pyfast_gan.fast import distributed as dist_mod
 from pyfast_gan.fast.step import GANStep, build_optimizers, fit_loaded_state, set_lr
 from pyfast_gan.losses import get_loss
 from pyfast_gan.models import EMA, build_models
 
 from . import checkpoint as ckpt_mod
-from .plateau import PlateauDecay
 from .config import LOSS_ARCH, TOY_DATA, TrainConfig, default_out_dir
+from .inputs import build_inputs
+from .plateau import PlateauDecay
 
 CHECKPOINT_VERSION = 2
 
@@ -60,14 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def toy_std(sampler, name: str) -> float:
-    std = getattr(sampler, "std", None)
-    if std is not None:
-        return float(std)
-    # The WGAN-GP toy code's noise, after its final rescaling.
-    return {"8gaussians": 0.02 / 1.414, "25gaussians": 0.05 / 2.828}.get(name, 0.05)
 
 
 def usable_amp(cfg: TrainConfig, device: torch.device, G, D, say) -> str:
@@ -344,67 +337,8 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     seed_everything(cfg.seed)
 
     # ---- data ------------------------------------------------------------------------
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    memory_format = torch.channels_last if (cfg.channels_last and not is_toy) else torch.contiguous_format
-    if cfg.channels_last and is_toy:
-        say("--channels-last: no effect on 2-D toy data; ignored")
-    toy, real_u8 = None, None
-    if is_toy:
-        from pyfast_gan.data import ToySampler
-
-        sampler = ToySampler(cfg.data)
-        batcher = ToyBatcher(sampler, device, data_gen, rank, world)
-        image_size, channels = 0, 0
-        real_pts = sampler.sample(2000, generator=torch.Generator().manual_seed(cfg.seed + 11))
-        toy = (real_pts, getattr(sampler, "modes", None), toy_std(sampler, cfg.data))
-    else:
-        from pyfast_gan.data import decode_all, open_dataset
-
-        from pyfast_gan.data.cache import TrainingImages
-
-        # The decoded-dataset cache (issue 14) for one domain; CoGAN reads its two in memory.
-        images = TrainingImages(cfg.data, data_format=cfg.data_format, image_size=cfg.image_size or None,
-                                channels=cfg.channels or None, crop=cfg.crop, max_images=cfg.max_images,
-                                cache="off" if cfg.loss == "cogan" else cfg.data_cache,
-                                progress=cfg.progress and rank == 0)
-        ds = images.ds if images.ds is not None else images  # len, image_size, channels before decoding
-        if cfg.loss == "cogan":
-            # Batches of (A, B) side by side in the channels, unpaired (data/cogan.py); the
-            # size check below applies to the smaller domain.
-            from pyfast_gan.data.cogan import digit_domains
-
-            if cfg.data_b:
-                a_u8 = decode_all(ds, num_workers=cfg.num_workers, progress=cfg.progress and rank == 0)
-                ds_b = open_dataset(cfg.data_b, image_size=ds.image_size, channels=ds.channels)
-                b_u8 = decode_all(ds_b, num_workers=cfg.num_workers, progress=cfg.progress and rank == 0)
-            else:
-                a_u8, b_u8 = digit_domains(decode_all(ds), cfg.cogan_domain, cfg.seed + 17)
-            from pyfast_gan.data import TensorImageDataset
-
-            ds = TensorImageDataset(a_u8 if len(a_u8) <= len(b_u8) else b_u8, source=cfg.data)
-        if len(ds) < cfg.batch_size * world:
-            raise ValueError(f"--batch-size {cfg.batch_size}"
-                             + (f" x {world} processes" if world > 1 else "")
-                             + f" is larger than the dataset ({len(ds)} images in {cfg.data!r})")
-        image_size, channels = ds.image_size, ds.channels
-        sizes = (32, 64, 96, 128)
-        if image_size not in sizes:
-            raise ValueError(f"--image-size: the data's size {image_size} is not supported "
-                             f"by the models; pass --image-size one of {sizes}")
-        if cfg.loss == "cogan":
-            from pyfast_gan.data.cogan import PairBatcher
-
-            real_u8 = a_u8
-            batcher = PairBatcher(ImageBatcher(a_u8, device, data_gen, memory_format, rank, world, say=say),
-                                  ImageBatcher(b_u8, device, data_gen, memory_format, rank, world, say=say))
-        else:
-            real_u8, rows = images.load(num_workers=cfg.num_workers, progress=cfg.progress and rank == 0,
-                                        say=say, rank=rank, world=world)
-            if rows is None:
-                batcher = ImageBatcher(real_u8, device, data_gen, memory_format, rank, world, say=say)
-            else:
-                batcher = MappedBatcher(real_u8, device, data_gen, memory_format, rank, world, say=say,
-                                        rows=rows)
+    inputs = build_inputs(cfg, device, rank, world, say)
+    image_size, channels, memory_format = inputs.image_size, inputs.channels, inputs.memory_format
     # Record the sizes the data decided, so config.json (and resume) is complete.
     auto_arch = LOSS_ARCH.get(cfg.loss, "dcgan")
     cfg = dataclasses.replace(cfg, image_size=image_size, channels=channels,
@@ -444,9 +378,9 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     # Fixed noise for sample grids: its own generator, so drawing it never moves the
     # training RNG streams.
     fixed_noise = torch.randn(cfg.n_samples, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
-    run = Run(cfg=cfg, device=device, rank=rank, world=world, batcher=batcher, data_gen=data_gen,
+    run = Run(cfg=cfg, device=device, rank=rank, world=world, batcher=inputs.batcher, data_gen=inputs.data_gen,
               G=G, D=D, opt_g=opt_g, opt_d=opt_d, ema=ema, step=step, fixed_noise=fixed_noise.to(device),
-              say=say, toy=toy, real_u8=real_u8,
+              say=say, toy=inputs.toy, real_u8=inputs.real_u8,
               plateau=PlateauDecay(cfg.plateau_steps, device) if cfg.lr_decay == "plateau" else None)
     if cfg.resume:
         path = ckpt_mod.find_checkpoint(cfg.resume)
