@@ -136,7 +136,8 @@ class GANStep:
         # One loss object for both objectives: a stateful loss (BEGAN's k_t) is updated by
         # the step after each applied update (after_critic / after_generator, on the device)
         # and checkpointed with the run (loss_state_dict).
-        self.loss_fn = loss.to(self.device) if getattr(loss, "stateful", False) else loss
+        self.stateful_loss = getattr(loss, "stateful", False)
+        self.loss_fn = loss.to(self.device) if self.stateful_loss else loss
         self.objective = CriticObjective(loss, gp_weight=gp_weight, lazy_gp=lazy_gp, compile=compile,
                                          compile_penalty=compile_penalty, amp=amp,
                                          scaler=self.scaler_d, impl=impl, verify=verify)
@@ -168,7 +169,7 @@ class GANStep:
         skipped, gnorm = self._update(self.D, self.opt_d, self.scaler_d, loss, 0)
         if self.clip_after is not None:  # a skipped step left the weights as they were
             pyfast_gan.clip_weights_(self._params(self.D), self.clip_after, impl=self.impl)
-        if getattr(self.loss_fn, "stateful", False):
+        if self.stateful_loss:
             stats = {**stats, **self.loss_fn.after_critic(stats, skipped)}
         return {"loss_d": loss.detach().float(), **stats, "grad_norm_d": gnorm, "skipped": skipped}
 
@@ -189,17 +190,17 @@ class GANStep:
             self.ema.update(self.G, skip=skipped)
         out = {"loss_g": loss.detach().float()}
         out.update({f"g_{k}": v for k, v in stats.items()})
-        if getattr(self.loss_fn, "stateful", False):
+        if self.stateful_loss:
             out.update(self.loss_fn.after_generator(stats, skipped))  # BEGAN: k_t, m_global
         out.update(grad_norm_g=gnorm, skipped=skipped)
         return out
 
     def loss_state_dict(self) -> dict | None:
         """A stateful loss's state (BEGAN's k_t) for the checkpoint, else None."""
-        return self.loss_fn.state_dict() if getattr(self.loss_fn, "stateful", False) else None
+        return self.loss_fn.state_dict() if self.stateful_loss else None
 
     def load_loss_state(self, state: dict | None) -> None:
-        if getattr(self.loss_fn, "stateful", False):
+        if self.stateful_loss:
             if state is None:
                 raise ValueError("the checkpoint has no state for the stateful loss "
                                  f"{self.loss_fn.name!r}")
