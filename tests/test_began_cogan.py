@@ -280,8 +280,26 @@ def test_presets_fill_only_unset_fields_on_digits(loss):
     (["--loss", "dcgan", "--arch", "cogan"], "go with --loss cogan"),
     (["--loss", "dcgan", "--lr-decay", "plateau"], "--loss began only"),
     (["--loss", "began", "--began-gamma", "0"], "--began-gamma"),
+    (["--loss", "began", "--began-k0", "1.5"], "--began-k0"),
+    (["--loss", "began", "--began-k0", "-0.1"], "--began-k0"),
+    (["--loss", "began", "--began-k0", "nan"], "--began-k0"),
 ])
 def test_bad_combinations_are_clear_errors(tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit):
         main([*argv, "--out", str(tmp_path / "x"), "--steps", "1", "--no-progress"])
     assert match in capsys.readouterr().err
+
+
+def test_began_k0_starts_the_balance_term(tmp_path):
+    """--began-k0: the first step's k_t is k_0 moved once by the formula (so k_0 was used,
+    not 0), from the step's own logged L(x) and L(G(z_G))."""
+    out = tmp_path / "k0"
+    k0, gamma, lam = 0.3, 0.5, 0.01
+    assert main(["--loss", "began", *TINY, "--steps", "2", "--log-every", "1", "--began-k0", str(k0),
+                 "--began-lambda-k", str(lam), "--out", str(out)]) == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "loss_d" in x]
+    first = recs[0]
+    want = min(max(k0 + lam * (gamma * first["d_real"] - first["g_d_fake"]), 0.0), 1.0)
+    assert first["k_t"] == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert abs(first["k_t"] - k0) < 0.05 and first["k_t"] > 0.2
+    assert json.loads((out / "config.json").read_text())["began_k0"] == k0

@@ -309,3 +309,36 @@ def test_compare_study_tiny_end_to_end_and_reuse(tmp_path):
     mtime = os.path.getmtime(out / "runs" / "25gaussians" / "dcgan" / "checkpoints" / "latest.pt")
     assert main(argv) == 0
     assert os.path.getmtime(out / "runs" / "25gaussians" / "dcgan" / "checkpoints" / "latest.pt") == mtime
+
+
+@pytest.mark.slow
+def test_compare_extension_tiny_end_to_end(tmp_path):
+    """The extension section alone: both BEGAN runs (the paper's settings and the one with
+    flags), a CoGAN run; every BEGAN run gets its convergence panels and the flags of a run
+    that departs from the paper are printed in the report."""
+    from pyfast_gan.experiments.compare import EXTENSION, main
+
+    out = tmp_path / "ext"
+    tuned = next(n for n, (loss, flags) in EXTENSION.items() if loss == "began" and flags)
+    argv = ["compare", "--section", "extension", "--ext-runs", "began", tuned, "cogan-negative", "--steps", "3",
+            "--eval-every", "3", "--eval-n", "200", "--final-n", "300", "--jobs", "2", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())["extension"]
+    report = (out / "README.md").read_text()
+    assert [r["run"] for r in res["runs"]] == ["began", tuned]
+    assert [r["run"] for r in res["cogan"]] == ["cogan-negative"]
+    for r in res["runs"]:
+        assert r["steps"] == 3 and r["loss"] == "began"
+        assert f"| {r['run']} | began | 3 |" in report
+        assert 0.0 <= r["final_k"] <= 1.0 and r["final_m"] > 0
+    # the tuned run really trained with its flags: its config says so, the paper run's does not
+    cfgs = {n: json.loads((out / "runs" / "digits" / n / "config.json").read_text()) for n in ("began", tuned)}
+    flags = EXTENSION[tuned][1]
+    gamma = float(flags[flags.index("--began-gamma") + 1])
+    assert cfgs[tuned]["began_gamma"] == gamma != cfgs["began"]["began_gamma"] == 0.5
+    assert f"- {tuned}: `{' '.join(flags)}`" in report
+    assert "- began: `" not in report  # the paper-settings run has no flags to list
+    c = res["cogan"][0]["correspondence"]
+    assert 0.0 <= c["shuffled"] <= 1.0 and 0.0 <= c["paired"] <= 1.0
+    assert (out / "began_convergence.png").stat().st_size > 1000

@@ -79,6 +79,8 @@ class TrainConfig:
     began_gamma: float = _f(0.5, "BEGAN: diversity ratio gamma = E[L(G(z))] / E[L(x)] the k_t "
                             "balance aims at.")
     began_lambda_k: float = _f(0.001, "BEGAN: learning rate lambda_k of the balance term k_t.")
+    began_k0: float = _f(0.0, "BEGAN: initial value k_0 of the balance term, in [0, 1] (the paper: 0; "
+                         "a resumed run continues from its checkpoint's k_t).")
     cogan_domain: str = _f("negative", "CoGAN on the embedded digits: the second domain, the "
                            "digits' negatives or their edge images (the first is the digits; the "
                            "two are drawn from disjoint halves, so no pair is ever seen).",
@@ -449,6 +451,7 @@ def ignored_flags(cfg: TrainConfig, explicit: set[str]) -> list[str]:
     if not loss.uses_clipping and "clip_value" in explicit:
         out.append(f"--clip-value: no effect with --loss {cfg.loss} (only wgan clips the critic); ignored")
     for k, owner in (("began_embed", "began"), ("began_gamma", "began"), ("began_lambda_k", "began"),
+                     ("began_k0", "began"),
                      ("cogan_domain", "cogan"), ("data_b", "cogan")):
         if k in explicit and cfg.loss != owner:
             out.append(f"--{k.replace('_', '-')}: no effect without --loss {owner}; ignored")
@@ -491,6 +494,8 @@ def validate(cfg: TrainConfig) -> None:
         bad("began-gamma", f"must be in (0, 1], got {cfg.began_gamma}")
     if not (math.isfinite(cfg.began_lambda_k) and cfg.began_lambda_k >= 0):
         bad("began-lambda-k", f"must be >= 0 and finite, got {cfg.began_lambda_k}")
+    if not (math.isfinite(cfg.began_k0) and 0 <= cfg.began_k0 <= 1):
+        bad("began-k0", f"must be in [0, 1], got {cfg.began_k0}")
     if is_toy and cfg.arch not in ("auto", "mlp"):
         bad("arch", f"toy data {cfg.data!r} needs the mlp models, not {cfg.arch!r}")
     if not is_toy and cfg.arch == "mlp":

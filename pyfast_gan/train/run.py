@@ -366,8 +366,8 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
         # WGAN keeps the critic in [-c, c] from the first forward on (the reference code
         # clamps before each critic pass).
         pyfast_gan.clip_weights_(D.parameters(), cfg.clip_value, impl=cfg.impl)
-    loss = (get_loss("began", gamma=cfg.began_gamma, lambda_k=cfg.began_lambda_k) if cfg.loss == "began"
-            else cfg.loss)
+    loss = (get_loss("began", gamma=cfg.began_gamma, lambda_k=cfg.began_lambda_k, k0=cfg.began_k0)
+            if cfg.loss == "began" else cfg.loss)
     step = GANStep(G, D, opt_g, opt_d, loss, z_dim=cfg.z_dim, gp_weight=cfg.gp_weight,
                    lazy_gp=cfg.lazy_gp, clip_after=clip_after, amp=amp,
                    channels_last=memory_format is torch.channels_last, compile=cfg.compile,
