@@ -303,3 +303,33 @@ def test_began_k0_starts_the_balance_term(tmp_path):
     assert first["k_t"] == pytest.approx(want, rel=1e-5, abs=1e-7)
     assert abs(first["k_t"] - k0) < 0.05 and first["k_t"] > 0.2
     assert json.loads((out / "config.json").read_text())["began_k0"] == k0
+
+
+@pytest.mark.slow
+def test_began_compiled_step_reads_the_current_k():
+    """--compile with BEGAN (about a minute of inductor compilation on 2 cores): both
+    objectives compile, every critic loss is L(x) - k_t L(G(z_D)) with the k_t of that very
+    step (k_t moves every step here, so a value frozen into the graph would show), and the
+    k_t trajectory matches eager's within float reassociation."""
+    from pyfast_gan.train.config import parse_args, resolve
+    from pyfast_gan.train.run import build
+
+    def run(*extra):
+        cfg, explicit = parse_args(["--loss", "began", *TINY, "--began-k0", "0.2", "--began-lambda-k", "0.05",
+                                    *extra])
+        return build(resolve(cfg, explicit, cuda_available=False))
+
+    trajectories = []
+    for r in (run(), run("--compile")):
+        B, ks = r.cfg.batch_size, []
+        for _ in range(3):
+            k_before = float(r.step.loss_fn.k)
+            s = r.step.critic_step(r.batcher.next(B))
+            assert float(s["loss_d"]) == pytest.approx(float(s["d_real"]) - k_before * float(s["d_fake"]),
+                                                       rel=1e-5, abs=1e-6)
+            r.step.generator_step(B)
+            ks.append(float(r.step.loss_fn.k))
+        assert len(set(ks)) == 3 and ks[0] != 0.2
+        trajectories.append(ks)
+    assert r.step.objective.mode == "compile", r.step.objective.fallback_reason
+    assert trajectories[1] == pytest.approx(trajectories[0], abs=1e-4)

@@ -62,6 +62,8 @@ CASES = {
                                           "--lazy-gp", "2", *DIGITS],
     # batch 32: test_train_cli's toy --compile runs have these shapes and reuse the graphs
     "wgan-gp --compile": ["--loss", "wgan-gp", "--compile", *TOY, "--batch-size", "32"],
+    "began (k_t updated on the device)": ["--loss", "began", *DIGITS],
+    "cogan": ["--loss", "cogan", *DIGITS],
 }
 
 
@@ -88,7 +90,8 @@ def _state(run):
     """Parameters, buffers and optimizer state, cloned."""
     return copy.deepcopy({"G": run.G.state_dict(), "D": run.D.state_dict(),
                           "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
-                          "ema": run.ema.state_dict()["module"] if run.ema is not None else None})
+                          "ema": run.ema.state_dict()["module"] if run.ema is not None else None,
+                          "loss": run.step.loss_state_dict()})
 
 
 def _equal(a, b) -> bool:
@@ -106,6 +109,7 @@ NONFINITE = {
     "wgan RMSpropClip, batch-norm G and D": ["--loss", "wgan", *DIGITS],
     # batch 32: test_train_cli's toy --compile runs have these shapes and reuse the graphs
     "wgan-gp --compile": ["--loss", "wgan-gp", "--compile", *TOY, "--batch-size", "32"],
+    "began: k_t kept on a skipped step": ["--loss", "began", "--began-k0", "0.3", *DIGITS],
 }
 
 
@@ -123,13 +127,14 @@ def test_poisoned_batch_is_skipped_counted_and_leaves_the_state(case):
     assert float(s["skipped"]) == 1.0 and not math.isfinite(float(s["loss_d"]))
     after = _state(run)
     assert _equal(before["D"], after["D"]) and _equal(before["opt_d"], after["opt_d"])
+    assert _equal(before["loss"], after["loss"])  # BEGAN's L(x) and k_t: not taken from a skipped step
     assert run.step.health() == {"streak_d": 1, "streak_g": 0, "total": 1}
     # a generator step on non-finite noise: skipped, G, its optimizer and the EMA unchanged
     s = run.step.generator_step(B, z=torch.full((B, run.cfg.z_dim), float("nan")))
     assert float(s["skipped"]) == 1.0
     after = _state(run)
     assert _equal(before["G"], after["G"]) and _equal(before["opt_g"], after["opt_g"])
-    assert _equal(before["ema"], after["ema"])
+    assert _equal(before["ema"], after["ema"]) and _equal(before["loss"], after["loss"])
     assert run.step.health() == {"streak_d": 1, "streak_g": 1, "total": 2}
     # training continues: the next good steps apply, the streaks end, the total stays
     s = run.step.critic_step(run.batcher.next(B))
@@ -137,6 +142,8 @@ def test_poisoned_batch_is_skipped_counted_and_leaves_the_state(case):
     assert not _equal(before["D"], _state(run)["D"])
     run.step.generator_step(B)
     assert not _equal(before["G"], _state(run)["G"])
+    if before["loss"] is not None:
+        assert not _equal(before["loss"]["k"], _state(run)["loss"]["k"])  # k_t moves again
     assert run.step.health() == {"streak_d": 0, "streak_g": 0, "total": 2}
     assert all(torch.isfinite(p).all() for p in list(run.G.parameters()) + list(run.D.parameters()))
 
