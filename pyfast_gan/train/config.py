@@ -80,7 +80,10 @@ class TrainConfig:
                             "balance aims at.")
     began_lambda_k: float = _f(0.001, "BEGAN: learning rate lambda_k of the balance term k_t.")
     began_k0: float = _f(0.0, "BEGAN: initial value k_0 of the balance term, in [0, 1] (the paper: 0; "
-                         "a resumed run continues from its checkpoint's k_t).")
+                         "a resumed run continues from its checkpoint's k_t). On the digits' "
+                         "1,200 steps the paper's settings left k_t near 0 and the generator "
+                         "collapsed onto one class; --began-k0 0.15 --began-gamma 1.0 covered "
+                         "9/10 (docs/results/compare).")
     cogan_domain: str = _f("negative", "CoGAN on the embedded digits: the second domain, the "
                            "digits' negatives or their edge images (the first is the digits; the "
                            "two are drawn from disjoint halves, so no pair is ever seen).",
