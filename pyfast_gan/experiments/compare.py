@@ -58,6 +58,7 @@ EXTENSION = {
     "cogan-negative": ("cogan", ["--cogan-domain", "negative"]),
     "cogan-edges": ("cogan", ["--cogan-domain", "edges"]),
 }
+ALL_RUNS = {**RUNS, **EXTENSION}  # run name -> (loss, flags), both sections
 SECTIONS = ("all", "main", "extension")
 DATA = ("digits", "25gaussians")
 # Per-data budget: the trainer's own defaults for that data (pyfast_gan.train.config), the
@@ -117,7 +118,7 @@ def _checkpoint_step(run_dir: Path) -> int:
 
 def train_run(data: str, name: str, args, run_dir: Path) -> dict:
     """Train (or resume, or reuse) one run in its own process; returns its record."""
-    loss, extra = {**RUNS, **EXTENSION}[name]
+    loss, extra = ALL_RUNS[name]
     b = BUDGET[data]
     steps = args.steps or b["steps"]
     done = _checkpoint_step(run_dir)
@@ -447,7 +448,7 @@ def compare(args, argv: list[str]) -> dict:
         return rec
 
     # The longest runs first (BEGAN's auto-encoder critic, WGAN-GP), so the pool ends together.
-    order = sorted(jobs, key=lambda j: {**RUNS, **EXTENSION}[j[1]][0] not in ("began", "wgan-gp"))
+    order = sorted(jobs, key=lambda j: ALL_RUNS[j[1]][0] not in ("began", "wgan-gp"))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         list(ex.map(one, order))
     bar.close()
