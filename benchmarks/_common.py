@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -105,9 +106,13 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def save_results(name: str, device, rows: list[dict], extra: dict | None = None, path: str | None = None) -> str:
     env = environment(device)
-    tag = env["device"].replace(" ", "_").replace("/", "_")[:40]
+    # letters, digits, '.', '_' and '-' only: the names the device tool brings back
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", env["device"]).strip("_")[:40]
     if path is None:
-        outdir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+        # PYFAST_GAN_RESULTS_DIR: scripts/gpu_session.sh writes straight into the device tool's
+        # return folder (and its --dry-run never overwrites the committed results).
+        outdir = os.environ.get("PYFAST_GAN_RESULTS_DIR") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "results")
         os.makedirs(outdir, exist_ok=True)
         path = os.path.join(outdir, f"{name}_{env['device_type']}_{tag}.json")
     with open(path, "w") as f:

@@ -124,6 +124,16 @@ inline void rmsprop_clip_check(at::TensorList params, at::TensorList grads, at::
 
 // found_inf: GradScaler's convention (a 1-element fp32 tensor, nonzero = skip the whole
 // step) on the parameters' device, so the skip is decided without a host sync.
+// ---- any_nonfinite ------------------------------------------------------------------------
+// The four float dtypes the kernels test by exponent bits; float8 and complex are refused on
+// every device (the CUDA kernel used to skip a float8 tensor silently).
+inline void check_nonfinite_tensor(const at::Tensor& t, size_t i, const at::Tensor& first) {
+  const auto st = t.scalar_type();
+  PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "tensors",
+                "every tensor must be floating point (float32/float64/float16/bfloat16), got ", st, " at index ", i);
+  PFG_CHECK_ARG(t.device() == first.device(), "tensors", "all tensors must be on one device");
+}
+
 inline void check_found_inf(const at::Tensor& found_inf, at::Device device) {
   PFG_CHECK_ARG(found_inf.numel() == 1 && found_inf.scalar_type() == at::kFloat, "found_inf",
                 "must be a one-element float32 tensor, got ", found_inf.scalar_type(), " with ", found_inf.numel(),

@@ -15,6 +15,53 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+def impl_device(impl: str) -> str:
+    """The device type whose tensors ``impl`` runs on in this process: CUDA tensors for
+    ``"cuda"``; for ``"triton"`` CUDA tensors when a GPU is present, else CPU tensors (through
+    Triton's interpreter, ``TRITON_INTERPRET=1``); CPU tensors otherwise. A test builds its
+    inputs *on* this device (and only then gives them a layout: ``.to(device)`` makes a strided
+    view contiguous), so the same test runs the kernel it names on a CPU and on a GPU machine."""
+    if impl == "cuda":
+        return "cuda"
+    if impl == "triton":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def impl_unavailable(impl: str, family: str) -> str | None:
+    """Why ``impl`` of an op in native ``family`` ("penalty" or "clip") cannot run on
+    :func:`impl_device`'s tensors here, from the dispatcher's own checks; None when it can."""
+    from .ops._dispatch import native_available, triton_available
+
+    device = torch.device(impl_device(impl))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "needs a CUDA device"
+    if impl == "triton":
+        ok, why = triton_available(device)
+    elif impl in ("cpu", "cuda"):
+        ok, why = native_available(family, device)
+    else:
+        ok, why = True, ""
+    return None if ok else why
+
+
+def impl_param(impl: str, family: str):
+    """``pytest.param(impl, device)`` for tests parametrized by ``"impl,device"``: the device
+    from :func:`impl_device`, skipped with the dispatcher's reason where the impl cannot run,
+    marked ``cuda`` when it runs on the GPU and ``triton`` for the Triton impl (so a GPU
+    session can select the device tests with ``-m "cuda or triton"``)."""
+    import pytest
+
+    device = impl_device(impl)
+    why = impl_unavailable(impl, family)
+    marks = [pytest.mark.skipif(why is not None, reason=f"impl={impl!r} unavailable: {why}")]
+    if device == "cuda":
+        marks.append(pytest.mark.cuda)
+    if impl == "triton":
+        marks.append(pytest.mark.triton)
+    return pytest.param(impl, device, marks=marks, id=f"{impl}-{device}")
+
+
 def tol(dtype: torch.dtype) -> dict[str, float]:
     atol, rtol = TOLERANCES[dtype]
     return {"atol": atol, "rtol": rtol}

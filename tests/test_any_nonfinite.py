@@ -6,7 +6,7 @@ import torch
 
 from pyfast_gan import _native
 from pyfast_gan.ops import any_nonfinite as anf
-from pyfast_gan.testing import make_layout
+from pyfast_gan.testing import impl_param, make_layout
 
 needs_native = pytest.mark.skipif(not _native.load("clip"), reason="pyfast_gan/_C_clip not built")
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -14,11 +14,17 @@ IMPLS = ["reference", pytest.param("cpu", marks=needs_native), "auto"]
 
 
 def _tensors(dtype, gen, device="cpu"):
-    ts = [torch.randn(s, generator=gen).to(dtype) for s in [(), (1,), (5, 3, 7, 9), (3 * 65536 + 11,)]]
-    ts.append(torch.randn(8, 6, generator=gen).to(dtype)[:, ::2])  # strided view
-    ts.append(torch.full((9,), torch.finfo(dtype).max, dtype=dtype))  # large but finite
-    ts.append(make_layout(torch.randn(4, 8, generator=gen).to(dtype), "offset"))
-    return [t.to(device) for t in ts]
+    # Views and offsets are made on the device: .to(device) would make them contiguous, and the
+    # kernels' fallback for non-dense tensors would go untested there.
+    def r(*shape):
+        return torch.randn(shape, generator=gen).to(dtype).to(device)
+
+    ts = [r(*s) for s in [(), (1,), (5, 3, 7, 9), (3 * 65536 + 11,)]]
+    ts.append(r(8, 6)[:, ::2])  # strided view
+    ts.append(torch.full((9,), torch.finfo(dtype).max, dtype=dtype, device=device))  # large but finite
+    ts.append(make_layout(r(4, 8), "offset"))
+    assert not ts[4].is_contiguous() and ts[6].storage_offset() == 1
+    return ts
 
 
 # (tensor, index) pairs: 0-d, first element, inside a 4-D tensor, in and at the end of the
@@ -72,6 +78,15 @@ def test_empty_list_and_errors():
 def test_native_names_the_bad_tensor():
     with pytest.raises(ValueError, match=r"tensors\[1\] must be a floating-point tensor"):
         anf.any_nonfinite([torch.randn(3), torch.arange(3)], impl="cpu")
+
+
+@pytest.mark.parametrize("impl,device", [impl_param("cpu", "clip"), impl_param("cuda", "clip")])
+def test_native_refuses_float8_on_every_device(impl, device):
+    """The kernels test the exponent bits of the four float dtypes; a float8 tensor (here with
+    a NaN in it) must be refused, not skipped (the CUDA kernel used to return False for it)."""
+    f8 = torch.full((4,), float("nan")).to(torch.float8_e5m2).to(device)
+    with pytest.raises(ValueError, match=r"tensors: every tensor must be floating point .* at index 1"):
+        anf.native_ops().any_nonfinite([torch.randn(3, device=device), f8])
 
 
 @needs_native

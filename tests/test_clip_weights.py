@@ -11,14 +11,14 @@ import pyfast_gan
 from pyfast_gan import _native
 from pyfast_gan.ops import clip_weights as clip_weights_ops
 from pyfast_gan.ops.clip_weights import clip_weights_, clip_weights_reference
-from pyfast_gan.testing import make_layout, poison_
+from pyfast_gan.testing import impl_param, make_layout, poison_
 
 C = 0.01
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 needs_native = pytest.mark.skipif(not _native.load("clip"), reason="pyfast_gan/_C_clip not built")
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = impl_param("triton", "clip")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,8 @@ def random_tensors(n: int, dtype: torch.dtype, device="cpu", *, small=False, gen
             flat[3] = -0.0
             flat[4] = C
             flat[5] = -C
-        out.append(make_layout(t, layout).to(device))
+        # the layout is made on the device: .to(device) would make a strided view contiguous
+        out.append(make_layout(t.to(device), layout))
     return out
 
 
@@ -107,17 +108,18 @@ def test_cpu_large_tensor_chunk_boundaries():
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
-def test_triton_matches_reference(dtype):
-    pytest.importorskip("triton")
+@pytest.mark.parametrize("impl,device", [TRITON])
+def test_triton_matches_reference(dtype, impl, device):
     gen = torch.Generator().manual_seed(7)
-    run_both(random_tensors(12, dtype, small=True, gen=gen), "triton")
+    run_both(random_tensors(12, dtype, device, small=True, gen=gen), impl)
 
 
-def test_triton_many_tensors():
-    pytest.importorskip("triton")
-    ts = [torch.randn(int(torch.randint(1, 40, (1,))), dtype=torch.float32) * (2 * C) for _ in range(300)]
-    ts.append(torch.randn(2500) * 2 * C)  # more than one chunk
-    run_both(ts, "triton")
+@pytest.mark.parametrize("impl,device", [TRITON])
+def test_triton_many_tensors(impl, device):
+    ts = [torch.randn(int(torch.randint(1, 40, (1,))), dtype=torch.float32).mul_(2 * C).to(device)
+          for _ in range(300)]
+    ts.append(torch.randn(2500, device=device) * 2 * C)  # more than one chunk
+    run_both(ts, impl)
 
 
 def test_reference_impl_and_clip_values():
@@ -173,16 +175,15 @@ def test_bad_tensors():
         clip_weights_([torch.randn(3)], C, impl="cuda")
 
 
-@pytest.mark.parametrize("impl", ["reference", "auto", pytest.param("cpu", marks=needs_native), "triton"])
+@pytest.mark.parametrize("impl,device", [("reference", "cpu"), ("auto", "cpu"), impl_param("cpu", "clip"), TRITON,
+                                         impl_param("cuda", "clip")])
 @pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-def test_sparse_tensor_is_a_value_error_naming_it(impl, layout):
-    if impl == "triton":
-        pytest.importorskip("triton")
+def test_sparse_tensor_is_a_value_error_naming_it(impl, device, layout):
     # Issue 15: the dispatcher's NotImplementedError, after the reference had already
     # clamped the tensors before the sparse one.
-    dense = [torch.randn(50) * 2 * C, torch.randn(4, 6) * 2 * C]
-    sparse = (torch.randn(5, 5) * 2 * C).to_sparse(layout=layout)
+    dense = [torch.randn(50, device=device) * 2 * C, torch.randn(4, 6, device=device) * 2 * C]
+    sparse = (torch.randn(5, 5, device=device) * 2 * C).to_sparse(layout=layout)
     before = [t.clone() for t in dense]
     with pytest.raises(ValueError, match=rf"params\[2\] must be a dense \(strided\) tensor, got layout {layout}"):
         clip_weights_(dense + [sparse], C, impl=impl)
@@ -239,14 +240,11 @@ def test_torch_compile_traces_the_op():
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
-@pytest.mark.parametrize("impl,device", [pytest.param("cuda", "cuda", marks=pytest.mark.cuda),
-                                         ("triton", TRITON_DEVICE)])
+@pytest.mark.parametrize("impl,device", [impl_param("cuda", "clip"), TRITON])
 def test_device_kernels_match_reference(dtype, impl, device):
     """Many tensors, large ones and misaligned views. On a GPU: more tensors than one CUDA
     argument table holds and tensors of millions of elements; Triton without a GPU runs in the
     interpreter (each program in Python), so there the sizes are small."""
-    if impl == "triton":
-        pytest.importorskip("triton")
     big = device == "cuda"
     gen = torch.Generator().manual_seed(11)
     run_both(random_tensors(150 if big else 20, dtype, device, small=not big, gen=gen), impl)

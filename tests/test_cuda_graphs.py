@@ -11,21 +11,87 @@ import copy
 import pytest
 import torch
 
-from pyfast_gan.fast.cuda_graphs import GraphedStep, cuda_graphs_unsupported_reason, graph_step
+from pyfast_gan import _native
+from pyfast_gan.fast.cuda_graphs import (GraphedStep, _restore, _snapshot, _training_state,
+                                         cuda_graphs_unsupported_reason, graph_step, uses_triton_multi_tensor)
 from pyfast_gan.fast.step import GANStep, build_optimizers
 from pyfast_gan.losses import PRESETS
-from pyfast_gan.models import build_models
+from pyfast_gan.models import EMA, build_models
 
 
-def _step(device, loss="wgan-gp", amp="off", capturable=True, seed=0):
+def _step(device, loss="wgan-gp", amp="off", capturable=True, seed=0, ema=False, impl="auto"):
     torch.manual_seed(seed)
     G, D = build_models("dcgan", image_size=32, channels=3, z_dim=16, base=8,
                         critic_norm="layer" if loss == "wgan-gp" else "batch")
     G, D = G.to(device), D.to(device)
     p = PRESETS[loss]
     opt_g, opt_d, clip = build_optimizers(G, D, loss=loss, optimizer=p["optimizer"], lr=p["lr"],
-                                          betas=p.get("betas", (0.0, 0.9)), capturable=capturable)
-    return GANStep(G, D, opt_g, opt_d, loss, z_dim=16, clip_after=clip, amp=amp)
+                                          betas=p.get("betas", (0.0, 0.9)), capturable=capturable, impl=impl)
+    return GANStep(G, D, opt_g, opt_d, loss, z_dim=16, clip_after=clip, amp=amp, impl=impl,
+                   ema=EMA(G, 0.9) if ema else None)
+
+
+def _state(step):
+    return [t.detach().clone() for t in _training_state(step)]
+
+
+@pytest.mark.parametrize("loss", ["wgan-gp", "began"])
+def test_snapshot_covers_everything_a_step_moves(loss):
+    """The warm-up before a capture runs real steps; restoring the snapshot must undo every
+    change they make: weights and optimizer state, and also the EMA weights, the non-finite
+    counters (a skipped warm-up step) and BEGAN's k_t (it moves after each generator step)."""
+    step = _step("cpu", loss=loss, capturable=False, ema=True)
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    step.critic_step(real)
+    step.generator_step(4)  # optimizer state exists before the snapshot, as after a resume
+    before = _state(step)
+    snap = _snapshot(step)
+    step.critic_step(real)
+    step.critic_step(torch.full_like(real, float("nan")))  # skipped: counters move
+    step.generator_step(4)
+    moved = [not torch.equal(a, b) for a, b in zip(before, _state(step))]
+    assert any(moved)
+    ema = step.ema.module
+    assert not all(torch.equal(a, b) for a, b in zip(ema.parameters(), step.G.parameters()))
+    _restore(step, snap)
+    for i, (a, b) in enumerate(zip(before, _state(step))):
+        assert torch.equal(a, b), i
+    assert step.health()["total"] == 0
+
+
+def test_triton_clip_kernels_are_refused_for_capture():
+    """The Triton clip/RMSprop kernels upload a pointer table per call, which a capture
+    forbids: a step that would run them on a GPU is not captured, with that reason."""
+    pytest.importorskip("triton")
+    assert uses_triton_multi_tensor(_step("cpu", loss="wgan", capturable=False, impl="triton"))
+    assert not uses_triton_multi_tensor(_step("cpu", loss="wgan-gp", capturable=False, impl="triton"))
+    if _native.has_cuda_kernels("clip"):
+        assert not uses_triton_multi_tensor(_step("cpu", loss="wgan", capturable=False, impl="auto"))
+
+
+def test_peek_leaves_no_gather_in_flight():
+    """``peek`` (the capture's example batch) must not leave the batcher's background gather
+    running: a capture that starts while it pins memory or copies to the device fails."""
+    import threading
+    import time
+
+    from pyfast_gan.data.batch import MappedBatcher, peek
+
+    done = threading.Event()
+
+    class SlowRows:
+        def gather(self, idx, pin=False):
+            time.sleep(0.2)
+            out = data.index_select(0, idx)
+            done.set()
+            return out
+
+    data = torch.randint(0, 255, (40, 1, 4, 4), dtype=torch.uint8)
+    bt = MappedBatcher(data, torch.device("cpu"), torch.Generator().manual_seed(0), rows=SlowRows(), say=lambda m: 0)
+    first = peek(bt, 8)
+    assert done.is_set() and bt._ahead is None
+    done.clear()
+    assert torch.equal(bt.next(8), first)  # peek did not move the data position
 
 
 def test_cpu_step_falls_back_with_a_message():
@@ -101,3 +167,22 @@ def test_fp16_lazy_gp_and_non_capturable_fall_back():
     step3.objective = copy.copy(step2.objective)
     step3.objective.every = 1
     assert cuda_graphs_unsupported_reason(step3) is None
+
+
+@pytest.mark.cuda
+def test_graph_capture_leaves_ema_and_counters_untouched():
+    dev = torch.device("cuda")
+    step = _step(dev, ema=True)
+    ema_before = [t.detach().clone() for t in step.ema.module.state_dict().values()]
+    graphed = graph_step(step, torch.randn(4, 3, 32, 32, device=dev))
+    assert isinstance(graphed, GraphedStep)
+    for a, b in zip(ema_before, step.ema.module.state_dict().values()):
+        assert torch.equal(a, b)
+    assert step.health() == {"streak_d": 0, "streak_g": 0, "total": 0}
+
+
+@pytest.mark.cuda
+def test_triton_clip_step_is_not_captured():
+    pytest.importorskip("triton")
+    step = _step(torch.device("cuda"), loss="wgan", impl="triton")
+    assert "Triton" in cuda_graphs_unsupported_reason(step)

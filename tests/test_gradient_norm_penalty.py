@@ -1,22 +1,17 @@
 """gradient_norm_penalty: every impl against the reference (the definition)."""
+import os
+
 import pytest
 import torch
 
 import pyfast_gan as pg
 from pyfast_gan import _native
 from pyfast_gan.ops import gradient_norm_penalty as gnp
-from pyfast_gan.ops._dispatch import triton_available
-from pyfast_gan.testing import make_layout, tol
+from pyfast_gan.testing import impl_param, make_layout, tol
 
 HAS_NATIVE = _native.load("penalty")
-HAS_TRITON = triton_available(torch.device("cpu"))[0] or torch.cuda.is_available()
-
-IMPLS = [
-    pytest.param("cpu", "cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="native library not built")),
-    pytest.param("triton", "cpu" if not torch.cuda.is_available() else "cuda",
-                 marks=pytest.mark.skipif(not HAS_TRITON, reason="triton unavailable")),
-    pytest.param("cuda", "cuda", marks=pytest.mark.cuda),
-]
+TRITON = impl_param("triton", "penalty")
+IMPLS = [impl_param("cpu", "penalty"), TRITON, impl_param("cuda", "penalty")]
 # (5,3,7,9): odd sizes; (2,3,50,60): several CPU chunks and Triton blocks per sample;
 # (3,17): rank 2; N = 1.
 SHAPES = [(1, 3, 4, 5), (5, 3, 7, 9), (3, 17), (2, 3, 50, 60), (1, 2500)]
@@ -93,6 +88,65 @@ def test_gradcheck_float64(impl, device, mode):
     assert torch.autograd.gradcheck(fn, (g,), eps=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("impl,device", IMPLS + [pytest.param("reference", "cpu")])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_gives_a_non_finite_penalty(impl, device, mode, bad):
+    """A NaN or inf in one sample's gradient makes that sample's penalty non-finite in every
+    mode (one-sided included: max(NaN - c, 0) is NaN in the reference and the CPU kernel, and a
+    kernel that turned it into 0 would hide a broken step from the trainer's skip), and leaves
+    the other samples' penalties as the reference computes them."""
+    g = _grad_input((3, 2, 5, 7), torch.float32, "contiguous", device)
+    g[1, 1, 2, 3] = bad
+    center = 0.0 if mode == "zero_centered" else 1.0
+    per = pg.gradient_norm_penalty(g, center=center, mode=mode, reduction="none", impl=impl)
+    ref = pg.gradient_norm_penalty(g, center=center, mode=mode, reduction="none", impl="reference")
+    assert not torch.isfinite(per[1]), per
+    assert torch.isnan(per[1]) == torch.isnan(ref[1])
+    torch.testing.assert_close(per[[0, 2]], ref[[0, 2]], **tol(torch.float32))
+    assert not torch.isfinite(pg.gradient_norm_penalty(g, center=center, mode=mode, impl=impl))
+
+
+@pytest.fixture
+def gpu_scalar_typing(monkeypatch):
+    """Make Triton's interpreter type a Python float argument as compiled Triton does (fp32:
+    ``triton.runtime.jit.mangle_type(0.1) == "fp32"``); by default it keeps the float exact,
+    which would hide a kernel that receives an fp64 constant as a float argument."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import numpy as np
+    from triton.runtime import interpreter
+
+    plain = interpreter._implicit_cvt
+
+    def as_compiled(arg):
+        if isinstance(arg, float):
+            import triton.language as tl
+
+            return tl.tensor(interpreter.TensorHandle(np.array([arg], dtype=np.float32), tl.float32), tl.float32)
+        return plain(arg)
+
+    monkeypatch.setattr(interpreter, "_implicit_cvt", as_compiled)
+
+
+@pytest.mark.parametrize("impl,device", IMPLS + [pytest.param("reference", "cpu")])
+@pytest.mark.parametrize("mode", ["two_sided", "one_sided"])
+def test_center_keeps_float64_precision(impl, device, mode, gpu_scalar_typing):
+    """fp64 gradients get an fp64 center: 0.1 is not an fp32 number (fp32 rounds it by
+    1.5e-9), and with norms 1e-7 above it an fp32 center would be off by ~1% in (norm - c)."""
+    center = 0.1
+    g = _grad_input((4, 3, 5), torch.float64, "contiguous", device)
+    g = g / g.flatten(1).norm(dim=1).view(-1, 1, 1) * (center + torch.tensor([1e-7, 3e-7, 2e-6, 5e-7],
+                                                                            dtype=torch.float64, device=device)
+                                                        ).view(-1, 1, 1)
+    upstream = torch.randn(4, dtype=torch.float64, device=device)
+    per, grad = _run(impl, g, center, mode, upstream)
+    ref_per, ref_grad = _run("reference", g, center, mode, upstream)
+    assert (ref_per > 0).all()
+    torch.testing.assert_close(per, ref_per, atol=0, rtol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, atol=0, rtol=1e-6)
+
+
 @pytest.mark.skipif(not HAS_NATIVE, reason="native library not built")
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
@@ -105,10 +159,10 @@ def test_opcheck_native(layout, dtype):
     torch.library.opcheck(ops.gradient_norm_penalty_backward, (gp, g.detach(), norm, 1.0, "one_sided"))
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton unavailable")
-def test_opcheck_triton():
+@pytest.mark.parametrize("impl,device", [TRITON])
+def test_opcheck_triton(impl, device):
     tk = gnp.triton_ops()
-    g = _grad_input((2, 3, 4, 5), torch.float32, "channels_last", "cpu").requires_grad_(True)
+    g = _grad_input((2, 3, 4, 5), torch.float32, "channels_last", device).requires_grad_(True)
     # Under TRITON_INTERPRET=1 the interpreter touches data pointers, which fake
     # tensors do not have; the fake-tensor check runs where a GPU is present.
     utils = ("test_schema", "test_autograd_registration")

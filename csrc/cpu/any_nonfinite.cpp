@@ -2,6 +2,7 @@
 // tensors' device (CPU for an empty list), so RMSpropClip's skip_nonfinite check costs one
 // pass over the gradients and one flag read; CUDA kernel in csrc/cuda/any_nonfinite.cu.
 #include "common.h"
+#include "op_checks.h"
 
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
@@ -57,8 +58,7 @@ at::Tensor any_nonfinite_cpu(at::TensorList tensors) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     const auto st = t.scalar_type();
-    PFG_CHECK_ARG(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble, "tensors",
-                  "every tensor must be floating point, got ", st, " at index ", i);
+    check_nonfinite_tensor(t, i, tensors[0]);
     if (!t.is_non_overlapping_and_dense()) {
       found = found || !at::isfinite(t).all().item<bool>();
       continue;

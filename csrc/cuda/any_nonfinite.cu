@@ -3,6 +3,7 @@
 // stores true into a device flag (a benign race: every writer stores true), so the caller
 // reads one flag, or keeps it on the device.
 #include "common.h"
+#include "op_checks.h"
 #include "cuda/multi_tensor_apply.cuh"
 
 #include <ATen/ops/all.h>
@@ -43,9 +44,7 @@ at::Tensor any_nonfinite_cuda(at::TensorList tensors) {
     std::vector<std::vector<at::Tensor>> lists(1);
     for (size_t i = 0; i < tensors.size(); ++i) {
       const at::Tensor& t = tensors[i];
-      PFG_CHECK_ARG(t.is_floating_point(), "tensors", "every tensor must be floating point, got ",
-                    t.scalar_type(), " at index ", i);
-      PFG_CHECK_ARG(t.device() == tensors[0].device(), "tensors", "all tensors must be on one device");
+      check_nonfinite_tensor(t, i, tensors[0]);
       if (t.scalar_type() != st) continue;
       if (t.is_non_overlapping_and_dense())
         lists[0].push_back(t);

@@ -82,7 +82,9 @@ __global__ void finalize_kernel(const acc_t* __restrict__ partial, int64_t N, in
     const acc_t d = F::sub(r, c);
     penalty[n] = F::mul(d, d);
   } else if (mode == kOneSided) {
-    const acc_t d = r > c ? F::sub(r, c) : acc_t(0);
+    // max(r - c, 0) as on the CPU: a NaN norm gives a NaN penalty (`r > c ? ...` gave 0 and
+    // hid a NaN gradient from the trainer's non-finite skip).
+    const acc_t d = r <= c ? acc_t(0) : F::sub(r, c);
     penalty[n] = F::mul(d, d);
   } else {
     penalty[n] = F::mul(r, r);

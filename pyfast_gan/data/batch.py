@@ -159,7 +159,18 @@ class MappedBatcher(ImageBatcher):
 
     def load_state_dict(self, s: dict) -> None:
         super().load_state_dict(s)
-        self._ahead = None
+        self.settle()
+
+    def settle(self) -> None:
+        """Drop the batch gathered ahead, after waiting for its gather and host-to-device copy:
+        ``peek`` (the example batch of a CUDA-graph capture) ends here, and a capture that
+        starts while the gather thread still pins memory or copies fails (both are forbidden
+        during a capture) or captures a copy it did not ask for."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            _, ev = ahead[1].result()
+            if ev is not None:
+                ev.synchronize()
 
 
 class ToyBatcher:

@@ -14,8 +14,9 @@ step) as one launch. The recipe is PyTorch's "whole network capture":
   inputs;
 * a few warm-up steps on a side stream before capture (cuDNN/cuBLAS workspaces, lazy
   optimizer state, the compiled objective's compilation and start-up verification), after
-  which parameters, buffers and optimizer state are restored *in place* (the graph holds
-  their addresses), so warm-up leaves no trace on training;
+  which parameters, buffers, optimizer state, the EMA weights, the non-finite counters and
+  a stateful loss's state are restored *in place* (the graph holds their addresses), so
+  warm-up leaves no trace on training;
 * gradients set to None before capture, so backward allocates them inside the graph's
   memory pool and every replay writes the same memory;
 * optimizers must be capturable: fused ``Adam(capturable=True)`` and
@@ -25,7 +26,9 @@ step) as one launch. The recipe is PyTorch's "whole network capture":
 Not supported in a graph (each falls back to the eager step with one message): a CPU
 device, fp16 with GradScaler (not tested in a graph), lazy_gp > 1 (the penalty would change
 the graph from step to step), a distributed grad_sync (collectives work in graphs with nccl,
-but that is not tested here), or any capture error.
+but that is not tested here), the Triton clip or RMSprop kernels (they upload a pointer table
+from host memory at each call, which a capture forbids; the CUDA kernels pass theirs as kernel
+arguments), or any capture error.
 """
 from __future__ import annotations
 
@@ -55,21 +58,49 @@ def cuda_graphs_unsupported_reason(step: GANStep) -> str | None:
         return "lazy_gp > 1 changes the step from one critic iteration to the next"
     if step.grad_sync is not None:
         return "multi-process gradient sync is not captured (untested)"
+    if uses_triton_multi_tensor(step):
+        return ("the Triton clip/RMSprop kernels upload their pointer tables at every call and "
+                "cannot be captured; use --impl cuda (or auto with the CUDA kernels built)")
     for opt in (step.opt_g, step.opt_d):
         if not all(g.get("capturable") for g in opt.param_groups):
             return f"{type(opt).__name__} was not built capturable (build_optimizers(capturable=True))"
     return None
 
 
-def _snapshot(step: GANStep) -> dict:
-    """Parameters, buffers and existing optimizer state, cloned."""
+def uses_triton_multi_tensor(step: GANStep) -> bool:
+    """Whether the step's weight clipping or RMSpropClip would run the Triton kernels on a
+    CUDA device (``impl="triton"``, or ``"auto"`` without the CUDA kernels built)."""
+    from pyfast_gan.ops.clip_weights import resolve_impl
+    from pyfast_gan.optim import RMSpropClip
+
+    if step.clip_after is None and not any(isinstance(o, RMSpropClip) for o in (step.opt_g, step.opt_d)):
+        return False
+    try:
+        return resolve_impl(step.impl, "cuda") == "triton"
+    except RuntimeError:  # an impl that cannot run on CUDA fails at the first step, with its reason
+        return False
+
+
+def _training_state(step: GANStep) -> list[torch.Tensor]:
+    """Every tensor a step changes in place: parameters and buffers of G and D, the EMA copy
+    of G, optimizer state, the non-finite counters and a stateful loss's tensors (BEGAN's
+    k_t). Warm-up steps move all of them; the snapshot below must cover each."""
+    modules = [step.G, step.D] + ([step.ema.module] if step.ema is not None else [])
     tensors = []
-    for m in (step.G, step.D):
+    for m in modules:
         tensors += [p.data for p in m.parameters()] + list(m.buffers())
     for opt in (step.opt_g, step.opt_d):
         for st in opt.state.values():
             tensors += [v for v in st.values() if torch.is_tensor(v)]
-    return {id(t): (t, t.detach().clone()) for t in tensors}
+    tensors.append(step.nonfinite)
+    if step.stateful_loss:
+        tensors += [v for v in vars(step.loss_fn).values() if torch.is_tensor(v)]
+    return tensors
+
+
+def _snapshot(step: GANStep) -> dict:
+    """Everything in :func:`_training_state`, cloned."""
+    return {id(t): (t, t.detach().clone()) for t in _training_state(step)}
 
 
 @torch.no_grad()

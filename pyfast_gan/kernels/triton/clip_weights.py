@@ -38,7 +38,14 @@ def chunk_config(device: torch.device) -> tuple[int, int]:
 def tensor_tables(tensor_lists: list[list[torch.Tensor]], chunk: int, device: torch.device):
     """Pointer tables (one row per list) and the chunk table, as int64 device tensors.
 
-    Returns (addr [L, T], numel [T], chunk_tensor [C], chunk_start [C])."""
+    Returns (addr [L, T], numel [T], chunk_tensor [C], chunk_start [C]).
+
+    The table is uploaded from host memory at each call, which a CUDA-graph capture forbids
+    (the CUDA kernels pass theirs as kernel arguments instead); the trainer refuses
+    ``--cuda-graphs`` with these kernels, and a capture reaching here gets a clear error."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("pyfast_gan: the Triton clip_weights_/RMSpropClip kernels upload a pointer table "
+                           "at each call and cannot run inside a CUDA graph capture; use impl='cuda'")
     first = tensor_lists[0]
     numels = [t.numel() for t in first]
     addr = [[t.data_ptr() for t in lst] for lst in tensor_lists]

@@ -17,69 +17,82 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..._layout import acc_dtype, flat, per_sample_dense
+from ._rounding import div_rn, from_bits, mul_rn, scalar_bits, sqrt_rn, sub_rn
 
 MODE_IDS = {"two_sided": 0, "one_sided": 1, "zero_centered": 2}
 BLOCK = 2048
 
 
+# Grids are 1-D (program = sample * K + chunk), as the CUDA kernels': a 2-D grid's second
+# axis stops at 65,535 programs, i.e. samples of more than ~134M elements.
 @triton.jit
 def _sumsq_kernel(g_ptr, part_ptr, M, K, BLOCK: tl.constexpr, FP64: tl.constexpr):
-    n = tl.program_id(0)
-    k = tl.program_id(1)
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // K
+    k = pid % K
     offs = k * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M
-    x = tl.load(g_ptr + n.to(tl.int64) * M + offs, mask=mask, other=0.0)
+    x = tl.load(g_ptr + n * M + offs, mask=mask, other=0.0)
     if FP64:
         x = x.to(tl.float64)
     else:
         x = x.to(tl.float32)
-    tl.store(part_ptr + n.to(tl.int64) * K + k, tl.sum(x * x, axis=0))
+    tl.store(part_ptr + pid, tl.sum(x * x, axis=0))
 
 
-@triton.jit
-def _finalize_kernel(part_ptr, pen_ptr, norm_ptr, N, K, center, MODE: tl.constexpr, BN: tl.constexpr,
-                     KP: tl.constexpr, FP64: tl.constexpr):
+@triton.jit(do_not_specialize=["center_bits"])
+def _finalize_kernel(part_ptr, pen_ptr, norm_ptr, N, K, center_bits, MODE: tl.constexpr, BN: tl.constexpr,
+                     KP: tl.constexpr, COMPUTE: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     cols = tl.arange(0, KP)
     rmask = rows < N
     p = tl.load(part_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
                 mask=rmask[:, None] & (cols < K)[None, :], other=0.0)
     s = tl.sum(p, axis=1)
-    if FP64:
-        r = tl.sqrt(s)  # IEEE for fp64
-    else:
-        r = tl.sqrt_rn(s)  # tl.sqrt is the approximate sqrt for fp32 on GPU
+    r = sqrt_rn(s, COMPUTE)  # tl.sqrt is the approximate sqrt for fp32 on a GPU
+    c = from_bits(center_bits, COMPUTE)
     if MODE == 0:
-        pen = (r - center) * (r - center)
+        d = sub_rn(r, c)
+        pen = mul_rn(d, d)
     elif MODE == 1:
-        d = tl.maximum(r - center, 0.0)
-        pen = d * d
+        # max(r - c, 0) as the CPU kernel and the reference: a NaN norm stays NaN (a step
+        # with a NaN gradient must not look finite); tl.maximum would return 0 for it.
+        d = tl.where(r <= c, 0.0, sub_rn(r, c))
+        pen = mul_rn(d, d)
     else:
-        pen = r * r
+        pen = mul_rn(r, r)
     tl.store(norm_ptr + rows, r, mask=rmask)
     tl.store(pen_ptr + rows, pen, mask=rmask)
 
 
-@triton.jit
-def _scale_kernel(g_ptr, out_ptr, gp_ptr, norm_ptr, M, center, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0)
-    k = tl.program_id(1)
+@triton.jit(do_not_specialize=["center_bits"])
+def _scale_kernel(g_ptr, out_ptr, gp_ptr, norm_ptr, M, K, center_bits, MODE: tl.constexpr, BLOCK: tl.constexpr,
+                  COMPUTE: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // K
+    k = pid % K
     r = tl.load(norm_ptr + n)
-    gp = tl.load(gp_ptr + n)
+    gp2 = mul_rn(tl.load(gp_ptr + n), 2.0)
     if MODE == 2:
-        coef = gp * 2
+        coef = gp2
     else:
-        # Safe division: coef = 0 where the norm is 0 (torch.linalg.vector_norm's subgradient).
+        # gp * 2 * (r - c) / r left to right, IEEE division as the CPU kernel; coef = 0 where
+        # the norm is 0 (torch.linalg.vector_norm's subgradient).
+        c = from_bits(center_bits, COMPUTE)
         safe = tl.where(r > 0, r, 1.0)
-        coef = tl.where(r > 0, gp * 2 * (r - center) / safe, 0.0)
+        coef = tl.where(r > 0, div_rn(mul_rn(gp2, sub_rn(r, c)), safe, COMPUTE), 0.0)
         if MODE == 1:
-            coef = tl.where(r > center, coef, 0.0)
+            coef = tl.where(r > c, coef, 0.0)
     offs = k * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M
-    base = n.to(tl.int64) * M
+    base = n * M
     x = tl.load(g_ptr + base + offs, mask=mask, other=0.0)
-    y = coef * x.to(coef.dtype)
+    y = mul_rn(coef, x.to(coef.dtype))
     tl.store(out_ptr + base + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _compute(acc: torch.dtype):
+    return tl.float64 if acc == torch.float64 else tl.float32
 
 
 @triton_op("pyfast_gan::triton_gradient_norm_penalty", mutates_args=())
@@ -92,11 +105,12 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float, mode: str) -> tuple
     part = torch.empty((n, k), dtype=acc, device=g.device)
     penalty = torch.empty((n,), dtype=acc, device=g.device)
     norm = torch.empty((n,), dtype=acc, device=g.device)
-    wrap_triton(_sumsq_kernel)[(n, k)](flat(g), part, m, k, BLOCK=BLOCK, FP64=acc == torch.float64)
+    wrap_triton(_sumsq_kernel)[(n * k,)](flat(g), part, m, k, BLOCK=BLOCK, FP64=acc == torch.float64)
     kp = triton.next_power_of_2(k)
     bn = max(1, min(triton.next_power_of_2(n), 4096 // kp))
     wrap_triton(_finalize_kernel)[(triton.cdiv(n, bn),)](
-        part, penalty, norm, n, k, center, MODE=MODE_IDS[mode], BN=bn, KP=kp, FP64=acc == torch.float64)
+        part, penalty, norm, n, k, scalar_bits(center, acc), MODE=MODE_IDS[mode], BN=bn, KP=kp,
+        COMPUTE=_compute(acc))
     return penalty, norm
 
 
@@ -108,7 +122,8 @@ def gradient_norm_penalty_backward(grad_penalty: torch.Tensor, grad: torch.Tenso
     m = g.numel() // n
     out = torch.empty_like(g)
     k = max(1, triton.cdiv(m, BLOCK))
-    wrap_triton(_scale_kernel)[(n, k)](
-        flat(g), flat(out), grad_penalty.contiguous(), norm.contiguous(), m, center,
-        MODE=MODE_IDS[mode], BLOCK=BLOCK)
+    acc = acc_dtype(g.dtype)
+    wrap_triton(_scale_kernel)[(n * k,)](
+        flat(g), flat(out), grad_penalty.contiguous(), norm.contiguous(), m, k, scalar_bits(center, acc),
+        MODE=MODE_IDS[mode], BLOCK=BLOCK, COMPUTE=_compute(acc))
     return out

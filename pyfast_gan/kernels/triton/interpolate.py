@@ -14,15 +14,21 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from ..._layout import acc_dtype, flat, per_sample_dense
+from ._rounding import add_rn, mul_rn
 
 BLOCK = 2048
 
 
+# 1-D grids (program = sample * K + chunk), as the CUDA kernels': a 2-D grid's second axis
+# stops at 65,535 programs, i.e. samples of more than ~134M elements. Products and sums are
+# rounded one by one (_rounding.py): a GPU build would otherwise contract a*x + (1-a)*y into
+# an FMA and round differently from the reference and the CPU/CUDA kernels.
 @triton.jit
-def _lerp_kernel(r_ptr, f_ptr, o_ptr, alpha_ptr, seed_ptr, M, BLOCK: tl.constexpr, RAND: tl.constexpr,
+def _lerp_kernel(r_ptr, f_ptr, o_ptr, alpha_ptr, seed_ptr, M, K, BLOCK: tl.constexpr, RAND: tl.constexpr,
                  FP64: tl.constexpr):
-    n = tl.program_id(0)
-    k = tl.program_id(1)
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // K
+    k = pid % K
     if RAND:
         a = tl.rand(tl.load(seed_ptr), n)
         if k == 0:
@@ -35,24 +41,25 @@ def _lerp_kernel(r_ptr, f_ptr, o_ptr, alpha_ptr, seed_ptr, M, BLOCK: tl.constexp
         a = a.to(tl.float32)
     offs = k * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M
-    base = n.to(tl.int64) * M
+    base = n * M
     x = tl.load(r_ptr + base + offs, mask=mask, other=0.0).to(a.dtype)
     y = tl.load(f_ptr + base + offs, mask=mask, other=0.0).to(a.dtype)
-    z = a * x + (1 - a) * y
+    z = add_rn(mul_rn(a, x), mul_rn(1 - a, y))
     tl.store(o_ptr + base + offs, z.to(o_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _lerp_backward_kernel(g_ptr, gr_ptr, gf_ptr, alpha_ptr, M, BLOCK: tl.constexpr):
-    n = tl.program_id(0)
-    k = tl.program_id(1)
+def _lerp_backward_kernel(g_ptr, gr_ptr, gf_ptr, alpha_ptr, M, K, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // K
+    k = pid % K
     a = tl.load(alpha_ptr + n)
     offs = k * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M
-    base = n.to(tl.int64) * M
+    base = n * M
     g = tl.load(g_ptr + base + offs, mask=mask, other=0.0).to(a.dtype)
-    tl.store(gr_ptr + base + offs, (a * g).to(gr_ptr.dtype.element_ty), mask=mask)
-    tl.store(gf_ptr + base + offs, ((1 - a) * g).to(gf_ptr.dtype.element_ty), mask=mask)
+    tl.store(gr_ptr + base + offs, mul_rn(a, g).to(gr_ptr.dtype.element_ty), mask=mask)
+    tl.store(gf_ptr + base + offs, mul_rn(1 - a, g).to(gf_ptr.dtype.element_ty), mask=mask)
 
 
 def _common_layout(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +74,8 @@ def _launch(real, fake, alpha, seed, rand: bool) -> torch.Tensor:
     m = r.numel() // n
     out = torch.empty_like(r)
     k = max(1, triton.cdiv(m, BLOCK))
-    wrap_triton(_lerp_kernel)[(n, k)](
-        flat(r), flat(f), flat(out), alpha, seed, m, BLOCK=BLOCK, RAND=rand, FP64=r.dtype == torch.float64)
+    wrap_triton(_lerp_kernel)[(n * k,)](
+        flat(r), flat(f), flat(out), alpha, seed, m, k, BLOCK=BLOCK, RAND=rand, FP64=r.dtype == torch.float64)
     return out
 
 
@@ -94,5 +101,5 @@ def interpolate_backward(grad_out: torch.Tensor, alpha: torch.Tensor) -> tuple[t
     gr = torch.empty_like(g)
     gf = torch.empty_like(g)
     k = max(1, triton.cdiv(m, BLOCK))
-    wrap_triton(_lerp_backward_kernel)[(n, k)](flat(g), flat(gr), flat(gf), alpha.contiguous(), m, BLOCK=BLOCK)
+    wrap_triton(_lerp_backward_kernel)[(n * k,)](flat(g), flat(gr), flat(gf), alpha.contiguous(), m, k, BLOCK=BLOCK)
     return gr, gf

@@ -3,7 +3,8 @@
 Same chunk table as ``clip_weights`` (see there). Per element, torch's single-tensor
 RMSprop op by op, rounding to the storage dtype wherever torch writes a tensor, with
 IEEE division and square root (``div_rn``/``sqrt_rn``; Triton's default fp32 division is
-approximate) and FMAs where torch's kernels contract them.
+approximate), FMAs where torch's kernels contract them and nowhere else (products that feed a
+sum are rounded on their own with ``mul_rn``: a GPU build contracts ``a * b + c`` otherwise).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..._layout import acc_dtype
+from ._rounding import div_rn, mul_rn, sqrt_rn
 from .clip_weights import _TL_DTYPE, bounds, chunk_config, tensor_tables
 
 
@@ -28,23 +30,6 @@ def _rnd(x, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
         return x
     else:
         return x.to(DTYPE).to(COMPUTE)
-
-
-@triton.jit
-def _sqrt(x, COMPUTE: tl.constexpr):
-    # sqrt_rn/div_rn are fp32-only; fp64 sqrt and division are IEEE already.
-    if COMPUTE == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
-
-
-@triton.jit
-def _div(x, y, COMPUTE: tl.constexpr):
-    if COMPUTE == tl.float64:
-        return x / y
-    else:
-        return tl.div_rn(x, y)
 
 
 @triton.jit
@@ -82,7 +67,7 @@ def _rmsprop_clip_kernel(addr_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
         if USE_WD:
             g = _rnd(tl.fma(wd, p, g), DTYPE, COMPUTE)
         s = tl.load(s_ptr + idx, mask=m, other=1.0).to(COMPUTE)  # masked lanes: no 0/0
-        s = _rnd(s * alpha, DTYPE, COMPUTE)
+        s = _rnd(mul_rn(s, alpha), DTYPE, COMPUTE)
         s = _rnd(tl.fma(oma * g, g, s), DTYPE, COMPUTE)
         tl.store(s_ptr + idx, s.to(DTYPE), mask=m)
         if CENTERED:
@@ -96,19 +81,19 @@ def _rmsprop_clip_kernel(addr_ptr, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
             tl.store(a_ptr + idx, a.to(DTYPE), mask=m)
             var = _rnd(tl.fma(-a, a, s), DTYPE, COMPUTE)
             # Masked lanes hold 0; sqrt of a negative variance is NaN as in torch.
-            avg = _rnd(_sqrt(var, COMPUTE), DTYPE, COMPUTE)
+            avg = _rnd(sqrt_rn(var, COMPUTE), DTYPE, COMPUTE)
         else:
-            avg = _rnd(_sqrt(s, COMPUTE), DTYPE, COMPUTE)
+            avg = _rnd(sqrt_rn(s, COMPUTE), DTYPE, COMPUTE)
         avg = _rnd(avg + eps, DTYPE, COMPUTE)
         if MOMENTUM:
             b_ptr = tl.load(addr_ptr + (3 + CENTERED) * n_tensors + t).to(tl.pointer_type(DTYPE))
             b = tl.load(b_ptr + idx, mask=m, other=0.0).to(COMPUTE)
-            b = _rnd(b * mom, DTYPE, COMPUTE)
-            b = _rnd(b + _div(g, avg, COMPUTE), DTYPE, COMPUTE)
+            b = _rnd(mul_rn(b, mom), DTYPE, COMPUTE)
+            b = _rnd(b + div_rn(g, avg, COMPUTE), DTYPE, COMPUTE)
             tl.store(b_ptr + idx, b.to(DTYPE), mask=m)
             p = _rnd(tl.fma(neg_lr, b, p), DTYPE, COMPUTE)
         else:
-            p = _rnd(tl.fma(neg_lr, _div(g, avg, COMPUTE), p), DTYPE, COMPUTE)
+            p = _rnd(tl.fma(neg_lr, div_rn(g, avg, COMPUTE), p), DTYPE, COMPUTE)
         p = tl.where(p < lo, lo, p)
         p = tl.where(p > hi, hi, p)
         tl.store(p_ptr + idx, p.to(DTYPE), mask=m)
