@@ -106,7 +106,13 @@ def main(argv=None) -> int:
         parser.error(f"nothing to measure for {data!r}: " + "; ".join(f"{m}: {why}" for m, why in ev.skipped.items()))
     out = Path(args.json) if args.json else default_json_path(path, step)
     try:
-        result = ev(G, cfg["z_dim"])
+        if cfg.get("arch") == "cogan":  # each domain and the pair correspondence, as the trainer scores it
+            from pyfast_gan.metrics.cogan import flat_cogan_scores, score_cogan
+            from pyfast_gan.train.run import cogan_domain
+
+            result = flat_cogan_scores(score_cogan(G, ev, cogan_domain(cfg)))
+        else:
+            result = ev(G, cfg["z_dim"])
     except ValueError as e:  # e.g. an --inception-weights file that is not the network's
         parser.error(str(e).splitlines()[0])
     record = {"checkpoint": str(path), "step": step, "loss": cfg["loss"], "data": data, "ema": args.ema,

@@ -323,3 +323,20 @@ def test_tensorboard_has_the_scalars_and_the_sample_grid(tmp_path):
     # --no-tensorboard writes none
     assert train_main([*TOY, "--steps", "1", "--no-tensorboard", "--out", str(tmp_path / "b")]) == 0
     assert not (tmp_path / "b" / "tensorboard").exists()
+
+
+def test_bad_checkpoint_reason_is_never_cut_mid_sentence(tmp_path, monkeypatch):
+    from pyfast_gan.train import checkpoint as ckpt_mod
+
+    why = ("PytorchStreamReader failed locating file data.pkl: file not found. " * 2
+           + "This archive was written by a different writer; its records do not line up\nsecond line")
+
+    def unreadable(*a, **k):
+        raise RuntimeError(why)
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(ValueError) as e:
+        ckpt_mod.load(tmp_path / "x.pt")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.endswith("file not found. PytorchStreamReader failed locating file "
+                                            "data.pkl: file not found)")

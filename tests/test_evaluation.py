@@ -342,3 +342,23 @@ def test_compare_extension_tiny_end_to_end(tmp_path):
     c = res["cogan"][0]["correspondence"]
     assert 0.0 <= c["shuffled"] <= 1.0 and 0.0 <= c["paired"] <= 1.0
     assert (out / "began_convergence.png").stat().st_size > 1000
+
+
+def test_evaluate_scores_a_cogan_checkpoint_as_the_trainer_does(tmp_path):
+    """Each domain and the pair correspondence, with the numbers --eval-every logged (its noise
+    seed is the run's + 13)."""
+    from pyfast_gan.evaluate import main as evaluate_main
+    from pyfast_gan.train import main as train_main
+
+    run = tmp_path / "cogan"
+    assert train_main(["--loss", "cogan", "--steps", "2", "--batch-size", "4", "--base", "8", "--n-critic", "1",
+                       "--no-progress", "--image-size", "32", "--seed", "5", "--eval-every", "2", "--eval-n", "64",
+                       "--eval-metrics", "classifier", "--out", str(run)]) == 0
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x][-1]["eval"]
+    out = tmp_path / "eval.json"
+    assert evaluate_main(["--checkpoint", str(run), "--n", "64", "--seed", "18", "--metrics", "classifier",
+                          "--no-progress", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    for key in ("cfid", "b_cfid", "correspondence", "correspondence_shuffled"):
+        assert key in logged and rec[key] == pytest.approx(logged[key], rel=1e-5), key
+    assert 0.0 <= rec["correspondence_shuffled"] <= 1.0 and rec["n"] == rec["b_n"] == 64

@@ -166,3 +166,129 @@ def test_resume_rejects_model_changes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--resume", str(tmp_path / "missing")])
     assert "--resume" in capsys.readouterr().err
+
+
+# -- issue 22: one trainer per run directory; resumes take the new settings; one-line endings ----
+QQ = ["--steps", "2", "--batch-size", "4", "--base", "8", "--n-critic", "1", "--no-progress",
+      "--image-size", "32", "--seed", "5"]
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_second_trainer_on_a_running_directory_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*QQ, "--out", str(run)]) == 0
+    seen = {}
+
+    def on_step(r):  # the first trainer is mid-run (it holds the lock): start a second one
+        if r.generator_steps == 3:
+            before = _files(run)
+            for argv in (["--resume", str(run), "--steps", "9", "--no-progress"], [*QQ, "--out", str(run)]):
+                with pytest.raises(SystemExit) as e:
+                    main(argv)
+                seen.setdefault("codes", []).append(e.value.code)
+            seen["same"] = _files(run) == before
+
+    assert main(["--resume", str(run), "--steps", "4", "--no-progress"], hooks={"on_step": on_step}) == 0
+    assert seen == {"codes": [2, 2], "same": True}  # both refused; not one byte changed
+    err = capsys.readouterr().err
+    assert f"another trainer (PID {os.getpid()}) is running in this run directory" in err
+    assert _ck(run)["step"] == 4  # the first run went on to its end
+    assert main(["--resume", str(run), "--steps", "5", "--no-progress"]) == 0  # released at its end
+
+
+def test_resume_flags_replace_the_checkpoints_optimizer_settings(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*QQ, "--out", str(run), "--lr", "1e-4", "--lr-decay", "none"]) == 0
+    capsys.readouterr()
+    groups = {}
+
+    def on_start(r):
+        groups["d"] = dict(r.opt_d.param_groups[0])
+        groups["g"] = dict(r.opt_g.param_groups[0])
+
+    assert main(["--resume", str(run), "--steps", "3", "--lr", "5e-4", "--betas", "0.5", "0.99",
+                 "--no-progress"], hooks={"on_start": on_start}) == 0
+    for g in groups.values():
+        assert float(g["lr"]) == 5e-4 and tuple(g["betas"]) == (0.5, 0.99)
+    err = capsys.readouterr().err
+    assert "--lr 0.0005 replaces the checkpoint's 0.0001" in err
+    assert "--betas 0.5 0.99 replaces the checkpoint's 0 0.9" in err
+    assert err.count("replaces the checkpoint's") == 2  # said once each, nothing else
+
+
+def test_resume_with_another_optimizer_keeps_the_networks_and_starts_fresh_state(tmp_path, capsys):
+    from pyfast_gan.optim import RMSpropClip
+
+    run = tmp_path / "run"
+    assert main([*QQ, "--out", str(run)]) == 0
+    weights = _ck(run)["G"]
+    seen = {}
+
+    def on_start(r):
+        seen["opt"] = type(r.opt_d)
+        seen["same_g"] = all(torch.equal(v, weights[k]) for k, v in r.G.state_dict().items())
+
+    assert main(["--resume", str(run), "--steps", "3", "--optimizer", "rmsprop", "--no-progress"],
+                hooks={"on_start": on_start}) == 0
+    assert seen == {"opt": RMSpropClip, "same_g": True}
+    assert "rmsprop starts with fresh state" in capsys.readouterr().err
+    assert _ck(run)["step"] == 3
+
+
+def _fail_at_step(step: int, exc: BaseException, target=torch, name="save"):
+    """on_step hook: from the end of generator step ``step`` on, ``target.name`` raises ``exc``."""
+    def on_step(r):
+        if r.generator_steps == step:
+            def boom(*a, **k):
+                raise exc
+            setattr(target, name, boom)
+    return on_step
+
+
+TORCH_FULL = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1216 vs 1114")
+
+
+@pytest.mark.parametrize("kind", ["torch-disk-full", "enospc", "read-only", "grid-enospc"])
+def test_failed_writes_are_one_line_and_keep_the_last_checkpoint(tmp_path, capsys, monkeypatch, kind):
+    import errno
+
+    from pyfast_gan.train import outputs
+
+    run = tmp_path / "run"
+    save, grid = torch.save, outputs.save_image_grid
+    monkeypatch.setattr(torch, "save", save)  # restored after the test, whatever the hook set
+    monkeypatch.setattr(outputs, "save_image_grid", grid)
+    exc, target, name = {
+        "torch-disk-full": (TORCH_FULL, torch, "save"),
+        "enospc": (OSError(errno.ENOSPC, "No space left on device"), torch, "save"),
+        "read-only": (PermissionError(errno.EACCES, "Permission denied", str(run / "checkpoints")), torch, "save"),
+        "grid-enospc": (OSError(errno.ENOSPC, "No space left on device", "grid.png"), outputs, "save_image_grid"),
+    }[kind]
+    rc = main([*QQ, "--steps", "4", "--out", str(run), "--checkpoint-every", "1", "--sample-every", "1"],
+              hooks={"on_step": _fail_at_step(1, exc, target, name)})
+    assert rc == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pyfast_gan.train:")]
+    assert len(err) == 1 and err[0].startswith("pyfast_gan.train: stopped at step 2: cannot write")
+    assert "(step 1)" in err[0]
+    if kind in ("enospc", "grid-enospc"):
+        assert "the disk is full" in err[0]
+    if kind == "torch-disk-full":  # torch never says why; the free space on that disk is told
+        assert "torch.save could not write the file (" in err[0] and "MiB free on that disk" in err[0]
+    monkeypatch.undo()
+    assert _ck(run)["step"] == 1  # the earlier checkpoint is intact
+    assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_ctrl_c_before_training_is_one_line(tmp_path, capsys, monkeypatch):
+    from pyfast_gan.train import loop
+
+    def interrupted(*a, **k):  # as a Ctrl-C while the data cache is built
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "build", interrupted)
+    assert main([*QQ, "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pyfast_gan.train: interrupted before training started; no checkpoint was written"]

@@ -246,12 +246,76 @@ def test_repeated_nonfinite_stops_with_message(tmp_path, capsys):
     assert rc == 3
     err = capsys.readouterr().err
     assert "consecutive steps with a non-finite loss or gradient" in err
-    assert "last good checkpoint is kept" in err
+    # the state it stopped in is written: the critic's weights are those of step 2 (critic
+    # steps 0-3 were fine), the generator's steps used no real batch and were applied
+    assert f"{out / 'checkpoints' / 'latest.pt'} holds step 5" in err
+    assert f"--resume {out} --lr LR" in err
     ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
-    assert ck["step"] == 2  # critic steps 0-3 were fine: generator steps 1 and 2 completed
+    two = torch.load(out / "checkpoints" / "step_000002.pt", weights_only=False)
+    assert ck["step"] == 5 and all(torch.equal(v, two["D"][k]) for k, v in ck["D"].items())
     assert all(torch.isfinite(v).all() for v in ck["D"].values() if v.is_floating_point())
     # checked at checkpoint steps here (every step): it stopped within one step of the limit
     assert "stopped at step 5: 6 consecutive" in err
+
+
+def test_run_ending_on_skipped_steps_writes_its_last_good_state(tmp_path, capsys):
+    """A streak below --max-nonfinite at --steps: the last state is written, the message says
+    which step it holds, and the exit code is not 0."""
+    out = tmp_path / "run"
+    snap = {}
+
+    def on_step(run):
+        snap[run.generator_steps] = {k: v.clone() for k, v in run.D.state_dict().items()}
+
+    rc = main(["--steps", "4", "--out", str(out), "--checkpoint-every", "1000", *TINY],
+              hooks={"on_start": _poison_batches(set(range(4, 10_000))), "on_step": on_step})
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert f"ended at step 4: 4 consecutive steps" in err and "holds step 4" in err
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["step"] == 4  # the critic as it was after its last applied step (step 2)
+    assert all(torch.equal(v, snap[2][k]) for k, v in ck["D"].items())
+    # and resuming it with a lower learning rate is what the message says it is
+    assert main(["--resume", str(out), "--steps", "5", "--lr", "1e-5", "--no-progress"]) == 0
+    assert torch.load(out / "checkpoints" / "latest.pt", weights_only=False)["opt_d"]["param_groups"][0]["lr"] == 1e-5
+
+
+def test_reused_config_json_warns_only_about_flags_typed(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["--loss", "dcgan", "--steps", "1", "--out", str(first), *TINY]) == 0
+    capsys.readouterr()
+    # config.json lists every field, gp_weight and clip_value among them: nobody chose them
+    assert main(["--config", str(first / "config.json"), "--out", str(tmp_path / "second"), "--steps", "1"]) == 0
+    assert "no effect" not in capsys.readouterr().err
+    assert main(["--config", str(first / "config.json"), "--out", str(tmp_path / "third"), "--steps", "1",
+                 "--gp-weight", "5"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("no effect") == 1 and "--gp-weight: no effect with --loss dcgan" in err
+
+
+def test_fp32_eager_reference_is_no_autocast_and_cuda_home_note_is_quiet(caplog):
+    import logging
+    import warnings
+
+    from pyfast_gan.fast.objective import autocast, quiet_cuda_home_note
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch: "In CPU autocast, but the target dtype is not supported"
+        with autocast("cpu", torch.float32):
+            assert not torch.is_autocast_enabled("cpu")
+    quiet_cuda_home_note()
+    log = logging.getLogger("torch.utils.cpp_extension")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
+        log.warning("another note")
+    assert [r.getMessage() for r in caplog.records] == ["another note"]
+
+
+def test_num_workers_help_says_what_zero_means(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0 = one per CPU core when building the decoded-dataset cache" in text
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")

@@ -493,17 +493,15 @@ def compare(args, argv: list[str]) -> dict:
 def score_cogan(name: str, run_dir: Path, args, evaluator) -> dict:
     """A CoGAN run: classifier scores of domain A (digits) and, for negatives, of domain B
     made digits again (its own inverse); the pair correspondence against shuffled pairs."""
-    from pyfast_gan.data.cogan import TRANSFORMS, negative
-    from pyfast_gan.metrics.cogan import correspondence_scores, generate_pairs
+    from pyfast_gan.metrics.cogan import score_cogan as scores_of
     from pyfast_gan.metrics.suite import scalar_items
     from pyfast_gan.sample import load_generator
 
     G, cfg = load_generator(str(run_dir), device="cpu")
     ck = torch.load(run_dir / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
     domain = cfg["cogan_domain"]
-    a, b = generate_pairs(G, args.final_n, seed=args.seed)
-    res_a = evaluator.score_batches(a.split(500))
-    res_b = evaluator.score_batches(negative(b).split(500)) if domain == "negative" else None
+    scores = scores_of(G, evaluator, domain)
+    res_a, res_b = scores["a"], scores["b"]
     recs = _read_jsonl(run_dir / "metrics.jsonl")
     return {
         "data": "digits", "run": name, "loss": "cogan", "domain": domain, "steps": int(ck["step"]),
@@ -511,7 +509,7 @@ def score_cogan(name: str, run_dir: Path, args, evaluator) -> dict:
         "train_time_s": round(float(ck.get("elapsed", 0.0)), 1),
         "scores_a": scalar_items(res_a), "counts_a": res_a.get("class_counts"),
         "scores_b": scalar_items(res_b) if res_b else None,
-        "correspondence": correspondence_scores(a, b, TRANSFORMS[domain], seed=args.seed),
+        "correspondence": scores["correspondence"],
         "history": [{"step": r["step"], **r["eval"]} for r in recs if isinstance(r.get("eval"), dict)],
         "losses": [{k: r[k] for k in ("step", "loss_d", "loss_g") if k in r} for r in recs if "loss_d" in r],
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import time
 import types
 import warnings
@@ -65,9 +66,25 @@ def amp_dtype(amp) -> torch.dtype | None:
 
 
 def autocast(device_type: str, dtype: torch.dtype | None, cache: bool = True):
-    if dtype is None:
+    # float32 is "no autocast" (the eager reference of the compile check): torch.autocast
+    # with it would warn on CPU ("the target dtype is not supported") and disable itself.
+    if dtype is None or dtype is torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=dtype, cache_enabled=cache)
+
+
+class _NoCudaHomeNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
+
+
+def quiet_cuda_home_note() -> None:
+    """Inductor imports torch.utils.cpp_extension, which logs "No CUDA runtime is found, using
+    CUDA_HOME=..." on a machine with a CUDA toolkit and no GPU: a note for whoever builds CUDA
+    extensions, not for a compiled CPU run, which never uses CUDA_HOME."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaHomeNote) for f in log.filters):
+        log.addFilter(_NoCudaHomeNote())
 
 
 def interpolate_leaf(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None,
@@ -225,6 +242,7 @@ class CriticObjective:
                 # Global switch, read whenever dynamo (re)traces; it only changes how
                 # autograd.grad inside a compiled region is handled.
                 torch._dynamo.config.trace_autograd_ops = True
+            quiet_cuda_home_note()
             self._compiled = torch.compile(own_copy(critic_loss), fullgraph=True, dynamic=False)
         return self._compiled
 
@@ -327,6 +345,8 @@ class GeneratorObjective:
         self.memory_format = memory_format
         self.compiled = bool(compile)
         self.autocast_cache = True
+        if compile:
+            quiet_cuda_home_note()
         self._fn = (torch.compile(own_copy(generator_loss), fullgraph=True, dynamic=False) if compile
                     else generator_loss)
 

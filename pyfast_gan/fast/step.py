@@ -281,15 +281,22 @@ class GANStep:
         self.nonfinite[2] = total
 
 
-def fit_loaded_state(opt: torch.optim.Optimizer) -> None:
+def fit_loaded_state(opt: torch.optim.Optimizer, hyperparameters: bool = False) -> None:
     """After ``load_state_dict``, whose param groups are the checkpoint's: make the groups
     this optimizer's own (a checkpoint from another mode or version may have been written
     with other options: fused or not, capturable or not, a float or tensor lr) and put the
-    step counters where this optimizer keeps them (on the device when fused or capturable)."""
+    step counters where this optimizer keeps them (on the device when fused or capturable).
+    ``hyperparameters``: also take every other setting (betas, eps, clip value...) from this
+    optimizer's construction, so only the state carries over (a resume with new flags); the
+    lr keeps the checkpoint's value (set it with :func:`set_lr`)."""
     for group in opt.param_groups:
         for k in ("fused", "capturable", "foreach"):
             if k in opt.defaults:
                 group[k] = opt.defaults[k]
+        if hyperparameters:
+            for k, v in opt.defaults.items():
+                if k != "lr":
+                    group[k] = v
         for k, v in opt.defaults.items():
             group.setdefault(k, v)
         lr, default_lr = group["lr"], opt.defaults["lr"]

@@ -52,3 +52,36 @@ def generate_pairs(G: torch.nn.Module, n: int, seed: int = 0, batch_size: int = 
         G.train(was)
     c = x.shape[1] // 2
     return x[:, :c], x[:, c:]
+
+
+def score_cogan(G: torch.nn.Module, evaluator, domain: str | None) -> dict:
+    """Scores of a CoGAN generator with ``evaluator`` (its fixed noise: ``evaluator.n`` pairs
+    from ``evaluator.seed``): domain A's scores; domain B's, when B can be made A-like again
+    (the digits' negatives are their own inverse; edge images have none); and the pair
+    correspondence against shuffled pairs when the domain's transformation is known (the
+    embedded digits: ``domain`` "negative" or "edges"; None for a --data-b PATH). The trainer
+    (--eval-every), ``python -m pyfast_gan.evaluate`` and the comparison study all score
+    CoGAN here. Returns ``{"a": ..., "b": ... or None, "correspondence": ... or None}``."""
+    from pyfast_gan.data.cogan import TRANSFORMS, negative
+
+    a, b = generate_pairs(G, evaluator.n, seed=evaluator.seed, batch_size=evaluator.batch_size)
+
+    def batches(x):
+        return (t.to(evaluator.device) for t in x.split(evaluator.batch_size))
+
+    return {"a": evaluator.score_batches(batches(a)),
+            "b": evaluator.score_batches(batches(negative(b))) if domain == "negative" else None,
+            "correspondence": (correspondence_scores(a, b, TRANSFORMS[domain], seed=evaluator.seed)
+                               if domain in TRANSFORMS else None)}
+
+
+def flat_cogan_scores(scores: dict) -> dict:
+    """:func:`score_cogan`'s result as one flat record (a metrics.jsonl line, evaluate's JSON):
+    domain A's keys as they are, domain B's as ``b_<key>``, ``correspondence`` and
+    ``correspondence_shuffled``."""
+    out = dict(scores["a"])
+    out.update({f"b_{k}": v for k, v in (scores["b"] or {}).items()})
+    if scores["correspondence"] is not None:
+        out["correspondence"] = scores["correspondence"]["paired"]
+        out["correspondence_shuffled"] = scores["correspondence"]["shuffled"]
+    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from .config import TrainConfig, build_parser, ignored_flags, parse_args, resolve
+from .config import TrainConfig, build_parser, command_line_flags, ignored_flags, parse_args, resolve
 from .loop import TrainingStopped, train
 from .run import Run, build
 
@@ -24,17 +24,22 @@ __all__ = ["TrainConfig", "build_parser", "parse_args", "resolve", "train", "bui
 
 def main(argv=None, hooks: dict | None = None) -> int:
     """CLI entry point. Returns the process exit code: 0 done, 130 interrupted (checkpoint
-    written), 3 stopped on non-finite values; bad flags or data exit via argparse (code 2)."""
+    written), 3 ended on non-finite values, 1 a failed write (disk full, read-only); bad flags
+    or data, or a run directory another trainer holds, exit via argparse (code 2)."""
     cfg, explicit = parse_args(argv)
     parser = build_parser()
     try:
         resolved = resolve(cfg, explicit)
-        for msg in ignored_flags(resolved, explicit):
+        for msg in ignored_flags(resolved, command_line_flags(argv)):
             print(f"[pyfast_gan.train] {msg}", file=sys.stderr, flush=True)
         result = train(resolved, hooks=hooks)
     except TrainingStopped as e:
         print(f"pyfast_gan.train: {e}", file=sys.stderr, flush=True)
-        return 3
+        return e.code
+    except KeyboardInterrupt:  # before the loop's own Ctrl-C handling: set-up, data cache build
+        print("pyfast_gan.train: interrupted before training started; no checkpoint was written",
+              file=sys.stderr, flush=True)
+        return 130
     except ValueError as e:  # bad flag / data (pyfast_gan.data.DataError is a ValueError)
         parser.error(str(e))
     return 130 if result["status"] == "interrupted" else 0

@@ -1,8 +1,11 @@
 """Checkpoints: everything needed to continue a run bitwise-exactly, written atomically."""
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +47,43 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        # torch's zip writer reports a failed write (a full disk, a quota) as "[enforce fail
+        # at inline_container.cc ...] unexpected pos" or "PytorchStreamWriter failed writing":
+        # an OSError like any other failed write, so callers handle one kind.
+        if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+            raise
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC if free < 64 << 20 else errno.EIO,
+                      f"torch.save could not write the file ({first_sentences(str(e), 120)}; "
+                      f"{free / 2**20:.0f} MiB free on that disk)", str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def first_sentences(text: str, limit: int = 200) -> str:
+    """The first line of ``text``, cut at a sentence end so it stays under ``limit`` characters
+    where it can (the first sentence is always kept whole): one line that never stops
+    mid-sentence."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    parts = re.split(r"(?<=[.!?])\s+", line)
+    out = parts[0]
+    for part in parts[1:]:
+        if len(out) + 1 + len(part) > limit:
+            break
+        out += " " + part
+    return out.rstrip(".")
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The generator step a checkpoint holds, read without loading its tensors (mmap); None
+    when it is missing or unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"])
+    except Exception:  # noqa: BLE001 - any unreadable file means: unknown
+        return None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -73,7 +110,7 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
         # Only load checkpoints you wrote yourself.
         ck = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch.load raises many kinds for a bad file
-        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        why = first_sentences(str(e)) or type(e).__name__
         raise ValueError(f"{path}: not a readable checkpoint (truncated, empty or not a torch "
                          f"file: {why})") from None
     missing = [k for k in REQUIRED if not isinstance(ck, dict) or k not in ck]

@@ -118,7 +118,11 @@ class TrainConfig:
     out: str = _f("", "Output directory, new or empty: an existing run is never overwritten "
                   "(continue it with --resume DIR). Default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>.")
     resume: str = _f("", "Resume from DIR (a run directory or a checkpoint file); continues "
-                     "exactly where it stopped, writing to the same directory unless --out.")
+                     "exactly where it stopped, writing to the same directory unless --out. Flags "
+                     "given with it replace the checkpoint's training settings (lr, betas, clip "
+                     "value, gp weight...; --lr-decay scales the lr given now); a new --optimizer "
+                     "keeps the networks and starts fresh optimizer state. One trainer per run "
+                     "directory: a second one is refused.")
     seed: int = _f(0, "Random seed (models, noise, data order).")
     device: str = _f("auto", "Device (auto = cuda when available).", ("auto", "cpu", "cuda"))
     sample_every: int = _f(500, "Write samples/step_XXXXXX.png every this many steps.")
@@ -140,7 +144,10 @@ class TrainConfig:
                             "consecutive critic or generator steps were skipped. Checked at log "
                             "and checkpoint steps (the step itself never waits for the host), "
                             "so the run stops at the first check after the limit is reached.")
-    num_workers: int = _f(0, "Data-decoding worker processes for image folders.")
+    num_workers: int = _f(0, "Decoding worker processes for a data PATH (image folders, LMDB). "
+                          "0 = one per CPU core when building the decoded-dataset cache; when "
+                          "decoding into memory (--data-cache off, CoGAN's two domains) 0 decodes "
+                          "in the trainer's own process.")
     progress: bool = _f(True, "Show a progress bar.")
     tensorboard: bool = _f(True, "Also write metrics.jsonl's scalars and the sample grids as TensorBoard "
                            "events under RUN/tensorboard (open with: tensorboard --logdir RUN).")
@@ -348,6 +355,12 @@ def parse_args(argv=None) -> tuple[TrainConfig, set[str]]:
     return TrainConfig(**explicit), set(explicit)
 
 
+def command_line_flags(argv=None) -> set[str]:
+    """The field names typed on the command line (not those a --config file set): what the
+    user chose for this run, as opposed to a reused config.json that lists every field."""
+    return set(vars(build_parser().parse_args(argv))) - {"config"}
+
+
 def _check_choices(values: dict) -> str | None:
     for k, v in values.items():
         ch = FIELDS[k].metadata.get("choices")
@@ -440,7 +453,9 @@ MAX_SEED = 2**63 - 2**32
 
 
 def ignored_flags(cfg: TrainConfig, explicit: set[str]) -> list[str]:
-    """Flags given that do nothing for this data and loss, one message each."""
+    """Flags given that do nothing for this data and loss, one message each. ``explicit``:
+    the flags typed on the command line (:func:`command_line_flags`); a config file (a
+    run's config.json holds every field) is not warned about."""
     out = []
     if cfg.data in TOY_DATA:
         out += [f"--{k.replace('_', '-')}: no effect on 2-D toy data ({cfg.data}); ignored"

@@ -5,7 +5,9 @@ torchrun are all settings of the run's one step (run.py)."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import sys
 import time
 import warnings
@@ -17,20 +19,37 @@ import torch
 from . import checkpoint as ckpt_mod
 from .config import TrainConfig
 from .outputs import MetricsWriter, plot_losses, plot_metrics
-from .run import Run, StopFlag, build, check_out_dir
+from .run import Run, StopFlag, build, check_out_dir, lock_run_dir
 
 WARMUP_STEPS = 5  # generator steps excluded from img_per_s (allocator, caches, compile)
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped because of repeated non-finite losses or gradients."""
+    """Training ended without reaching a healthy end: non-finite losses or gradients (exit
+    code 3), a failed write such as a full disk (1) or a second Ctrl-C (130). The message is
+    one line that says which checkpoint was kept."""
+
+    def __init__(self, message: str, code: int = 3):
+        super().__init__(message)
+        self.code = code
+
+
+def write_failure(e: BaseException) -> str | None:
+    """What a failed write means, in one line, or None when ``e`` is not one (an OSError with
+    an errno: no space left, permission denied, read-only file system...)."""
+    if not isinstance(e, OSError) or e.errno is None:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"cannot write{where}: {e.strerror or e}{full}"
 
 
 def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
     """Train for a resolved config (``pyfast_gan.train.config.resolve``). Returns a summary
-    dict (out dir, final step, status 'done' | 'interrupted'). Raises TrainingStopped on
-    repeated non-finite steps, ValueError (incl. pyfast_gan.data.DataError) for bad input
-    before anything is written.
+    dict (out dir, final step, status 'done' | 'interrupted'). Raises TrainingStopped when the
+    run ends on non-finite steps (after writing the last good state as latest.pt) or a write
+    fails, ValueError (incl. pyfast_gan.data.DataError) for bad input before anything is
+    written, among them another trainer holding the run directory's lock.
 
     Under torchrun (WORLD_SIZE > 1) the run is data-parallel (pyfast_gan.fast.distributed):
     rank 0's weights are broadcast once, each rank trains on its slice of a global batch of
@@ -47,12 +66,17 @@ def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     had_group = dist_mod.is_distributed()
     rank, world, _ = dist_mod.init_distributed(device="cuda" if want_cuda else "cpu")
+    lock = None
     try:
+        if rank == 0:  # the writer; before build, so a refused start decodes nothing either
+            lock = lock_run_dir(Path(cfg.out))
         with warnings.catch_warnings():
             if rank != 0:
                 warnings.simplefilter("ignore")
             return _train(build(cfg, rank=rank, world=world), hooks or {})
     finally:
+        if lock is not None:
+            os.close(lock)
         if not had_group:
             dist_mod.cleanup()
 
@@ -67,11 +91,37 @@ def _agreed(run: Run, flag: bool) -> bool:
     return bool(t.item())
 
 
+def kept(out: Path) -> str:
+    """Which checkpoint a run that ends now leaves behind, for its last message."""
+    latest = out / "checkpoints" / "latest.pt"
+    if not latest.exists():
+        return "no checkpoint had been written yet"
+    step = ckpt_mod.checkpoint_step(latest)
+    return f"the last good checkpoint is kept at {latest}" + (f" (step {step})" if step is not None else "")
+
+
 def _train(run: Run, hooks: dict) -> dict:
+    """The loop, with its one-line endings: a failed write (disk full, read-only directory)
+    or a Ctrl-C outside the loop's own handling says what was kept instead of a traceback;
+    earlier checkpoints are intact (every write is a temporary file, then a rename)."""
+    try:
+        return _loop(run, hooks)
+    except OSError as e:
+        why = write_failure(e)
+        if why is None:
+            raise
+        raise TrainingStopped(f"stopped at step {run.generator_steps}: {why}; {kept(Path(run.cfg.out))}",
+                              code=1) from None
+    except KeyboardInterrupt:
+        raise TrainingStopped(f"interrupted at step {run.generator_steps}; {kept(Path(run.cfg.out))}",
+                              code=130) from None
+
+
+def _loop(run: Run, hooks: dict) -> dict:
     cfg, out = run.cfg, Path(run.cfg.out)
     evaluator, metrics = None, None
     if cfg.eval_every > 0 and run.main:
-        from pyfast_gan.metrics.suite import Evaluator, scalar_items
+        from pyfast_gan.metrics.suite import Evaluator
 
         # Its own noise generators: evaluating never moves the training RNG streams.
         evaluator = Evaluator(cfg.data, metrics=cfg.eval_metrics, real=run.real_u8, n=cfg.eval_n,
@@ -108,21 +158,11 @@ def _train(run: Run, hooks: dict) -> dict:
                 ckpt_mod.save_atomic(payload, out / "checkpoints" / f"step_{run.generator_steps:06d}.pt")
         return latest
 
-    def kept() -> str:
-        latest = out / "checkpoints" / "latest.pt"
-        return (f"the last good checkpoint is kept at {latest}" if latest.exists()
-                else "no checkpoint had been written yet")
-
-    def healthy() -> bool:
-        """Reads the step's device counters (a host sync: log and checkpoint steps only)."""
+    def streak() -> int:
+        """Consecutive skipped steps: reads the step's device counters (a host sync: log and
+        checkpoint steps only)."""
         h = run.step.health()
-        streak = max(h["streak_d"], h["streak_g"])
-        if streak >= cfg.max_nonfinite:
-            raise TrainingStopped(
-                f"stopped at step {run.generator_steps}: {streak} consecutive steps with a "
-                f"non-finite loss or gradient (--max-nonfinite {cfg.max_nonfinite}); {kept()}. "
-                "Try a lower --lr, --amp off, or check the data.")
-        return streak == 0
+        return max(h["streak_d"], h["streak_g"])
 
     from tqdm.auto import tqdm
 
@@ -179,7 +219,9 @@ def _train(run: Run, hooks: dict) -> dict:
                     pbar.set_postfix(postfix, refresh=False)
                     acc.clear()
                     step_time, step_count = 0.0, 0
-                    healthy()
+                    if streak() >= cfg.max_nonfinite:
+                        status = "nonfinite"
+                        break
                 if (step % cfg.sample_every == 0 or last) and run.main:
                     grid = out / "samples" / f"step_{step:06d}.png"
                     ev = run.write_samples(grid)
@@ -189,17 +231,22 @@ def _train(run: Run, hooks: dict) -> dict:
                         postfix["modes"] = f"{ev['modes_covered']}/{ev['num_modes']}"
                     plot_losses(metrics.records, out / "plots" / "losses.png")
                 if evaluator is not None and (step % cfg.eval_every == 0 or last):
-                    res = scalar_items(evaluator(run.eval_generator(), cfg.z_dim))
+                    res = run.evaluate(evaluator)
                     metrics.write({"step": step, "eval": res})
                     plot_metrics(metrics.records, out / "plots" / "metrics.png")
                     key = next((k for k in ("cfid", "fid", "toy_fd") if k in res), None)
                     if key:
                         postfix[key] = f"{res[key]:.3g}"
                 pbar.set_postfix(postfix, refresh=False)
-                # Only healthy states are checkpointed, so after non-finite steps latest.pt
-                # is the last good state (the counters agree on every rank).
-                if (step % cfg.checkpoint_every == 0 or last) and healthy():
-                    save(periodic=step % cfg.checkpoint_every == 0)
+                # Only healthy states are checkpointed on the way (the counters agree on every
+                # rank); a run that ends on skipped steps writes its last good state below.
+                if step % cfg.checkpoint_every == 0 or last:
+                    skipped_now = streak()
+                    if skipped_now >= cfg.max_nonfinite:
+                        status = "nonfinite"
+                        break
+                    if skipped_now == 0:
+                        save(periodic=step % cfg.checkpoint_every == 0)
                 if "on_step" in hooks:
                     hooks["on_step"](run)
                 # Ranks agree on a signal at log steps (one all-reduce), a single process at once.
@@ -226,7 +273,34 @@ def _train(run: Run, hooks: dict) -> dict:
                                         "is in the checkpoint, so the resumed run is not bitwise exact)")
         run.say(f"interrupted at step {run.generator_steps}: checkpoint written to {path}{note}. "
                 f"Continue with: python -m pyfast_gan.train --resume {out}")
-    elif run.main:
+        return {"out": str(out), "step": run.generator_steps, "status": status, "run": run}
+    bad = streak()
+    if bad:  # stopped at --max-nonfinite, or reached --steps on skipped steps
+        _end_nonfinite(run, out, bad, start, save, stopped=status == "nonfinite")
+    if run.main:
         plot_losses(metrics.records, out / "plots" / "losses.png")
-        print(f"done: {run.generator_steps} steps in {time.perf_counter() - t0:.1f} s; outputs in {out}", flush=True)
+        print(f"done: {run.generator_steps} steps in {time.perf_counter() - t0:.1f} s; outputs in {out} "
+              f"(checkpoints/latest.pt holds step {run.generator_steps})", flush=True)
     return {"out": str(out), "step": run.generator_steps, "status": status, "run": run}
+
+
+def _end_nonfinite(run: Run, out: Path, bad: int, start: int, save, stopped: bool) -> None:
+    """Write the last good state and raise TrainingStopped. Skipped steps change no weights,
+    optimizer state, EMA or batch-norm statistics (GANStep), so the current state holds the
+    weights of the last step with an applied update; a run that applied none keeps what it had."""
+    cfg, step = run.cfg, run.generator_steps
+    good = int(run.last_applied) if run.last_applied is not None else start
+    latest = out / "checkpoints" / "latest.pt"
+    if good > start:
+        save(periodic=False)
+        held = (f"{latest} holds step {step}" + (f" (the weights of step {good}, the last with a finite update)"
+                                                  if good < step else ""))
+    else:
+        held = kept(out)
+    why = (f"{bad} consecutive steps with a non-finite loss or gradient were skipped "
+           f"(--max-nonfinite {cfg.max_nonfinite})")
+    more = "" if stopped else f" --steps N (N > {step})"
+    raise TrainingStopped(
+        f"{'stopped' if stopped else 'ended'} at step {step}: {why}; {held}. Resume it, or an earlier "
+        f"checkpoints/step_*.pt, with a lower learning rate (flags given with --resume replace the "
+        f"checkpoint's): python -m pyfast_gan.train --resume {out} --lr LR{more}; or try --amp off, or check the data.")

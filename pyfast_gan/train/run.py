@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
+import os
 import random
 import signal
 import sys
@@ -101,6 +103,12 @@ def cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> s
     return None
 
 
+def cogan_domain(config: dict) -> str | None:
+    """A CoGAN run's domain transformation ("negative", "edges") on the embedded digits, or
+    None when domain B is a --data-b PATH (no known transformation between the two)."""
+    return None if config.get("data_b") else config.get("cogan_domain", "negative")
+
+
 def check_out_dir(cfg: TrainConfig) -> Path:
     """The run directory, checked before anything is built or written: a new run never
     overwrites an existing one, and the directory must be creatable and writable (probed with
@@ -119,6 +127,29 @@ def check_out_dir(cfg: TrainConfig) -> Path:
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write in {probe} ({e.strerror or e})") from None
     return out
+
+
+def lock_run_dir(out: Path) -> int:
+    """Take the run directory's own lock (``RUN/.lock``, an exclusive ``flock``) for the life of
+    the trainer and return its file descriptor; the OS releases it when the process dies. A
+    second trainer on the same directory (with --resume or not) is refused here, before it
+    touches any file. Readers (sample, evaluate) never take it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create the run's lock file ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(f"--out {out}: another trainer (PID {holder}) is running in this run directory "
+                         f"(it holds {out / '.lock'}); nothing was changed. Wait for it to end or stop it, "
+                         f"then --resume {out}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class StopFlag:
@@ -168,6 +199,9 @@ class Run:
     plateau: PlateauDecay | None = None  # --lr-decay plateau (BEGAN)
     real_u8: torch.Tensor | None = None  # decoded images, for the evaluator only
     generator_steps: int = 0
+    # The generator step after which the weights last changed (a step with any applied
+    # update), on the device: skipped steps leave the weights as they were.
+    last_applied: torch.Tensor | None = None
     elapsed_before: float = 0.0
     resumed_from: Path | None = None
     capture_time_s: float | None = None
@@ -191,29 +225,37 @@ class Run:
         if cfg.lr_decay == "linear":
             # A function of the step counter alone (no scheduler state): a resumed run sets
             # exactly the same lrs.
-            frac = max(0.0, 1.0 - self.generator_steps / cfg.steps)
-            set_lr(self.opt_g, (cfg.lr_g or cfg.lr) * frac)
-            set_lr(self.opt_d, cfg.lr * frac)
+            lr_g, lr_d = self.scheduled_lrs()
+            set_lr(self.opt_g, lr_g)
+            set_lr(self.opt_d, lr_d)
         stats = [self.step.critic_step(self.batcher.next(cfg.batch_size)) for _ in range(self.n_critic())]
         stats.append(self.step.generator_step(cfg.batch_size))
         self.generator_steps += 1
+        if self.last_applied is None:
+            self.last_applied = torch.zeros((), dtype=torch.long, device=self.device)
+        applied = torch.stack([s["skipped"] for s in stats]).amin() == 0
+        self.last_applied.masked_fill_(applied, self.generator_steps)
         if self.plateau is not None:
             self.plateau.observe(stats[-1]["m_global"])
             if self.generator_steps % self.plateau.window == 0 and self.plateau.end_window():
-                set_lr(self.opt_g, (cfg.lr_g or cfg.lr) * self.plateau.scale)
-                set_lr(self.opt_d, cfg.lr * self.plateau.scale)
+                lr_g, lr_d = self.scheduled_lrs()
+                set_lr(self.opt_g, lr_g)
+                set_lr(self.opt_d, lr_d)
                 self.say(f"--lr-decay plateau: M_global stalled; lr x {self.plateau.scale:g} "
                          f"at step {self.generator_steps}")
         return stats
 
-    def eval_generator(self) -> torch.nn.Module:
-        """The generator the evaluator scores (EMA when on); CoGAN: domain A's images."""
+    def evaluate(self, evaluator) -> dict:
+        """The scalar scores of the generator (EMA when on) for metrics.jsonl; CoGAN: each
+        domain and the pair correspondence (pyfast_gan.metrics.cogan, as evaluate scores it)."""
+        from pyfast_gan.metrics.suite import scalar_items
+
         g = self.ema.module if self.ema is not None else self.G
         if self.cfg.arch == "cogan":
-            from pyfast_gan.models import DomainView
+            from pyfast_gan.metrics.cogan import flat_cogan_scores, score_cogan
 
-            return DomainView(g, 0)
-        return g
+            return scalar_items(flat_cogan_scores(score_cogan(g, evaluator, cogan_domain(self.cfg.to_dict()))))
+        return scalar_items(evaluator(g, self.cfg.z_dim))
 
     # -- outputs ------------------------------------------------------------------------
     def write_samples(self, path: Path) -> dict:
@@ -297,19 +339,46 @@ class Run:
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
 
+    def scheduled_lrs(self) -> tuple[float, float]:
+        """(generator lr, critic lr) at the current step: the config's lrs times the schedule's
+        factor (--lr-decay linear: of the step counter; plateau: the halvings so far)."""
+        cfg = self.cfg
+        scale = 1.0
+        if cfg.lr_decay == "linear":
+            scale = max(0.0, 1.0 - self.generator_steps / cfg.steps)
+        elif self.plateau is not None:
+            scale = self.plateau.scale
+        return (cfg.lr_g or cfg.lr) * scale, cfg.lr * scale
+
     def load(self, ck: dict) -> None:
         step = self.step
         self.G.load_state_dict(ck["G"])
         self.D.load_state_dict(ck["D"])
-        self.opt_g.load_state_dict(ck["opt_g"])
-        self.opt_d.load_state_dict(ck["opt_d"])
-        fit_loaded_state(self.opt_g)
-        fit_loaded_state(self.opt_d)
+        saved = ck["config"]
+        for line in resume_changes(saved, self.cfg):
+            self.say(line)
+        was = saved.get("optimizer", self.cfg.optimizer)
+        if was != self.cfg.optimizer:
+            # Adam's moments and RMSprop's square averages are different state: the networks
+            # carry over, the new optimizer starts from zero state.
+            self.say(f"--optimizer {self.cfg.optimizer}: the networks are restored from the checkpoint; "
+                     f"{self.cfg.optimizer} starts with fresh state ({was}'s state in the checkpoint is not used)")
+        else:
+            self.opt_g.load_state_dict(ck["opt_g"])
+            self.opt_d.load_state_dict(ck["opt_d"])
+            # Every hyperparameter is this run's (the optimizers were built from its config, in
+            # which flags given now replace the checkpoint's values); only the state carries over.
+            fit_loaded_state(self.opt_g, hyperparameters=True)
+            fit_loaded_state(self.opt_d, hyperparameters=True)
         for name in ("scaler_g", "scaler_d"):
             if ck.get(name) and getattr(step, name).is_enabled():
                 getattr(step, name).load_state_dict(ck[name])
-        if self.ema is not None and ck.get("ema") is not None:
-            self.ema.load_state_dict(ck["ema"])
+        if self.ema is not None:
+            if ck.get("ema") is not None:
+                self.ema.load_state_dict(ck["ema"])
+                self.ema.decay = float(self.cfg.ema)  # --ema given now replaces the saved decay
+            else:  # --ema turned on at resume: the average starts from the restored generator
+                self.ema.module.load_state_dict(self.G.state_dict())
         self.batcher.load_state_dict(ck["data"])
         ckpt_mod.set_rng_state(ck["rng"], self.data_gen)
         ranks_rng = ck.get("rng_ranks")
@@ -323,8 +392,35 @@ class Run:
         step.load_loss_state(ck.get("loss_state"))
         if self.plateau is not None and ck.get("plateau") is not None:
             self.plateau.load_state_dict(ck["plateau"])
+        lr_g, lr_d = self.scheduled_lrs()
+        set_lr(self.opt_g, lr_g)
+        set_lr(self.opt_d, lr_d)
+        self.last_applied = torch.tensor(self.generator_steps, device=self.device)
         self.fixed_noise = ck["fixed_noise"].to(self.device)
         self.elapsed_before = float(ck.get("elapsed", 0.0))
+
+
+# What a --resume may change about the training (not the models or data, config.py's
+# FROZEN_ON_RESUME): each one given now is said once.
+RESUME_SETTINGS = ("optimizer", "lr", "lr_g", "betas", "clip_value", "gp_weight", "lazy_gp", "n_critic",
+                   "lr_decay", "plateau_steps", "ema", "began_gamma", "began_lambda_k")
+
+
+def _show(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return " ".join(map(_show, v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """One line per training setting whose value now differs from the checkpoint's."""
+    now = cfg.to_dict()
+    out = []
+    for k in RESUME_SETTINGS:
+        old, new = saved.get(k), now[k]
+        if k in saved and (list(old) if isinstance(old, tuple) else old) != new:
+            out.append(f"--{k.replace('_', '-')} {_show(new)} replaces the checkpoint's {_show(old)}")
+    return out
 
 
 def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
