@@ -258,3 +258,18 @@ def test_cuda_kernel_bitwise_equals_cpu_kernel(dtype, layout):
             gi_cuda = ops.gradient_norm_penalty_backward(gp.cuda(), make_layout(x.cuda(), layout), norm.cuda(), center,
                                                          mode)
             assert torch.equal(gi_cuda.cpu(), gi_cpu), (shape, mode)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl,device", [TRITON, impl_param("cuda", "penalty")])
+def test_a_sample_larger_than_a_2d_grid_axis(impl, device):
+    """One sample of 65,535 x 2,048 + 7 elements: more chunks than a second grid axis holds
+    (65,535), which the Triton kernels' old 2-D grid could not launch."""
+    g = torch.randn(1, 65535 * 2048 + 7, device=device)
+    g.requires_grad_(True)
+    per = pg.gradient_norm_penalty(g, center=1.0, reduction="none", impl=impl)
+    per.sum().backward()
+    norm = g.detach().double().norm()
+    torch.testing.assert_close(per.double(), (norm - 1) ** 2 * torch.ones(1, device=device, dtype=torch.float64),
+                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(g.grad, (2 * (norm - 1) / norm).float() * g.detach(), rtol=1e-4, atol=1e-6)

@@ -6,17 +6,12 @@ import pyfast_gan as pg
 from pyfast_gan import _native
 from pyfast_gan.ops import interpolate as interp
 from pyfast_gan.ops._dispatch import triton_available
-from pyfast_gan.testing import make_layout, tol
+from pyfast_gan.testing import impl_device, impl_param, make_layout, tol
 
 HAS_NATIVE = _native.load("penalty")
-HAS_TRITON = triton_available(torch.device("cpu"))[0] or torch.cuda.is_available()
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-IMPLS = [
-    pytest.param("cpu", "cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="native library not built")),
-    pytest.param("triton", TRITON_DEVICE, marks=pytest.mark.skipif(not HAS_TRITON, reason="triton unavailable")),
-    pytest.param("cuda", "cuda", marks=pytest.mark.cuda),
-]
+HAS_TRITON = triton_available(torch.device(impl_device("triton")))[0]
+TRITON_DEVICE = impl_device("triton")
+IMPLS = [impl_param("cpu", "penalty"), impl_param("triton", "penalty"), impl_param("cuda", "penalty")]
 SHAPES = [(1, 3, 4, 5), (5, 3, 7, 9), (3, 17), (2, 3, 50, 60)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = ["contiguous", "channels_last", "strided", "offset"]
@@ -237,3 +232,15 @@ def test_readme_example(readme_example, capsys):
     exec(readme_example("pyfast_gan.interpolate("), ns)
     assert capsys.readouterr().out.startswith("torch.Size([8]) False")
     assert ns["x_hat"].is_leaf and ns["x_hat"].requires_grad
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl,device", [impl_param("triton", "penalty"), impl_param("cuda", "penalty")])
+def test_a_sample_larger_than_a_2d_grid_axis(impl, device):
+    """One sample of 65,535 x 2,048 + 7 elements: more chunks than a second grid axis holds."""
+    real = torch.randn(2, 65535 * 2048 + 7, device=device)
+    fake = torch.randn_like(real)
+    alpha = torch.rand(2, device=device)
+    x, _ = pg.interpolate(real, fake, alpha, impl=impl)
+    want, _ = pg.interpolate(real, fake, alpha, impl="reference")
+    torch.testing.assert_close(x, want, **tol(torch.float32))
