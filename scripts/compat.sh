@@ -16,8 +16,13 @@ VERSION=${1:?usage: bash scripts/compat.sh TORCH_VERSION}
 cd "$(dirname "$0")/.."
 SRC=$PWD
 DIR=${COMPAT_DIR:-/tmp/pyfast_gan_compat_$VERSION}
-PY=${PYTHON312:-$(command -v python3.12 2>/dev/null || ls ~/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)}
-[ -x "$PY" ] || { echo "compat.sh: no Python 3.12 found (set PYTHON312)" >&2; exit 2; }
+PY=${PYTHON312:-}
+if [ -z "$PY" ]; then  # the first python3.12 that runs (a pyenv shim may exist and fail)
+  for c in python3.12 ~/.pyenv/versions/3.12*/bin/python3.12; do
+    if "$c" --version > /dev/null 2>&1; then PY=$c; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "compat.sh: no Python 3.12 found (set PYTHON312)" >&2; exit 2; }
 rm -rf "$DIR"
 mkdir -p "$DIR"
 echo "== venv ($("$PY" --version)) in $DIR"
@@ -27,7 +32,9 @@ V="$DIR/venv/bin/python"
 export PIP_CONSTRAINT="" PIP_DISABLE_PIP_VERSION_CHECK=1
 "$V" -m pip install -q --upgrade pip setuptools wheel
 "$V" -m pip install -q "torch==$VERSION"
-"$V" -m pip install -q numpy pillow tqdm scikit-learn matplotlib scipy tensorboard lmdb pytest pytest-benchmark ninja
+# Without lmdb, torchvision and pytorch-fid, as on the lent GPU machines: the tests that need
+# them must skip there, and this run shows that they do.
+"$V" -m pip install -q numpy pillow tqdm scikit-learn matplotlib scipy tensorboard pytest pytest-benchmark ninja
 echo "== copy of the working tree"
 mkdir -p "$DIR/src"
 git ls-files -z --cached --others --exclude-standard | (cd "$SRC" && xargs -0 cp --parents -t "$DIR/src")

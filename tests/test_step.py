@@ -71,6 +71,11 @@ CASES = {
 def test_steady_state_steps_never_sync_with_the_host(case):
     if "--compile" in CASES[case] and not has_trace_autograd_ops():
         pytest.skip("torch lacks trace_autograd_ops")
+    if "--compile" in CASES[case] and torch.__version__ < "2.12":
+        # torch 2.11's dynamo fails its own guard on this test's counting TorchFunctionMode
+        # ("Guard failed on the same frame it was created. This is a bug"); the compiled step
+        # itself trains there (test_train_cli's --compile runs pass on 2.11, scripts/compat.sh)
+        pytest.skip("torch 2.11 dynamo cannot trace the guard's counting mode")
     run = _run(*CASES[case])
     B = run.cfg.batch_size
     for _ in range(2):  # warm-up: compilation and its check, lazily created optimizer state

@@ -19,7 +19,9 @@ PROBE = Path(__file__).with_name("triton_ptx_probe.py")
 
 @pytest.fixture(scope="module")
 def ptx():
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    # the probe runs as a script: its folder, not the checkout, is first on sys.path
+    env = {**os.environ, "TRITON_INTERPRET": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE.parents[1]), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(PROBE)], env=env, capture_output=True, text=True, timeout=600,
                           cwd=PROBE.parents[1])
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 
 from .config import TrainConfig, build_parser, command_line_flags, ignored_flags, parse_args, resolve
-from .loop import TrainingStopped, train
+from .endings import TrainingStopped
+from .loop import train
 from .run import Run, build
 
 __all__ = ["TrainConfig", "build_parser", "parse_args", "resolve", "train", "build", "Run",

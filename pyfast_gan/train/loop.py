@@ -5,7 +5,6 @@ torchrun are all settings of the run's one step (run.py)."""
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import sys
@@ -18,30 +17,11 @@ import torch
 
 from . import checkpoint as ckpt_mod
 from .config import TrainConfig
+from .endings import end_nonfinite, stopped_by
 from .outputs import MetricsWriter, plot_losses, plot_metrics
 from .run import Run, StopFlag, build, check_out_dir, lock_run_dir
 
 WARMUP_STEPS = 5  # generator steps excluded from img_per_s (allocator, caches, compile)
-
-
-class TrainingStopped(RuntimeError):
-    """Training ended without reaching a healthy end: non-finite losses or gradients (exit
-    code 3), a failed write such as a full disk (1) or a second Ctrl-C (130). The message is
-    one line that says which checkpoint was kept."""
-
-    def __init__(self, message: str, code: int = 3):
-        super().__init__(message)
-        self.code = code
-
-
-def write_failure(e: BaseException) -> str | None:
-    """What a failed write means, in one line, or None when ``e`` is not one (an OSError with
-    an errno: no space left, permission denied, read-only file system...)."""
-    if not isinstance(e, OSError) or e.errno is None:
-        return None
-    where = f" {e.filename}" if e.filename else ""
-    full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return f"cannot write{where}: {e.strerror or e}{full}"
 
 
 def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
@@ -91,30 +71,15 @@ def _agreed(run: Run, flag: bool) -> bool:
     return bool(t.item())
 
 
-def kept(out: Path) -> str:
-    """Which checkpoint a run that ends now leaves behind, for its last message."""
-    latest = out / "checkpoints" / "latest.pt"
-    if not latest.exists():
-        return "no checkpoint had been written yet"
-    step = ckpt_mod.checkpoint_step(latest)
-    return f"the last good checkpoint is kept at {latest}" + (f" (step {step})" if step is not None else "")
-
-
 def _train(run: Run, hooks: dict) -> dict:
-    """The loop, with its one-line endings: a failed write (disk full, read-only directory)
-    or a Ctrl-C outside the loop's own handling says what was kept instead of a traceback;
-    earlier checkpoints are intact (every write is a temporary file, then a rename)."""
+    """The loop, with one-line endings for a failed write and a Ctrl-C (endings.py)."""
     try:
         return _loop(run, hooks)
-    except OSError as e:
-        why = write_failure(e)
-        if why is None:
+    except (OSError, KeyboardInterrupt) as e:
+        stop = stopped_by(run, e)
+        if stop is None:
             raise
-        raise TrainingStopped(f"stopped at step {run.generator_steps}: {why}; {kept(Path(run.cfg.out))}",
-                              code=1) from None
-    except KeyboardInterrupt:
-        raise TrainingStopped(f"interrupted at step {run.generator_steps}; {kept(Path(run.cfg.out))}",
-                              code=130) from None
+        raise stop from None
 
 
 def _loop(run: Run, hooks: dict) -> dict:
@@ -276,31 +241,9 @@ def _loop(run: Run, hooks: dict) -> dict:
         return {"out": str(out), "step": run.generator_steps, "status": status, "run": run}
     bad = streak()
     if bad:  # stopped at --max-nonfinite, or reached --steps on skipped steps
-        _end_nonfinite(run, out, bad, start, save, stopped=status == "nonfinite")
+        end_nonfinite(run, out, bad, start, save, stopped=status == "nonfinite")
     if run.main:
         plot_losses(metrics.records, out / "plots" / "losses.png")
         print(f"done: {run.generator_steps} steps in {time.perf_counter() - t0:.1f} s; outputs in {out} "
               f"(checkpoints/latest.pt holds step {run.generator_steps})", flush=True)
     return {"out": str(out), "step": run.generator_steps, "status": status, "run": run}
-
-
-def _end_nonfinite(run: Run, out: Path, bad: int, start: int, save, stopped: bool) -> None:
-    """Write the last good state and raise TrainingStopped. Skipped steps change no weights,
-    optimizer state, EMA or batch-norm statistics (GANStep), so the current state holds the
-    weights of the last step with an applied update; a run that applied none keeps what it had."""
-    cfg, step = run.cfg, run.generator_steps
-    good = int(run.last_applied) if run.last_applied is not None else start
-    latest = out / "checkpoints" / "latest.pt"
-    if good > start:
-        save(periodic=False)
-        held = (f"{latest} holds step {step}" + (f" (the weights of step {good}, the last with a finite update)"
-                                                  if good < step else ""))
-    else:
-        held = kept(out)
-    why = (f"{bad} consecutive steps with a non-finite loss or gradient were skipped "
-           f"(--max-nonfinite {cfg.max_nonfinite})")
-    more = "" if stopped else f" --steps N (N > {step})"
-    raise TrainingStopped(
-        f"{'stopped' if stopped else 'ended'} at step {step}: {why}; {held}. Resume it, or an earlier "
-        f"checkpoints/step_*.pt, with a lower learning rate (flags given with --resume replace the "
-        f"checkpoint's): python -m pyfast_gan.train --resume {out} --lr LR{more}; or try --amp off, or check the data.")

@@ -15,7 +15,6 @@ it back, exact and without an upload or an extra launch.
 """
 from __future__ import annotations
 
-import os
 import struct
 
 import torch
@@ -23,8 +22,10 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from . import _launch
+
 # Decided when the kernels are first imported, as triton itself reads TRITON_INTERPRET.
-INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+INTERPRETED = tl.constexpr(_launch.INTERPRETED)
 
 
 @triton.jit

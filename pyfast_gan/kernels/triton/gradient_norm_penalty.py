@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..._layout import acc_dtype, flat, per_sample_dense
+from ._launch import launch
 from ._rounding import div_rn, from_bits, mul_rn, scalar_bits, sqrt_rn, sub_rn
 
 MODE_IDS = {"two_sided": 0, "one_sided": 1, "zero_centered": 2}
@@ -105,10 +106,10 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float, mode: str) -> tuple
     part = torch.empty((n, k), dtype=acc, device=g.device)
     penalty = torch.empty((n,), dtype=acc, device=g.device)
     norm = torch.empty((n,), dtype=acc, device=g.device)
-    wrap_triton(_sumsq_kernel)[(n * k,)](flat(g), part, m, k, BLOCK=BLOCK, FP64=acc == torch.float64)
+    launch(_sumsq_kernel)[(n * k,)](flat(g), part, m, k, BLOCK=BLOCK, FP64=acc == torch.float64)
     kp = triton.next_power_of_2(k)
     bn = max(1, min(triton.next_power_of_2(n), 4096 // kp))
-    wrap_triton(_finalize_kernel)[(triton.cdiv(n, bn),)](
+    launch(_finalize_kernel)[(triton.cdiv(n, bn),)](
         part, penalty, norm, n, k, scalar_bits(center, acc), MODE=MODE_IDS[mode], BN=bn, KP=kp,
         COMPUTE=_compute(acc))
     return penalty, norm
@@ -123,7 +124,7 @@ def gradient_norm_penalty_backward(grad_penalty: torch.Tensor, grad: torch.Tenso
     out = torch.empty_like(g)
     k = max(1, triton.cdiv(m, BLOCK))
     acc = acc_dtype(g.dtype)
-    wrap_triton(_scale_kernel)[(n * k,)](
+    launch(_scale_kernel)[(n * k,)](
         flat(g), flat(out), grad_penalty.contiguous(), norm.contiguous(), m, k, scalar_bits(center, acc),
         MODE=MODE_IDS[mode], BLOCK=BLOCK, COMPUTE=_compute(acc))
     return out

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..._layout import acc_dtype, flat, per_sample_dense
+from ._launch import launch
 from ._rounding import add_rn, mul_rn
 
 BLOCK = 2048
@@ -74,7 +75,7 @@ def _launch(real, fake, alpha, seed, rand: bool) -> torch.Tensor:
     m = r.numel() // n
     out = torch.empty_like(r)
     k = max(1, triton.cdiv(m, BLOCK))
-    wrap_triton(_lerp_kernel)[(n * k,)](
+    launch(_lerp_kernel)[(n * k,)](
         flat(r), flat(f), flat(out), alpha, seed, m, k, BLOCK=BLOCK, RAND=rand, FP64=r.dtype == torch.float64)
     return out
 
@@ -101,5 +102,5 @@ def interpolate_backward(grad_out: torch.Tensor, alpha: torch.Tensor) -> tuple[t
     gr = torch.empty_like(g)
     gf = torch.empty_like(g)
     k = max(1, triton.cdiv(m, BLOCK))
-    wrap_triton(_lerp_backward_kernel)[(n * k,)](flat(g), flat(gr), flat(gf), alpha.contiguous(), m, k, BLOCK=BLOCK)
+    launch(_lerp_backward_kernel)[(n * k,)](flat(g), flat(gr), flat(gf), alpha.contiguous(), m, k, BLOCK=BLOCK)
     return gr, gf
