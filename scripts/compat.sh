@@ -29,7 +29,7 @@ echo "== venv ($("$PY" --version)) in $DIR"
 "$PY" -m venv "$DIR/venv"
 V="$DIR/venv/bin/python"
 # This machine's pip config caps torch at the release on its disk; a compat run lifts it.
-export PIP_CONSTRAINT="" PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_CONSTRAINT=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
 "$V" -m pip install -q --upgrade pip setuptools wheel
 "$V" -m pip install -q "torch==$VERSION"
 # Without lmdb, torchvision and pytorch-fid, as on the lent GPU machines: the tests that need
