@@ -397,6 +397,8 @@ def test_symlink_loop_is_followed_once(tmp_path):
     for i in range(10):
         _rand_img(rng, 20 + i, 24).save(root / ("sub" if i % 2 else ".") / f"{i}.png")
     (root / "sub" / "back").symlink_to("..")
+    with pytest.warns(UserWarning, match=r"skipped 1 folder\(s\) .*\(sub/back\)"):
+        assert len(open_dataset(str(root), image_size=16)) == 10
     (root / "again").symlink_to("sub")  # a second way into one folder
     outside = tmp_path / "elsewhere"
     outside.mkdir()

@@ -506,14 +506,13 @@ def test_damage_outside_the_sampled_blocks_is_caught_before_it_is_trained_on(tmp
 
 
 def test_the_trainer_stops_with_one_line_on_a_damaged_cache_and_the_next_run_rebuilds(tmp_path, capsys):
-    from pyfast_gan._paths import cache_dir
     from pyfast_gan.train import main
 
     src = _cifar(tmp_path / "cifar", 300, seed=1)
     args = ["--data", str(src), *TINY, "--image-size", "64", "--data-cache", "on", "--steps", "1"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert "data cache: decoded 300 images" in capsys.readouterr().err
-    data = cache_mod._paths(describe_source(str(src), "auto", 64), cache_dir() / "data")[0]
+    data = cache_mod._paths(describe_source(str(src), "auto", 64), cache_mod.cache_root())[0]
     shape = (300, 3, 64, 64)
     _zero_rows(data, shape, _unsampled_rows(data, shape))
     with pytest.raises(SystemExit) as e:
