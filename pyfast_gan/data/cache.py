@@ -12,7 +12,7 @@ mtimes), so a changed source or setting gets a new cache. An index is trusted on
 its data file has the exact size it records and the same checksum of 64 sampled blocks
 (a truncated or overwritten cache is rebuilt, with a message). Files are written under a
 temporary name and renamed into place (data first, index last), one builder at a time per
-key (an fcntl lock; a second process waits, then opens what the first built).
+key (a lock file; a second process waits, then opens what the first built).
 
 Every byte trained on is checked (issue 22): the data file ends with a CRC-32 of each image
 row, computed by the decode workers, and the batch reader verifies each row it reads
@@ -54,8 +54,6 @@ CACHE_VERSION = 2
 DATA_CACHE_CHOICES = ("auto", "on", "off")
 _CHUNK = 64  # images per worker task: big enough to amortise the pickling, small for the bar
 _SAMPLE_BLOCKS, _BLOCK = 64, 4096
-
-
 _CRC = np.dtype("<u4")
 
 
@@ -195,8 +193,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def _die_with(parent: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies: a trainer killed during the
     build (kill -9, or SIGTERM from ``timeout``) must not leave decode workers running on
-    (issue 22). Elsewhere a no-op: the workers then finish their chunk and exit when the
-    parent's end of their queue closes."""
+    (issue 22). Elsewhere a no-op: orphaned workers may then linger, idle, but they never
+    hold the build lock (see _lock), so no later start waits on them."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -414,7 +412,7 @@ class CacheRows:
                  checksum: str = ""):
         self.path, self.shape = Path(path), tuple(int(s) for s in shape)
         self.row = int(np.prod(self.shape[1:]))
-        self.crcs = None if crcs is None else crcs.tolist()  # ints: compared per row, no numpy scalars
+        self.crcs = crcs  # a uint32 array: 4 bytes an image (a list of ints would take 36)
         self.index, self.checksum = index, checksum
         self.fd = os.open(self.path, os.O_RDONLY)
         self._close = weakref.finalize(self, os.close, self.fd)
@@ -429,7 +427,7 @@ class CacheRows:
             if os.preadv(self.fd, [buf[j]], i * self.row) != self.row:
                 raise DataError(f"data cache {self.path} is shorter than its index says "
                                 f"(image {i} of {self.shape[0]}); delete it to rebuild")
-            if crcs is not None and zlib.crc32(buf[j]) != crcs[i]:
+            if crcs is not None and zlib.crc32(buf[j]) != int(crcs[i]):
                 self._damaged(i)
         return out
 
