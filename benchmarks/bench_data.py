@@ -14,6 +14,13 @@ followed by training iterations:
 * with ``--compare-off``, run 3: ``--data-cache off`` (decode the folder into memory, as
   before the cache), the same measures, for comparison.
 
+The integrity check's cost (issue 22: every image row read from the cache is checked against
+its CRC-32): after the timed iterations, runs 1 and 2 time ``--check-batches`` random batches
+read with the check and without it (``crc_ms``: the extra milliseconds per batch), and
+``crc_share`` is that cost over the time of one iteration (its batches x crc_ms / iteration
+time). The reads run on the batch thread, one batch ahead of the step, so ``data_share``
+(the step's wait for its batch) already includes the check and stays the number that matters.
+
 The folder and the cache are removed afterwards (``--keep`` keeps them).
 
     python benchmarks/bench_data.py --n 200 --steps 1 --n-critic 1        # quick check
@@ -38,9 +45,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, print_table, save_results  # noqa: E402
 
 COLUMNS = ["n", "run", "build_s", "build_img_s", "launch_to_first_step_s", "build_call_s",
-           "peak_rss_mib", "rss_anon_mib", "rss_file_mib", "data_share", "it_s", "cache_mib"]
+           "peak_rss_mib", "rss_anon_mib", "rss_file_mib", "data_share", "crc_ms", "crc_share", "it_s",
+           "cache_mib"]
 MEASURES = ("launch_to_first_step_s", "build_call_s", "peak_rss_mib", "rss_anon_mib", "rss_file_mib",
-            "data_share", "it_s")
+            "data_share", "crc_ms", "crc_share", "it_s")
 
 
 def _rss_split() -> dict:
@@ -83,6 +91,28 @@ def make_jpeg_folder(root: str, n: int, size: int, workers: int) -> float:
     return time.perf_counter() - t0
 
 
+def check_cost(rows, batch_size: int, batches: int) -> float:
+    """Milliseconds per batch that checking each row's CRC-32 adds to reading it (the median
+    of ``batches`` random batches read with the check, minus the same batches read without)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    idx = [torch.randint(rows.shape[0], (batch_size,), generator=gen) for _ in range(batches)]
+    crcs, times = rows.crcs, {}
+    try:
+        for mode in ("warm", "check", "plain", "check", "plain"):  # warm: the page cache, not timed
+            rows.crcs = None if mode == "plain" else crcs
+            t = []
+            for i in idx:
+                t0 = time.perf_counter()
+                rows.gather(i)
+                t.append(time.perf_counter() - t0)
+            times[mode] = times.get(mode, []) + t
+    finally:
+        rows.crcs = crcs
+    return 1e3 * (float(np.median(times["check"])) - float(np.median(times["plain"])))
+
+
 def child(a) -> None:
     """One trainer set-up + iterations; prints one JSON line."""
     import resource
@@ -100,25 +130,29 @@ def child(a) -> None:
     t0 = time.perf_counter()
     run = build(cfg)
     build_call = time.perf_counter() - t0
-    inner, wait = run.batcher.next, [0.0]
+    inner, wait, calls = run.batcher.next, [0.0], [0]
 
     def timed_next(b):
         t = time.perf_counter()
         x = inner(b)
         wait[0] += time.perf_counter() - t
+        calls[0] += 1
         return x
 
     run.batcher.next = timed_next
     run.iteration()
     first_step = time.time() - launched
-    wait[0] = 0.0
+    wait[0], calls[0] = 0.0, 0
     t1 = time.perf_counter()
     for _ in range(a.steps):
         run.iteration()
     total = time.perf_counter() - t1
+    rows = getattr(run.batcher, "rows", None)
+    crc_ms = check_cost(rows, a.batch_size, a.check_batches) if rows is not None and a.steps else None
     print(json.dumps({
         "build_call_s": build_call, "launch_to_first_step_s": first_step,
         "data_share": wait[0] / total if a.steps else None, "it_s": a.steps / total if a.steps else None,
+        "crc_ms": crc_ms, "crc_share": crc_ms * 1e-3 * calls[0] / total if crc_ms is not None else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "n_images": int(run.real_u8.shape[0]), "threads": torch.get_num_threads(), **_rss_split(),
     }))
@@ -128,7 +162,8 @@ def run_child(data: str, cache: str, cache_dir: str, a) -> dict:
     env = dict(os.environ, PYFAST_GAN_CACHE=cache_dir)
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--data", data, "--cache", cache,
            "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--n-critic", str(a.n_critic),
-           "--steps", str(a.steps), "--workers", str(a.workers), "--launched", repr(time.time())]
+           "--steps", str(a.steps), "--workers", str(a.workers), "--check-batches", str(a.check_batches),
+           "--launched", repr(time.time())]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -150,6 +185,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=2, help="timed generator iterations after the first")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
     p.add_argument("--compare-off", action="store_true", help="also time --data-cache off (decode in memory)")
+    p.add_argument("--check-batches", type=int, default=200,
+                   help="random batches read with and without the CRC-32 check, for its cost")
     p.add_argument("--tmp", default=None, help="folder for the images and the cache (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the images and the cache")
     p.add_argument("--save", action="store_true", help="write JSON to benchmarks/results/")

@@ -386,3 +386,29 @@ def test_toy_bad_args():
         ToySampler("8gaussians", scale=-1)
     with pytest.raises(ValueError, match="n must"):
         ToySampler("8gaussians").sample(-3)
+
+
+def test_symlink_loop_is_followed_once(tmp_path):
+    # sub/back -> .. made os.walk(followlinks=True) list the folder again at every depth it
+    # allows: 10 images became 410. Real paths are walked once; the skipped links are named.
+    rng = np.random.default_rng(3)
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    for i in range(10):
+        _rand_img(rng, 20 + i, 24).save(root / ("sub" if i % 2 else ".") / f"{i}.png")
+    (root / "sub" / "back").symlink_to("..")
+    with pytest.warns(UserWarning, match=r"skipped 1 folder\(s\) .*\(sub/back\)"):
+        assert len(open_dataset(str(root), image_size=16)) == 10
+    (root / "again").symlink_to("sub")  # a second way into one folder
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    _rand_img(rng, 22, 22).save(outside / "x.png")
+    (root / "linked").symlink_to(outside)  # a link to a folder not otherwise listed: kept
+    with pytest.warns(UserWarning, match=r"skipped 2 folder\(s\) .*\(again, sub/back\)"):
+        ds = open_dataset(str(root), image_size=16)
+    assert len(ds) == 11 and sum("linked" in str(f) for f in ds.files) == 1
+    assert not any("again" in str(f) for f in ds.files)  # the real folder is listed, not the link
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = decode_all(ds, progress=False)
+    assert x.shape == (11, 3, 16, 16) and len({t.numpy().tobytes() for t in x}) == 11  # no image twice

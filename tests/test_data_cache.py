@@ -1,9 +1,14 @@
 """The decoded-dataset cache (issue 14): bit-exact round trips for folders, LMDB, MNIST and
 CIFAR-10; rebuilds on a changed source or setting and on a damaged cache; one cache from
 two concurrent builders; crop; batches from the map equal today's in-memory batches, in one
-process, over two gloo processes and across a resume; errors name the path."""
+process, over two gloo processes and across a resume; errors name the path.
+
+Issue 22: damage anywhere in the file is caught before it is trained on; a build leaves the
+trainer's torch threads alone; a builder killed mid-build leaves no worker and no lock
+behind; LMDB with several decode workers; a truncated LMDB; an unwritable cache folder."""
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -65,7 +70,7 @@ def _write_cifar(path, data):
 
 
 def _lmdb(root: Path, blobs: list[bytes]) -> Path:
-    import lmdb
+    lmdb = pytest.importorskip("lmdb")  # only the LMDB tests need the package
 
     env = lmdb.open(str(root), map_size=1 << 26)
     with env.begin(write=True) as txn:
@@ -338,7 +343,7 @@ def test_batches_from_the_cache_leave_the_map_unread(tmp_path):
     bt = MappedBatcher(c.images, torch.device("cpu"), torch.Generator().manual_seed(1), rows=c.rows)
     seen = torch.cat([bt.next(8) for _ in range(16)])  # two epochs of the 64 images
     assert seen.shape == (128, 3, 32, 32) and _mapped_rss_kib(path) == 0
-    want = torch.from_numpy(np.fromfile(path, np.uint8).reshape(c.images.shape))
+    want = torch.from_numpy(np.fromfile(path, np.uint8, count=c.images.numel()).reshape(c.images.shape))
     assert torch.equal(c.rows.gather(torch.tensor([5, 0, 63, 5])), want[[5, 0, 63, 5]])
     assert torch.equal(c.images.index_select(0, torch.arange(64)), want)
     assert _mapped_rss_kib(path) > 0  # the check itself can fail: the map does become resident
@@ -442,3 +447,286 @@ def test_errors_name_the_path_and_leave_no_partial_cache(tmp_path, capsys):
     assert str(src) in str(e.value) and "\n" not in str(e.value)
     assert not list(root.glob("*.u8*")) and not list(root.glob("*.json*"))  # nothing half-written
     assert _open(src, root).built  # and the next run builds it
+
+
+# ---- issue 22 -------------------------------------------------------------------------------
+
+def _cifar(root: Path, n: int, seed: int = 0) -> Path:
+    root.mkdir(parents=True)
+    _write_cifar(root / "data_batch_1", np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8))
+    return root
+
+
+def _unsampled_rows(data: Path, shape) -> list[int]:
+    """Rows of a cache file that none of the open-time check's sampled blocks touches."""
+    size, row = data.stat().st_size, int(np.prod(shape[1:]))
+    k, b = cache_mod._SAMPLE_BLOCKS, cache_mod._BLOCK
+    starts = {min(size - 1, size * j // k) for j in range(k)} | {max(0, size - b)}
+    return [i for i in range(shape[0]) if all(i * row >= s + b or (i + 1) * row <= s for s in starts)]
+
+
+def _zero_rows(data: Path, shape, rows) -> None:
+    m = np.memmap(data, np.uint8, mode="r+", shape=tuple(shape))
+    m[rows] = 0
+    m.flush()
+    del m
+
+
+def test_damage_outside_the_sampled_blocks_is_caught_before_it_is_trained_on(tmp_path):
+    src = _cifar(tmp_path / "cifar", 300)  # 300 x 12 KiB at 64 px: most rows escape 64 sampled blocks
+    root = tmp_path / "cache"
+    built = _open(src, root, size=64)
+    want = built.images.clone()
+    assert want.float().std() > 10
+    rows = _unsampled_rows(built.data_path, want.shape)
+    assert len(rows) > 150
+    for reader in ("batches", "whole"):
+        _zero_rows(built.data_path, want.shape, rows)
+        c = _open(src, root, size=64)
+        assert not c.built  # the open-time check samples blocks: this damage passes it ...
+        with pytest.raises(DataError, match="is damaged") as e:  # ... the reader does not
+            if reader == "batches":
+                bt = MappedBatcher(c.images, torch.device("cpu"), torch.Generator().manual_seed(0), rows=c.rows)
+                for _ in range(40):
+                    bt.next(16)
+            else:  # the dataset copied to the GPU whole is checked first
+                c.rows.verify_all()
+        msg = str(e.value)
+        assert str(c.data_path) in msg and "next run rebuilds it" in msg and "\n" not in msg
+        again = _open(src, root, size=64)  # the index was dropped: rebuilt, intact
+        assert again.built and torch.equal(again.images, want)
+    # damage to the table of row checksums is found when the cache is opened
+    size = again.data_path.stat().st_size
+    with open(again.data_path, "r+b") as f:
+        f.seek(size - 4 * 300 + 40)
+        f.write(b"\0\0\0\0")
+    msgs = []
+    assert _open(src, root, size=64, say=msgs.append).built
+    assert any("not usable" in m for m in msgs), msgs
+
+
+def test_the_trainer_stops_with_one_line_on_a_damaged_cache_and_the_next_run_rebuilds(tmp_path, capsys):
+    from pyfast_gan.train import main
+
+    src = _cifar(tmp_path / "cifar", 300, seed=1)
+    args = ["--data", str(src), *TINY, "--image-size", "64", "--data-cache", "on", "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "data cache: decoded 300 images" in capsys.readouterr().err
+    data = cache_mod._paths(describe_source(str(src), "auto", 64), cache_mod.cache_root())[0]
+    shape = (300, 3, 64, 64)
+    _zero_rows(data, shape, _unsampled_rows(data, shape))
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(tmp_path / "b")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "data cache: opened" in err and "is damaged" in err and "Traceback" not in err
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0
+    assert "data cache: decoded 300 images" in capsys.readouterr().err
+
+
+def test_a_cache_build_leaves_the_trainers_threads_alone(tmp_path, capsys):
+    # One decode worker decodes in the trainer's own process: it used to set torch to one
+    # thread there, for the whole run, whose weights then differed from the next run's.
+    from pyfast_gan.train import main
+
+    src = _folder(tmp_path / "imgs", n=48)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _open(src, tmp_path / "cache", num_workers=1).built
+        assert torch.get_num_threads() == 2
+        outs = [tmp_path / "first", tmp_path / "second"]
+        for out, what in zip(outs, ("decoded 48 images", "opened")):
+            torch.set_num_threads(2)  # each run starts as a fresh process does
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert main(["--data", str(src), *TINY, "--data-cache", "on", "--steps", "2",
+                             "--out", str(out)]) == 0
+            assert what in capsys.readouterr().err
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    a, b = (torch.load(o / "checkpoints" / "latest.pt", weights_only=False) for o in outs)
+    for key in ("G", "D"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _build_in_child(src, root, num_workers, q):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = open_cache(describe_source(str(src), "auto", 32), root=root, progress=False, say=lambda m: None,
+                       num_workers=num_workers)
+        q.put((c.built, c.images.numpy().tobytes()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
+def test_a_builder_killed_mid_build_leaves_no_worker_and_no_lock(tmp_path, monkeypatch):
+    from pyfast_gan.data import images as images_mod
+
+    src = _folder(tmp_path / "imgs", n=140)  # 3 chunks of 64: two decode workers
+    root = tmp_path / "cache"
+    real_load = images_mod.load_image
+
+    def slow_load(*a, **kw):  # the workers are still decoding when their parent is killed
+        import time
+
+        time.sleep(0.1)
+        return real_load(*a, **kw)
+
+    monkeypatch.setattr(images_mod, "load_image", slow_load)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    builder = ctx.Process(target=_build_in_child, args=(src, root, 2, q))
+    builder.start()
+    workers = []
+    for _ in range(300):
+        workers = _children(builder.pid)
+        if len(workers) >= 2:
+            break
+        import time
+
+        time.sleep(0.05)
+    assert len(workers) >= 2, workers
+    os.kill(builder.pid, signal.SIGKILL)
+    builder.join(10)
+    monkeypatch.setattr(images_mod, "load_image", real_load)
+    again = ctx.Process(target=_build_in_child, args=(src, root, 1, q))
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, workers)), "decode workers outlived their killed parent"
+        again.start()
+        built, images = q.get(timeout=60)  # a lock left behind made this wait forever
+        assert built and images == _direct(src, image_size=32).numpy().tobytes()
+        again.join(10)
+        assert again.exitcode == 0
+    finally:
+        for pid in [*workers, again.pid]:
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_lmdb_with_more_than_64_records_and_two_workers(tmp_path):
+    # py-lmdb refuses, in a forked worker, an environment its parent had open: every record
+    # failed to decode as soon as the build used two workers (more than one chunk of 64).
+    rng = np.random.default_rng(8)
+    blobs = [_png_bytes(rng.integers(0, 256, (20 + i % 7, 24, 3), dtype=np.uint8)) for i in range(100)]
+    src = _lmdb(tmp_path / "church_outdoor_train_lmdb", blobs)
+    want = torch.stack([load_image(io.BytesIO(b), 32, 3) for b in blobs])
+    c = _open(src, tmp_path / "cache", num_workers=2)
+    assert c.built and torch.equal(c.images, want) and c.index["num_skipped"] == 0
+    # --data-cache off decodes in DataLoader workers, forked too
+    assert torch.equal(decode_all(open_dataset(str(src), image_size=32), num_workers=2, progress=False), want)
+
+
+def _main_in_child(argv, err_path):
+    """The trainer in a forked process, its stderr in ``err_path``: a crash (SIGBUS) kills the
+    child only, and its exit code tells."""
+    from pyfast_gan.train import main
+
+    import sys
+
+    sys.stderr = open(err_path, "w", buffering=1)  # noqa: SIM115 - open until os._exit
+    torch.set_num_threads(1)
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def test_a_truncated_lmdb_is_one_line_and_exit_2_before_training(tmp_path):
+    rng = np.random.default_rng(9)
+    src = _lmdb(tmp_path / "bedroom_train_lmdb",
+                [_png_bytes(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)) for _ in range(100)])
+    mdb = src / "data.mdb"
+    os.truncate(mdb, mdb.stat().st_size // 2)  # an interrupted copy
+    err, out = tmp_path / "err.txt", tmp_path / "run"
+    p = mp.get_context("fork").Process(target=_main_in_child,
+                                       args=(["--data", str(src), *TINY, "--steps", "1", "--out", str(out)], err))
+    p.start()
+    p.join(120)
+    text = err.read_text()
+    assert p.exitcode == 2, (p.exitcode, text[-2000:])  # it was -7: SIGBUS, nothing printed
+    assert "is truncated" in text and str(src) in text and "Traceback" not in text
+    assert not (out / "checkpoints").exists()
+    with pytest.raises(DataError, match="is truncated"):
+        open_dataset(str(src))
+
+
+def test_every_image_failing_names_the_first_reason(tmp_path, capsys):
+    from pyfast_gan.train import main
+
+    root = tmp_path / "small"
+    root.mkdir()
+    for i in range(16):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    reason = "is smaller than --crop 60"
+    with pytest.raises(DataError, match=reason):
+        _open(root, tmp_path / "cache", crop=60)
+    with pytest.raises(DataError, match=reason), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decode_all(open_dataset(str(root), image_size=32, crop=60), progress=False)
+    for cache in ("on", "off"):
+        with pytest.raises(SystemExit) as e, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            main(["--data", str(root), *TINY, "--crop", "60", "--data-cache", cache, "--out", str(tmp_path / cache)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "all 16" in err and reason in err, err
+
+
+def test_an_unwritable_cache_folder_names_the_ways_around_it(tmp_path, monkeypatch, capsys):
+    from pyfast_gan.train import main
+
+    src = _folder(tmp_path / "imgs", n=8)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PYFAST_GAN_CACHE", str(blocker / "cache"))  # cannot be created
+    args = ["--data", str(src), *TINY, "--steps", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--data-cache", "on", "--out", str(tmp_path / "on")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "cannot create the data cache folder" in err and "--data-cache off" in err and "PYFAST_GAN_CACHE" in err
+        # auto: one line, then the images are decoded into memory and the run trains
+        assert main([*args, "--data-cache", "auto", "--out", str(tmp_path / "auto")]) == 0
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if "data cache" in ln]
+        assert len(lines) == 1 and "decoding into memory instead" in lines[0], err
+        assert (tmp_path / "auto" / "checkpoints" / "latest.pt").is_file()
+        # a lock that cannot be taken: the same two ways named, and auto's fallback
+        root = tmp_path / "cache"
+        source = describe_source(str(src), "auto", 32)
+        cache_mod._paths(source, root)[2].mkdir(parents=True)  # a folder where the lock file goes
+        with pytest.raises(DataError, match="cannot lock the data cache") as e:
+            open_cache(source, root=root, progress=False, say=lambda m: None)
+        assert "--data-cache off" in str(e.value) and "PYFAST_GAN_CACHE" in str(e.value)
+        said = []
+        x, rows = TrainingImages(str(src), image_size=32, cache="auto", root=root, progress=False).load(
+            say=said.append, num_workers=1, progress=False)
+    assert rows is None and torch.equal(x, _direct(src, image_size=32))
+    assert len(said) == 1 and "cannot lock" in said[0] and "decoding into memory instead" in said[0]

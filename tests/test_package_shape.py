@@ -112,3 +112,14 @@ def test_import_loads_no_native_library():
             "assert not hasattr(torch.ops.pyfast_gan, 'clip_weights_'); "
             "assert not hasattr(torch.ops.pyfast_gan, 'gradient_norm_penalty')")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_data_imports_nothing_above_it():
+    # data/ sits below metrics/, models/ and train/: the data cache's root lives in
+    # pyfast_gan._paths, which the digits classifier reads too (issue 22).
+    graph = _import_graph()
+    data = [m for m in graph if m.startswith("pyfast_gan.data")]
+    assert "pyfast_gan.data.cache" in data
+    above = ("pyfast_gan.metrics", "pyfast_gan.models", "pyfast_gan.train", "pyfast_gan.evaluate")
+    for m in data:
+        assert not {t for t in graph[m] if t.startswith(above)}, (m, graph[m])

@@ -148,6 +148,13 @@ def _as_list(batch):
     return batch
 
 
+def first_failure(failures) -> str:
+    """[(what, error), ...] -> the first as "the first, WHAT: ERROR", for a message saying
+    that every image failed (the reason, e.g. an image smaller than --crop, is the fix)."""
+    what, err = failures[0]
+    return f"the first, {what}: {err}"
+
+
 def decode_all(ds: ImageDataset, num_workers: int = 0, progress: bool = True) -> torch.Tensor:
     """Every image of ``ds`` as one uint8 (N, C, S, S) tensor, decoded once.
 
@@ -177,8 +184,10 @@ def decode_all(ds: ImageDataset, num_workers: int = 0, progress: bool = True) ->
                     out[i] = img
                     ok[i] = True
             bar.update(len(batch))
+    # named before _drop renumbers the dataset
+    named = [(getattr(ds, "describe", str)(i), e) for i, e in failures[:3]]
     if failures:
-        first = "; ".join(f"{getattr(ds, 'describe', str)(i)} ({e})" for i, e in failures[:3])
+        first = "; ".join(f"{d} ({e})" for d, e in named)
         drop = getattr(ds, "_drop", None)
         if drop is not None:
             drop([i for i, _ in failures])
@@ -189,5 +198,6 @@ def decode_all(ds: ImageDataset, num_workers: int = 0, progress: bool = True) ->
             stacklevel=2,
         )
     if not ok.any():
-        raise DataError(f"no readable images in {ds.source}: all {n} files failed to decode")
+        raise DataError(f"no readable images in {ds.source}: all {n} files failed to decode "
+                        f"({first_failure(named)})")
     return out[ok] if failures else out

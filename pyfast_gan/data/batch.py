@@ -112,6 +112,8 @@ class MappedBatcher(ImageBatcher):
         """On the device when it fits (as ImageBatcher), else left on the map (not pinned:
         batches are gathered and pinned one at a time)."""
         self.on_device = self.device.type == "cuda" and self._fits_on_device(data)
+        if self.on_device and self.rows is not None:  # every row trained on is checked (issue 22)
+            self.rows.verify_all()
         return data.to(self.device) if self.on_device else data
 
     def _load(self, idx: torch.Tensor):

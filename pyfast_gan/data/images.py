@@ -17,14 +17,40 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (any depth), sorted so runs are reproducible."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for f in filenames:
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / f)
+    """Image files under ``root`` (any depth), sorted so runs are reproducible. Symlinked
+    folders are followed once: the real tree is walked first, then each linked folder whose
+    real path was not walked yet; the others (a loop such as ``sub/back -> ..``, a second
+    link to one folder) are skipped, with one warning saying how many, instead of listing
+    their images again (issue 22: a loop made 10 images 410)."""
+    found, repeats, seen = [], [], set()
+    todo = [str(root)]  # the tree itself, then each symlinked folder met in it, in order
+    while todo:
+        top = todo.pop(0)
+        real = os.path.realpath(top)
+        if real in seen:
+            repeats.append(os.path.relpath(top, root))
+            continue
+        seen.add(real)
+        for dirpath, dirnames, filenames in os.walk(top):  # links are not descended into here
+            dirnames.sort()
+            for d in list(dirnames):
+                p = os.path.join(dirpath, d)
+                if os.path.islink(p):
+                    dirnames.remove(d)
+                    todo.append(p)
+                elif (r := os.path.realpath(p)) in seen:  # inside a link, a folder walked already
+                    dirnames.remove(d)
+                    repeats.append(os.path.relpath(p, root))
+                else:
+                    seen.add(r)
+            for f in filenames:
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    found.append(Path(dirpath) / f)
     found.sort()
+    if repeats:
+        warnings.warn(f"followed symlinks once: skipped {len(repeats)} folder(s) of {str(root)!r} that lead to "
+                      f"a folder already listed ({', '.join(repeats[:3])}{' ...' if len(repeats) > 3 else ''})",
+                      stacklevel=2)
     return found
 
 

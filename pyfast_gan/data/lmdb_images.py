@@ -18,13 +18,28 @@ def is_lmdb(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / "data.mdb").is_file()
 
 
-_ENVS: dict = {}  # (pid, path) -> environment: py-lmdb allows one open per file per process
+_ENVS: dict = {}  # (pid, real path) -> this process's environment of that LMDB
+
+
+def _close_envs() -> None:
+    """Close every environment this process holds, before it forks: py-lmdb refuses to open
+    in a child an environment its parent had open ("already open in this process"), and an
+    environment must not be used across a fork, so each worker opens its own after the fork
+    (issue 22: every record of a >64-record LMDB failed with 2+ decode workers). The parent
+    reopens on its next read. LMDB is only read from one thread of a process here."""
+    for key in [k for k in _ENVS if k[0] == os.getpid()]:
+        _ENVS.pop(key).close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_envs)
 
 
 def open_env(root: str | os.PathLike):
     """This process's read-only environment of ``root`` (opened once, no lock file written
-    next to the data); DataError naming the path when the package is missing or the file is
-    not a readable LMDB."""
+    next to the data); DataError naming the path when the package is missing, the file is
+    not a readable LMDB, or it is shorter than its header says (an interrupted copy: reading
+    past its end would kill the process with SIGBUS)."""
     key = (os.getpid(), os.path.realpath(root))
     if key in _ENVS:
         return _ENVS[key]
@@ -34,8 +49,15 @@ def open_env(root: str | os.PathLike):
         raise DataError(f"reading the LMDB {str(root)!r} needs the lmdb package (pip install lmdb)") from e
     try:
         env = lmdb.open(str(root), readonly=True, lock=False, readahead=False, meminit=False, max_readers=256)
+        # The last page in use is in the header; every page up to it must be in the file.
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        have = os.path.getsize(Path(root) / "data.mdb")
     except lmdb.Error as e:
         raise DataError(f"cannot read the LMDB {str(root)!r}: {type(e).__name__}: {e}") from e
+    if have < need:
+        env.close()
+        raise DataError(f"the LMDB {str(root)!r} is truncated: data.mdb is {have} bytes, its header "
+                        f"needs {need} (an interrupted copy?); copy it again")
     _ENVS[key] = env
     return env
 
@@ -81,8 +103,7 @@ class LMDBDataset(ImageDataset):
         return len(self.keys)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        # open_env keys on the pid: a forked worker opens its own (an environment must not
-        # cross a fork)
+        # a forked worker opens its own environment here (_close_envs)
         with open_env(self.source).begin() as txn:
             buf = txn.get(self.keys[i])
         if buf is None:

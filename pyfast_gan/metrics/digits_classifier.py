@@ -22,12 +22,13 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pyfast_gan._paths import cache_dir
 
 from .frechet import feature_statistics, frechet_distance
 
@@ -36,15 +37,6 @@ IMAGE_SIZE = 32
 FEATURE_DIM = 128
 # Bump when the network, the split or the training recipe changes: old caches are then ignored.
 _RECIPE = "digits-cnn-v1"
-
-
-def cache_dir() -> Path:
-    """$PYFAST_GAN_CACHE, else $XDG_CACHE_HOME/pyfast_gan, else ~/.cache/pyfast_gan."""
-    env = os.environ.get("PYFAST_GAN_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pyfast_gan"
 
 
 class DigitsNet(nn.Module):

@@ -136,7 +136,7 @@ class Evaluator:
 
     # ---- reference features for FID/KID ---------------------------------------------------
     def _prepare_inception(self, real, data_format, image_size, channels, max_real):
-        from .digits_classifier import cache_dir
+        from pyfast_gan._paths import cache_dir
         from .inception import FIDInceptionV3, extract_features
 
         try:

@@ -222,7 +222,12 @@ def _loop(run: Run, hooks: dict) -> dict:
         status = "interrupted"
     except ValueError as e:
         # Inputs were validated during set-up; a ValueError now is a failure of the run, not
-        # a bad flag, so it must not be reported as a usage error.
+        # a bad flag, so it must not be reported as a usage error. Except the data going bad
+        # under the run (a cache file damaged on disk): one line, as at start-up (issue 22).
+        from pyfast_gan.data import DataError
+
+        if isinstance(e, DataError):
+            raise
         raise RuntimeError(f"training failed at step {run.generator_steps}: {e}") from e
     finally:
         pbar.close()
