@@ -126,6 +126,16 @@ def allreduce_grads_(params: Iterable[torch.Tensor], flag: torch.Tensor | None =
     return out
 
 
+def agreed(flag: bool, world: int, device) -> bool:
+    """True on every rank when it is True on any: a stop must happen at the same step
+    everywhere, or the others wait forever in the next all-reduce."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def noise_seed(seed: int, rank: int, step: int = 0) -> int:
     """Each process's own seed for its noise (z, alpha), derived from the run's seed, the
     rank and the step it (re)starts from; data order and model init stay shared."""

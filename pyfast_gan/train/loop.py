@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from pyfast_gan.data import DataError
+from pyfast_gan.fast import distributed as dist_mod
+
 from . import checkpoint as ckpt_mod
 from .config import TrainConfig
 from .endings import end_nonfinite, stopped_by
@@ -40,8 +43,6 @@ def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
 
     ``hooks``: ``on_start(run)`` after build, ``on_step(run)`` after each generator iteration.
     """
-    from pyfast_gan.fast import distributed as dist_mod
-
     cfg = dataclasses.replace(cfg, out=str(check_out_dir(cfg)))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     had_group = dist_mod.is_distributed()
@@ -59,16 +60,6 @@ def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
             os.close(lock)
         if not had_group:
             dist_mod.cleanup()
-
-
-def _agreed(run: Run, flag: bool) -> bool:
-    """True on every rank when it is True on any: a stop must happen at the same step
-    everywhere, or the others wait forever in the next all-reduce."""
-    if run.world == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=run.device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def _train(run: Run, hooks: dict) -> dict:
@@ -124,8 +115,7 @@ def _loop(run: Run, hooks: dict) -> dict:
         return latest
 
     def streak() -> int:
-        """Consecutive skipped steps: reads the step's device counters (a host sync: log and
-        checkpoint steps only)."""
+        """Consecutive skipped steps (a host read: log and checkpoint steps only)."""
         h = run.step.health()
         return max(h["streak_d"], h["streak_g"])
 
@@ -215,19 +205,16 @@ def _loop(run: Run, hooks: dict) -> dict:
                 if "on_step" in hooks:
                     hooks["on_step"](run)
                 # Ranks agree on a signal at log steps (one all-reduce), a single process at once.
-                if (run.world == 1 or logging) and _agreed(run, stop.signum is not None):
+                if (run.world == 1 or logging) and dist_mod.agreed(stop.signum is not None, run.world, run.device):
                     status = "interrupted"
                     break
     except KeyboardInterrupt:
         status = "interrupted"
+    except DataError:  # the data going bad under the run (a damaged cache file): one line
+        raise
     except ValueError as e:
         # Inputs were validated during set-up; a ValueError now is a failure of the run, not
-        # a bad flag, so it must not be reported as a usage error. Except the data going bad
-        # under the run (a cache file damaged on disk): one line, as at start-up (issue 22).
-        from pyfast_gan.data import DataError
-
-        if isinstance(e, DataError):
-            raise
+        # a bad flag, so it must not be reported as a usage error.
         raise RuntimeError(f"training failed at step {run.generator_steps}: {e}") from e
     finally:
         pbar.close()
