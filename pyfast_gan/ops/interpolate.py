@@ -35,10 +35,15 @@ FAMILY = "penalty"
 
 
 def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """The definition every kernel is tested against (alpha: (N,))."""
+    """The definition every kernel is tested against (alpha: (N,), or (N, 1, ...) shaped like
+    ``real``)."""
     opm = alpha_dtype(real.dtype)
-    a = alpha.to(opm).view(-1, *([1] * (real.dim() - 1)))
-    if real.dtype == opm:  # fp32/fp64: the casts would be no-ops, at ~1 us each (issue 23)
+    # Casts and views only where needed: on a small critic each costs a visible share of
+    # the step (issue 23), and skipping them changes no value.
+    a = alpha if alpha.dim() == real.dim() else alpha.view(-1, *([1] * (real.dim() - 1)))
+    if a.dtype != opm:
+        a = a.to(opm)
+    if real.dtype == opm:
         return a * real + (1 - a) * fake
     return (a * real.to(opm) + (1 - a) * fake.to(opm)).to(real.dtype)
 
@@ -184,10 +189,14 @@ def interpolate_leaf(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor
     which = _resolve(impl, real.device.type)
     if real.requires_grad or fake.requires_grad:
         real, fake = real.detach(), fake.detach()
-    if a is None and which in ("reference", "cpu"):
-        a = torch.rand((real.shape[0],), generator=generator, device=real.device, dtype=alpha_dtype(real.dtype))
     if which == "reference":
+        if a is None:
+            # Drawn in the broadcast shape: the same numbers as an (N,) draw, without a view.
+            a = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), generator=generator, device=real.device,
+                           dtype=alpha_dtype(real.dtype))
         return reference(real, fake, a).requires_grad_(True)
+    if a is None and which == "cpu":
+        a = torch.rand((real.shape[0],), generator=generator, device=real.device, dtype=alpha_dtype(real.dtype))
     ops = torch.ops.pyfast_gan
     with torch._C._AutoDispatchBelowAutograd():
         if a is None:
