@@ -127,12 +127,14 @@ def apply_weight(penalty: torch.Tensor, weight: float | torch.Tensor) -> torch.T
 
 
 def check_drop_in_args(critic, mode, scaler, op: str) -> None:
-    """The argument checks of the drop-in penalties, and the batch-norm warning."""
+    """The argument checks of the drop-in penalties, and the batch-norm warning. Kept flat:
+    it runs at every call, and on a small critic each function call of it shows (issue 23)."""
     if not callable(critic):
         raise ValueError(f"critic must be callable (an nn.Module or function), got {type(critic).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    check_scaler(scaler)
+    if scaler is not None:
+        check_scaler(scaler)
     if torch.compiler.is_compiling():
         # Dynamo cannot trace the weak-keyed cache; the eager calls (and the first one
         # before a compile, if any) warn.
@@ -182,9 +184,9 @@ def scan_batch_norm(module: torch.nn.Module) -> list[tuple[str, _BatchNorm]]:
 
 
 def _batch_stats_layer_of(module: torch.nn.Module) -> tuple[str, _BatchNorm] | None:
-    _install_registration_hook()
     entry = _BN_LAYERS.get(module)
     if entry is None or entry[0] != _registrations:
+        _install_registration_hook()  # before the walk, so no registration goes uncounted
         entry = _BN_LAYERS[module] = (_registrations, scan_batch_norm(module))
     # Modes and buffers are read live: train()/eval(), of the critic or of one layer, cost
     # no rescan. BatchNorm uses the batch's statistics in training mode, and in eval mode
@@ -253,7 +255,7 @@ def batch_stats_layer(critic) -> tuple[torch.nn.Module, str, _BatchNorm] | None:
     ``train()``/``eval()`` and running statistics are read live at every check. Not seen
     without a new walk: ``del critic.layer`` and direct edits of ``_modules`` (a removed
     layer can still be warned about)."""
-    for module in critic_modules(critic):
+    for module in (critic,) if isinstance(critic, torch.nn.Module) else critic_modules(critic):
         hit = _batch_stats_layer_of(module)
         if hit is not None:
             return module, hit[0], hit[1]
