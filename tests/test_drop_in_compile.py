@@ -28,12 +28,17 @@ def test_readme_compiled_critic_step_matches_eager(readme_example, monkeypatch):
 
     # The README's torch.compile call, with a backend that records dynamo's graph before
     # handing it to inductor; inductor draws random numbers as eager does, so alpha matches.
+    # (The config modules' own patch(): monkeypatch's undo deletes their entries.)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=recording_inductor))
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", torch._dynamo.config.trace_autograd_ops)
-    torch._dynamo.reset()
-    ns = {}
-    exec(readme_example("compiled_step = torch.compile(critic_step, fullgraph=True)"), ns)
+    with torch._inductor.config.patch(fallback_random=True), \
+            torch._dynamo.config.patch(trace_autograd_ops=torch._dynamo.config.trace_autograd_ops):
+        torch._dynamo.reset()
+        ns = {}
+        exec(readme_example("compiled_step = torch.compile(critic_step, fullgraph=True)"), ns)
+        compare_with_eager(ns, graphs)
+
+
+def compare_with_eager(ns, graphs):
     assert len(graphs) == 1  # one graph for the two steps: no graph break, no recompile
     ops = [t for t in graphs[0] if t.startswith("pyfast_gan.")]
     if _native.load("penalty"):
