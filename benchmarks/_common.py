@@ -25,9 +25,14 @@ def sync(device: torch.device | str) -> None:
 
 
 def time_fn(fn: Callable[[], object], device, *, warmup: int = 3, iters: int = 20,
-            min_time: float = 0.0) -> dict:
-    """Median/min wall time of ``fn`` in ms (CUDA events on GPU)."""
+            min_time: float = 0.0, clock: str = "wall") -> dict:
+    """Median/min time of ``fn`` in ms: CUDA events on GPU; on CPU wall time, or with
+    ``clock="cpu"`` the process's CPU time (time.process_time), which on a shared machine
+    leaves out the time other processes hold the cores."""
     device = torch.device(device)
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    now = time.process_time if clock == "cpu" else time.perf_counter
     for _ in range(warmup):
         fn()
     sync(device)
@@ -43,9 +48,9 @@ def time_fn(fn: Callable[[], object], device, *, warmup: int = 3, iters: int = 2
             b.synchronize()
             times.append(a.elapsed_time(b))
         else:
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((now() - t0) * 1e3)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": len(times)}
 
 

@@ -2,10 +2,23 @@
 create_graph, norm penalty, backward into the critic's parameters) vs the
 autograd-only version of the paper's formula, in one run.
 
-    python benchmarks/bench_gradient_penalty.py [--device cpu|cuda] [--batch 64] [--size 64] [--save]
+    python benchmarks/bench_gradient_penalty.py [--device cpu|cuda] [--threads 1] [--save]
+        [--sections per-call,conv] [--rounds 7] [--iters 20] [--batch 64] [--size 64] [--base 16]
 
-The critic is a DCGAN-style conv critic (width set by --base); the same critic
-and inputs serve every variant, timed in interleaved rounds.
+Two tables:
+
+* per-call (issue 23): the drop-in as other loops call it, each row a ratio to the
+  plain formula timed in the same rounds: the WGAN-GP paper's toy critic
+  (``build_models("mlp")``: 3 hidden ReLU layers of 512, 2-D input) at batch 16 and
+  256, penalty + backward; and a DCGAN-64 critic (``build_models("dcgan", image_size=64)``,
+  its WGAN-GP "layer" norm) at batch 64, the whole critic step (scores of real and fake,
+  penalty, backward). ``time_vs_plain`` below 1 is faster than the plain formula.
+* conv: a DCGAN-style conv critic of width --base at --batch x --size, every impl the
+  device has, penalty + backward (``speedup_vs_autograd``).
+
+On CPU the clock is the process's CPU time (``--clock cpu``, the default there): on a
+shared machine it leaves out the time other processes hold the cores, which wall time
+counts; ``--clock wall`` for wall time. Variants take turns within each round.
 """
 from __future__ import annotations
 
@@ -21,7 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, print_table, save_results, time_fn  # noqa: E402
 
 import pyfast_gan as pg  # noqa: E402
+from pyfast_gan.models import build_models  # noqa: E402
 from pyfast_gan.ops._dispatch import native_available, triton_available  # noqa: E402
+
+PLAIN = "plain formula"
 
 
 def dcgan_critic(size: int, base: int) -> nn.Module:
@@ -34,30 +50,76 @@ def dcgan_critic(size: int, base: int) -> nn.Module:
 
 
 def autograd_penalty(critic, real, fake, weight=10.0):
-    """The usual hand-written WGAN-GP penalty: per-sample alpha, autograd.grad, norm."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    """The usual hand-written WGAN-GP penalty (PyTorch-GAN's, caogang's): per-sample alpha,
+    autograd.grad of the summed scores, per-sample norm of the flattened gradient."""
+    n = real.shape[0]
+    alpha = torch.rand(n, *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     out = critic(x_hat)
     (g,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-    return weight * ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+    return weight * ((g.view(n, -1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--base", type=int, default=16, help="critic width (DCGAN uses 64)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=4)
-    p.add_argument("--save", action="store_true")
-    a = p.parse_args(argv)
-    device = torch.device(a.device)
-    critic = dcgan_critic(a.size, a.base).to(device)
-    real = torch.randn(a.batch, 3, a.size, a.size, device=device)
-    fake = torch.randn(a.batch, 3, a.size, a.size, device=device)
+def interleaved(steps: dict, device, *, rounds: int, iters: int, clock: str) -> dict[str, list[float]]:
+    """Per-round median ms of each step; steps take turns within a round, each round starting
+    at a different one, so the noise of a shared machine hits all of them alike."""
+    for s in steps.values():  # first-call costs stay out of the timings
+        s()
+    med = {n: [] for n in steps}
+    names = list(steps)
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            med[n].append(time_fn(steps[n], device, warmup=1, iters=iters, clock=clock)["median_ms"])
+    return med
 
-    variants = {"autograd (paper formula)": lambda: autograd_penalty(critic, real, fake),
+
+def per_call_rows(device, *, rounds: int, iters: int, clock: str) -> list[dict]:
+    """The drop-in against the plain formula where a user meets it: the WGAN-GP toy critic at
+    batch 16 and 256 (penalty + backward), a DCGAN-64 critic's whole step at batch 64."""
+    rows = []
+    cases = [("toy MLP critic, GP + backward", "mlp", 16), ("toy MLP critic, GP + backward", "mlp", 256),
+             ("DCGAN-64 critic, whole step", "dcgan", 64)]
+    for label, arch, batch in cases:
+        if arch == "mlp":
+            _, critic = build_models("mlp", base=512)
+            shape = (batch, 2)
+        else:
+            _, critic = build_models("dcgan", image_size=64, channels=3, base=64)
+            shape = (batch, 3, 64, 64)
+        critic = critic.to(device)
+        real, fake = torch.randn(shape, device=device), torch.randn(shape, device=device)
+
+        def make_step(gp, whole=arch == "dcgan"):
+            def step():
+                loss = gp()
+                if whole:
+                    loss = loss + critic(fake).mean() - critic(real).mean()
+                loss.backward()
+                critic.zero_grad(set_to_none=True)
+
+            return step
+
+        steps = {PLAIN: make_step(lambda: autograd_penalty(critic, real, fake, 10.0)),
+                 "reference": make_step(lambda: pg.gradient_penalty(critic, real, fake, 10.0, impl="reference")),
+                 "auto": make_step(lambda: pg.gradient_penalty(critic, real, fake, 10.0, impl="auto"))}
+        # The toy critic's calls are short and noisy: more rounds; the DCGAN step is long.
+        med = interleaved(steps, device, rounds=rounds * 5 if arch == "mlp" else rounds,
+                          iters=iters if arch == "mlp" else max(iters // 5, 1), clock=clock)
+        base = statistics.median(med[PLAIN])
+        for n, v in med.items():
+            rows.append({"critic": label, "shape": "x".join(map(str, shape)), "variant": n,
+                         "median_ms": statistics.median(v), "time_vs_plain": statistics.median(v) / base,
+                         "extra_us": (statistics.median(v) - base) * 1e3,
+                         # Each round's ratio: the spread of the same-round comparisons.
+                         "paired_ratio": statistics.median(a / b for a, b in zip(v, med[PLAIN]))})
+    return rows
+
+
+def conv_rows(device, *, batch: int, size: int, base: int, rounds: int, iters: int, clock: str) -> list[dict]:
+    critic = dcgan_critic(size, base).to(device)
+    real = torch.randn(batch, 3, size, size, device=device)
+    fake = torch.randn(batch, 3, size, size, device=device)
+    variants = {PLAIN: lambda: autograd_penalty(critic, real, fake),
                 "pyfast_gan reference": lambda: pg.gradient_penalty(critic, real, fake, impl="reference")}
     if native_available("penalty", device)[0]:
         variants[f"pyfast_gan {device.type}"] = lambda: pg.gradient_penalty(critic, real, fake, impl=device.type)
@@ -71,27 +133,56 @@ def main(argv=None):
 
         return step
 
-    steps = {n: make_step(f) for n, f in variants.items()}
-    for s in steps.values():
-        s()
-    med = {n: [] for n in steps}
-    mins = {n: [] for n in steps}
-    names = list(steps)
-    for r in range(a.rounds):
-        # Rotate the order each round so no variant always runs first after a switch.
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            s = steps[n]
-            t = time_fn(s, device, warmup=1, iters=a.iters)
-            med[n].append(t["median_ms"])
-            mins[n].append(t["min_ms"])
-    base = statistics.median(med["autograd (paper formula)"])
-    rows = [{"variant": n, "shape": f"{a.batch}x3x{a.size}x{a.size}", "median_ms": statistics.median(v),
-             "min_ms": min(mins[n]), "speedup_vs_autograd": base / statistics.median(v)} for n, v in med.items()]
+    med = interleaved({n: make_step(f) for n, f in variants.items()}, device, rounds=rounds, iters=iters,
+                      clock=clock)
+    ref = statistics.median(med[PLAIN])
+    return [{"variant": n, "shape": f"{batch}x3x{size}x{size}", "median_ms": statistics.median(v),
+             "speedup_vs_autograd": ref / statistics.median(v)} for n, v in med.items()]
+
+
+SECTIONS = ("per-call", "conv")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {SECTIONS}")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                   help="CPU timing: process CPU time (default) or wall time; CUDA uses events")
+    p.add_argument("--batch", type=int, default=64, help="conv section: batch")
+    p.add_argument("--size", type=int, default=64, help="conv section: image size")
+    p.add_argument("--base", type=int, default=16, help="conv section: critic width (DCGAN uses 64)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--iters", type=int, default=20, help="timed calls per variant per round (the DCGAN-64 "
+                                                          "step and the conv section use a fifth of it; the toy "
+                                                          "critic runs 5x the rounds)")
+    p.add_argument("--save", action="store_true")
+    a = p.parse_args(argv)
+    sections = a.sections.split(",")
+    if any(s not in SECTIONS for s in sections):
+        p.error(f"--sections must be a comma-separated list from {SECTIONS}, got {a.sections!r}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    clock = a.clock or ("cpu" if device.type == "cpu" else "wall")
     env = environment(device)
-    print(f"# gradient_penalty fwd+bwd, DCGAN critic base={a.base}, on {env['device']} ({env['cpu_threads']} threads)")
-    print_table(rows, ["variant", "shape", "median_ms", "min_ms", "speedup_vs_autograd"])
+    print(f"# gradient_penalty on {env['device']} ({env['cpu_threads']} threads, {clock} clock), "
+          f"torch {env['torch']}")
+    rows: dict[str, list[dict]] = {}
+    if "per-call" in sections:
+        rows["per_call"] = per_call_rows(device, rounds=a.rounds, iters=a.iters, clock=clock)
+        print("## per call, against the plain formula in the same rounds")
+        print_table(rows["per_call"], ["critic", "shape", "variant", "median_ms", "extra_us", "time_vs_plain",
+                                       "paired_ratio"])
+    if "conv" in sections:
+        rows["conv"] = conv_rows(device, batch=a.batch, size=a.size, base=a.base, rounds=a.rounds,
+                                 iters=max(a.iters // 5, 1), clock=clock)
+        print(f"## conv critic base={a.base}, penalty + backward")
+        print_table(rows["conv"], ["variant", "shape", "median_ms", "speedup_vs_autograd"])
     if a.save:
-        print("saved", save_results("gradient_penalty", device, rows, extra={"critic_base": a.base}))
+        print("saved", save_results("gradient_penalty", device, [r for v in rows.values() for r in v],
+                                    extra={"critic_base": a.base, "clock": clock, "sections": sections}))
     return rows
 
 

@@ -322,3 +322,198 @@ def test_batch_norm_critic_warns_once_per_class(monkeypatch):
 def test_unavailable_impl_raises():
     with pytest.raises(RuntimeError, match="impl='cuda' needs CUDA tensors"):
         pg.gradient_penalty(SmoothMLPCritic(), torch.randn(2, 7), torch.randn(2, 7), impl="cuda")
+
+
+# --- issue 23: the drop-in as other loops call it ---------------------------------------------
+
+def plain_loop_penalty(critic, real, fake, weight):
+    """The penalty as PyTorch-GAN's and caogang's WGAN-GP loops write it, alpha from the global RNG."""
+    n = real.shape[0]
+    alpha = torch.rand(n, *[1] * (real.dim() - 1))
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return weight * ((g.view(n, -1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+@pytest.mark.parametrize("critic_name", ["mlp", "conv", "head"])
+def test_positional_weight_reference_is_bitwise_the_plain_loop(critic_name):
+    """gradient_penalty(D, real, fake, 10.0, impl="reference") in place of a loop's own penalty:
+    the same losses and the same parameters, bit for bit, over a few SGD steps."""
+    make, shape = CRITICS[critic_name]
+    ours, theirs = make(), make()
+    theirs.load_state_dict(ours.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-2) for m in (ours, theirs)]
+    for step in range(3):
+        real, fake = torch.randn(shape), torch.randn(shape)
+        torch.manual_seed(100 + step)
+        a = pg.gradient_penalty(ours, real, fake, 10.0, impl="reference")
+        torch.manual_seed(100 + step)
+        b = plain_loop_penalty(theirs, real, fake, 10.0)
+        assert a.item() > 0 and torch.equal(a, b), (step, a, b)
+        for opt, loss in zip(opts, (a, b)):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(p, q), step
+
+
+@pytest.mark.parametrize("impl", ["auto", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="no native"))])
+def test_positional_weight_kernels_match_the_plain_loop(impl):
+    critic = SmoothMLPCritic()
+    real, fake = torch.randn(6, 7), torch.randn(6, 7)
+    torch.manual_seed(3)
+    gp = pg.gradient_penalty(critic, real, fake, 10.0, impl=impl)
+    torch.manual_seed(3)  # "cpu" draws alpha with torch.rand too: the same alpha
+    ref = plain_loop_penalty(critic, real, fake, 10.0)
+    # The last bias does not change d critic / d x: its penalty gradient is zero.
+    grads = torch.autograd.grad(gp, list(critic.parameters()), allow_unused=True, materialize_grads=True)
+    ref_grads = torch.autograd.grad(ref, list(critic.parameters()), allow_unused=True, materialize_grads=True)
+    assert any(g.abs().sum() > 0 for g in grads)
+    torch.testing.assert_close(gp, ref, atol=2e-5, rtol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-4)
+    # Positional and keyword weight are one argument.
+    torch.manual_seed(3)
+    torch.testing.assert_close(pg.gradient_penalty(critic, real, fake, weight=10.0, impl=impl), gp, rtol=0, atol=0)
+    with pytest.raises(TypeError):
+        pg.gradient_penalty(critic, real, fake, 10.0, 1.0)  # center stays keyword-only
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="no native"))])
+def test_generator_draws_alpha_like_the_loop(impl):
+    """generator= reproduces a loop that draws alpha from its own generator, and leaves the
+    global RNG alone."""
+    critic = SmoothMLPCritic()
+    real, fake = torch.randn(5, 7), torch.randn(5, 7)
+    state = torch.get_rng_state()
+    gp = pg.gradient_penalty(critic, real, fake, 10.0, generator=torch.Generator().manual_seed(11), impl=impl)
+    assert torch.equal(torch.get_rng_state(), state)
+    alpha = torch.rand(5, generator=torch.Generator().manual_seed(11))
+    ref = paper_penalty(critic, real, fake, alpha, 10.0)
+    if impl == "reference":
+        assert torch.equal(gp, ref)
+    else:
+        torch.testing.assert_close(gp, ref, atol=2e-5, rtol=1e-4)
+    other = pg.gradient_penalty(critic, real, fake, 10.0, generator=torch.Generator().manual_seed(12), impl=impl)
+    assert not torch.equal(other, gp)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        pg.gradient_penalty(critic, real, fake, generator=11)
+
+
+def test_batch_norm_scan_once_per_critic(monkeypatch):
+    """The batch-norm layers are found by one walk per critic object; train()/eval() (of the
+    critic or of one layer) are read live; registering a module anywhere makes the next
+    check walk again."""
+    from pyfast_gan.ops import gradient_penalty as gpm
+
+    walks = []
+    scan = gpm.scan_batch_norm
+    monkeypatch.setattr(gpm, "scan_batch_norm", lambda m: walks.append(m) or scan(m))
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    critic, r = bn_critic(), torch.randn(6, 7)
+    with pytest.warns(RuntimeWarning, match="normalises with batch statistics"):
+        for _ in range(3):
+            pg.gradient_penalty(critic, r, r, 10.0)
+    assert walks == [critic]
+    assert gpm.batch_stats_layer(critic)[1] == "1"
+    critic.eval()
+    assert gpm.batch_stats_layer(critic) is None
+    critic[1].train()  # one layer back to training mode
+    assert gpm.batch_stats_layer(critic)[1] == "1"
+    critic.train()
+    with pytest.warns(RuntimeWarning, match="r1_penalty: critic Sequential normalises with batch statistics"):
+        pg.r1_penalty(critic, r, 1.0)
+    assert walks == [critic]  # one walk per critic, whichever drop-in asks
+    # A module added to a critic without batch norm: the next check walks again and finds it.
+    plain, nested = SmoothMLPCritic(), SmoothMLPCritic()
+    for _ in range(2):
+        assert gpm.batch_stats_layer(plain) is None and gpm.batch_stats_layer(nested) is None
+    assert walks == [critic, plain, nested]
+    plain.norm = nn.BatchNorm1d(7)
+    nested.net.append(nn.BatchNorm1d(1))  # a registration inside, through Sequential.append
+    assert gpm.batch_stats_layer(plain)[1] == "norm" and gpm.batch_stats_layer(nested)[1] == "net.5"
+    assert walks == [critic, plain, nested, plain, nested]
+
+
+class CondCritic(nn.Module):
+    """A conditional critic D(x, label) with batch norm: the callables below wrap it."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(3, 7)
+        self.net = bn_critic()
+
+    def forward(self, x, label):
+        return self.net(x * self.embed(label)).squeeze(1)
+
+    def score(self, x):
+        return self(x, torch.zeros(x.shape[0], dtype=torch.long))
+
+
+class GAN(nn.Module):
+    """A wrapper holding a generator with batch norm and a critic without."""
+
+    def __init__(self):
+        super().__init__()
+        self.generator = nn.Sequential(nn.Linear(7, 7), nn.BatchNorm1d(7))
+        self.critic = SmoothMLPCritic()
+
+
+def test_critic_callables_are_seen_through(monkeypatch):
+    import functools
+
+    r, labels = torch.randn(6, 7), torch.randint(0, 3, (6,))
+    d = CondCritic()
+    seen = {"bound method": d.score, "partial": functools.partial(d, label=labels),
+            "lambda closing over the module": lambda x: d(x, labels),
+            "nested function": (lambda m: (lambda x: m(x, labels)))(d)}
+    for what, critic in seen.items():
+        monkeypatch.setattr(_dispatch, "_warned", set())
+        with pytest.warns(RuntimeWarning, match=r"critic CondCritic normalises with batch statistics \(its "
+                                                r"BatchNorm1d 'net\.1'") as rec:
+            pg.gradient_penalty(critic, r, r, 10.0)
+        assert len(rec) == 1 and rec[0].filename == __file__, what
+    d.eval()
+    for what, critic in seen.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pg.gradient_penalty(critic, r, r, 10.0)
+    # A lambda over a wrapper is narrowed to the submodule it reads: the wrapper's generator
+    # (batch norm, training mode) is not the critic.
+    gan = GAN()
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pg.gradient_penalty(lambda x: gan.critic(x), r, r, 10.0)
+    # Not seen (README): a module reached through a plain container.
+    held = {"critic": bn_critic()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pg.gradient_penalty(lambda x: held["critic"](x), r, r, 10.0)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="no native"))])
+def test_penalty_at_unchanged_for_the_trainer(impl):
+    """The trainer's entry point: (mean penalty, mean norm) of the same kernels."""
+    critic, x = SmoothMLPCritic(), torch.randn(5, 7, requires_grad=True)
+    gp, norm = penalty_at(critic, x, impl=impl)
+    (g,) = torch.autograd.grad(critic(x).sum(), x)
+    ref_norm = g.norm(dim=1)
+    torch.testing.assert_close(norm, ref_norm.mean())
+    torch.testing.assert_close(gp, ((ref_norm - 1) ** 2).mean())
+    assert gp.requires_grad and not norm.requires_grad
+
+
+def test_readme_drop_in_loop(readme_example):
+    """The README's drop-in loop, with the names it leaves to the reader."""
+    critic = SmoothMLPCritic(d=4)
+    generator = nn.Linear(3, 4)
+    ns = {"loader": [torch.randn(8, 4) for _ in range(2)], "z_dim": 3, "generator": generator, "critic": critic,
+          "opt_d": torch.optim.SGD(critic.parameters(), lr=1e-3)}
+    before = [p.detach().clone() for p in critic.parameters()]
+    exec(readme_example("for real in loader:"), ns)
+    # Every weight moves; the last bias cancels out of the Wasserstein loss and the penalty.
+    params = list(critic.parameters())
+    assert all(not torch.equal(p, q) for p, q in zip(params[:-1], before[:-1]))
+    assert all(torch.isfinite(p).all() for p in params)

@@ -1,6 +1,8 @@
 """r1_penalty against R1 written with autograd only (Mescheder et al. 2018, eq. 9):
 values and parameter gradients over shapes, dtypes and impls; a float64 gradcheck of the
 parameter gradient; the scaler recipe; errors."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -123,4 +125,99 @@ def test_errors_and_warnings():
 def test_readme_example(readme_example):
     ns = {}
     exec(readme_example("pyfast_gan.r1_penalty("), ns)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ns["critic"].parameters())
+
+
+# --- issue 23: R1 from the scores a loop already has -----------------------------------------
+
+def bn_critic():
+    return torch.nn.Sequential(torch.nn.Linear(7, 16), torch.nn.BatchNorm1d(16), torch.nn.Softplus(),
+                               torch.nn.Linear(16, 1))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", ["mlp", "conv", "head"])
+def test_from_scores_matches_the_plain_formula(impl, case):
+    """StudioGAN's R1 (scores of a forward with real.requires_grad_(), gradient of their sum,
+    0.5 * sum of squares per sample, times gamma): the same value and parameter gradients;
+    bit for bit for impl="reference" against the norm-squared spelling of the same formula."""
+    make, shape = CASES[case]
+    critic = make()
+    params = list(critic.parameters())
+    real = torch.randn(shape).requires_grad_(True)
+    scores = critic(real)
+    r1 = pg.r1_penalty_from_scores(scores, real, 10.0, impl=impl)
+    (g,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    studiogan = 10.0 * (0.5 * g.pow(2).contiguous().view(shape[0], -1).sum(1).mean(0))
+    norm_squared = 10.0 / 2 * (g.flatten(1).norm(2, dim=1) ** 2).mean()
+    assert r1.item() > 0
+    if impl == "reference":
+        assert torch.equal(r1, norm_squared)
+    torch.testing.assert_close(r1, studiogan, atol=2e-5, rtol=1e-4)
+    grads = torch.autograd.grad(r1, params, allow_unused=True, materialize_grads=True, retain_graph=True)
+    ref_grads = torch.autograd.grad(studiogan, params, allow_unused=True, materialize_grads=True)
+    assert any(x.abs().sum() > 0 for x in grads)
+    for x, y in zip(grads, ref_grads):
+        torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4)
+    # The critic's own r1_penalty at the same reals (its own leaf) agrees.
+    torch.testing.assert_close(r1, pg.r1_penalty(critic, real, 10.0, impl=impl), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_from_scores_leaves_batch_norm_statistics_alone(impl):
+    """One forward in the loop, one update of the running statistics: r1_penalty_from_scores
+    adds none (r1_penalty runs a forward of its own and adds one)."""
+    critic = bn_critic()
+    real = torch.randn(8, 7).requires_grad_(True)
+    scores = critic(real)
+    after_forward = {k: v.clone() for k, v in critic.state_dict().items()}
+    loss = torch.nn.functional.softplus(-scores).mean() + pg.r1_penalty_from_scores(scores, real, 10.0, impl=impl)
+    loss.backward()
+    state = critic.state_dict()
+    assert int(state["1.num_batches_tracked"]) == 1
+    assert all(torch.equal(state[k], v) for k, v in after_forward.items())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the batch-statistics warning, once per process
+        pg.r1_penalty(critic, real, 10.0, impl=impl)
+    assert int(critic.state_dict()["1.num_batches_tracked"]) == 2
+    assert not torch.equal(critic.state_dict()["1.running_mean"], after_forward["1.running_mean"])
+
+
+def test_from_scores_errors():
+    critic, r = SmoothMLPCritic(), torch.randn(4, 7)
+    with pytest.raises(ValueError, match=r"real must require grad: call real.requires_grad_\(\) before"):
+        pg.r1_penalty_from_scores(critic(r), r, 10.0)
+    x = r.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="scores were not computed from real"):
+        pg.r1_penalty_from_scores(critic(torch.randn(4, 7)), x, 10.0)
+    with pytest.raises(ValueError, match="scores does not depend on its input"):
+        pg.r1_penalty_from_scores(torch.randn(4), x, 10.0)
+    with pytest.raises(ValueError, match=r"scores must have one value per sample, shape \(4,\) or \(4, 1, \.\.\.\); "
+                                         r"got \(2, 2\)"):
+        pg.r1_penalty_from_scores(critic(x).view(2, 2), x, 10.0)
+    with pytest.raises(ValueError, match="scores must be a tensor"):
+        pg.r1_penalty_from_scores([1.0], x, 10.0)
+    with pytest.raises(ValueError, match="gamma must be a finite number"):
+        pg.r1_penalty_from_scores(critic(x), x, float("inf"))
+    with pytest.raises(ValueError, match="scaler must be a torch.amp.GradScaler"):
+        pg.r1_penalty_from_scores(critic(x), x, 10.0, scaler=2.0)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        pg.r1_penalty_from_scores(critic(x), x, 10.0, impl="fast")
+    with pytest.raises(ValueError, match="real has an empty batch"):
+        pg.r1_penalty_from_scores(critic(x), torch.randn(0, 7), 10.0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_from_scores_scaler_fp32(impl):
+    critic = conv_critic()
+    real = torch.randn(4, 3, 11, 12).requires_grad_(True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    r1 = pg.r1_penalty_from_scores(critic(real), real, 5.0, scaler=scaler, impl=impl)
+    torch.testing.assert_close(r1, r1_autograd(critic, real, 5.0), atol=2e-5, rtol=1e-4)
+
+
+def test_readme_example_from_scores(readme_example):
+    ns = {}
+    exec(readme_example("pyfast_gan.r1_penalty_from_scores("), ns)
+    assert int(ns["critic"][2].num_batches_tracked) == 2  # real and fake: one forward each
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ns["critic"].parameters())

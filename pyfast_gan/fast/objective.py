@@ -33,9 +33,12 @@ import warnings
 import torch
 from torch import nn
 
-import pyfast_gan
 from pyfast_gan.losses import get_loss
 from pyfast_gan.ops.gradient_penalty import penalty_at
+# x_hat = alpha*real + (1-alpha)*fake as a fresh leaf: the critic step never needs gradients
+# through x_hat to real/fake, and a leaf is what lets the compiled objective take it as a plain
+# graph input. alpha=None: the kernel draws it.
+from pyfast_gan.ops.interpolate import interpolate_leaf
 
 MODES = ("eager", "compile")
 COMPILE_PENALTIES = ("kernels", "reference")
@@ -85,19 +88,6 @@ def quiet_cuda_home_note() -> None:
     log = logging.getLogger("torch.utils.cpp_extension")
     if not any(isinstance(f, _NoCudaHomeNote) for f in log.filters):
         log.addFilter(_NoCudaHomeNote())
-
-
-def interpolate_leaf(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None,
-                     impl: str = "auto") -> torch.Tensor:
-    """x_hat = alpha*real + (1-alpha)*fake (pyfast_gan.interpolate) as a fresh leaf.
-
-    The critic step never needs gradients through x_hat to real/fake (data, and a generator
-    output taken under no_grad), so x_hat can be a leaf; that is what lets the compiled
-    function treat it as a plain graph input. ``alpha=None``: the kernel draws it.
-    """
-    with torch.no_grad():
-        x_hat, _ = pyfast_gan.interpolate(real, fake, alpha, impl=impl)
-    return x_hat.detach().requires_grad_(True)
 
 
 def critic_scores(critic, real, fake, concat: bool):
@@ -259,7 +249,7 @@ class CriticObjective:
             if gp_now and alpha is None:  # the check and the step see the same interpolates
                 alpha = torch.rand(real.shape[0], device=real.device)
             self.verify_against_eager(critic, real, fake, alpha if gp_now else None)
-        x_hat = interpolate_leaf(real, fake, alpha, self.impl) if gp_now else None
+        x_hat = interpolate_leaf(real, fake, alpha, impl=self.impl) if gp_now else None
         if self.mode == "eager":
             return critic_loss(critic, real, fake, x_hat, **self._kwargs(critic, weight, eager=True))
         return self._get_compiled()(critic, real, fake, x_hat, **self._kwargs(critic, weight, eager=False))
@@ -283,7 +273,7 @@ class CriticObjective:
             alpha = torch.rand(real.shape[0], device=real.device)
         twin = copy.deepcopy(critic)
         weight = self.gp_weight * self.every
-        x_hat = interpolate_leaf(real, fake, alpha, "reference") if self.use_gp else None
+        x_hat = interpolate_leaf(real, fake, alpha, impl="reference") if self.use_gp else None
 
         def grads_of(run) -> tuple[list[torch.Tensor], torch.Tensor]:
             twin.load_state_dict(critic.state_dict())  # same buffers before each run

@@ -35,9 +35,16 @@ FAMILY = "penalty"
 
 
 def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """The definition every kernel is tested against (alpha: (N,))."""
+    """The definition every kernel is tested against (alpha: (N,), or (N, 1, ...) shaped like
+    ``real``)."""
     opm = alpha_dtype(real.dtype)
-    a = alpha.to(opm).view(-1, *([1] * (real.dim() - 1)))
+    # Casts and views only where needed: on a small critic each costs a visible share of
+    # the step (issue 23), and skipping them changes no value.
+    a = alpha if alpha.dim() == real.dim() else alpha.view(-1, *([1] * (real.dim() - 1)))
+    if a.dtype != opm:
+        a = a.to(opm)
+    if real.dtype == opm:
+        return a * real + (1 - a) * fake
     return (a * real.to(opm) + (1 - a) * fake.to(opm)).to(real.dtype)
 
 
@@ -164,3 +171,37 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | No
     if which == "triton":
         return ops.triton_interpolate(real, fake, a), a
     return ops.interpolate(real, fake, a), a
+
+
+def interpolate_leaf(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None = None, *,
+                     generator: torch.Generator | None = None, impl: str = "auto") -> torch.Tensor:
+    """x_hat as a fresh leaf that requires grad: the point where a penalty differentiates the
+    critic. Its values are :func:`interpolate`'s (same impl, alpha and generator, same draw).
+
+    No graph to ``real`` or ``fake`` is recorded (the penalty's gradient reaches the critic's
+    parameters only), so in eager mode the native and Triton kernels are called below autograd:
+    their registered autograd wrapper would cost a few microseconds a call for nothing (issue 23).
+    Under torch.compile the registered ops are traced as they are."""
+    if torch.compiler.is_compiling():
+        x_hat, _ = interpolate(real.detach(), fake.detach(), alpha, generator=generator, impl=impl)
+        return x_hat.detach().requires_grad_(True)
+    a = _check(real, fake, alpha, generator)
+    which = _resolve(impl, real.device.type)
+    if real.requires_grad or fake.requires_grad:
+        real, fake = real.detach(), fake.detach()
+    if which == "reference":
+        if a is None:
+            # Drawn in the broadcast shape: the same numbers as an (N,) draw, without a view.
+            a = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), generator=generator, device=real.device,
+                           dtype=alpha_dtype(real.dtype))
+        return reference(real, fake, a).requires_grad_(True)
+    if a is None and which == "cpu":
+        a = torch.rand((real.shape[0],), generator=generator, device=real.device, dtype=alpha_dtype(real.dtype))
+    ops = torch.ops.pyfast_gan
+    with torch._C._AutoDispatchBelowAutograd():
+        if a is None:
+            seed = torch.randint(0, 2**62, (1,), generator=generator, device=real.device, dtype=torch.int64)
+            x_hat = (ops.triton_interpolate_rand if which == "triton" else ops.interpolate_rand)(real, fake, seed)[0]
+        else:
+            x_hat = (ops.triton_interpolate if which == "triton" else ops.interpolate)(real, fake, a)
+    return x_hat.requires_grad_(True)

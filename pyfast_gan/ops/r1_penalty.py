@@ -2,13 +2,22 @@
 
     penalty = gamma / 2 * mean_n ||d critic(x)[n] / d x[n]||_2^2,   x = real
 
-a zero-centred gradient penalty at the real samples only (no interpolation). ``x`` is
-``real`` detached and made a leaf, so the penalty's gradient reaches only the critic's
-parameters. It runs on the same kernel as the WGAN-GP penalty
-(:func:`~pyfast_gan.ops.gradient_penalty.penalty_at` with ``mode="zero_centered"``),
-with the same ``scaler`` recipe, ``impl`` switch and argument checks (including the
-one-time warning for a critic with batch norm in training mode); see
+a zero-centred gradient penalty at the real samples only (no interpolation). It runs on
+the same kernel as the WGAN-GP penalty (``penalty_and_norm`` with ``mode="zero_centered"``),
+with the same ``scaler`` recipe, ``impl`` switch and argument checks; see
 ``gradient_penalty``'s module notes on fp16 and GradScaler's scale.
+
+Two spellings:
+
+* ``r1_penalty(critic, real, gamma)`` runs the critic at ``real`` detached and made a leaf,
+  so the penalty's gradient reaches only the critic's parameters. That is a forward of its
+  own: a critic with batch norm in training mode advances its running statistics once more
+  (and gets the one-time batch-statistics warning).
+* ``r1_penalty_from_scores(scores, real, gamma)`` takes the scores a loop already has,
+  ``scores = critic(real)`` computed after ``real.requires_grad_()``: no second forward, so
+  the critic's state (batch-norm running statistics included) is exactly as the loop's own
+  forward left it. There is no critic to inspect, so no batch-norm warning. ``real`` then
+  receives a gradient from the loss too, as in the loops this replaces.
 """
 from __future__ import annotations
 
@@ -16,7 +25,9 @@ from typing import Callable
 
 import torch
 
-from .gradient_penalty import apply_weight, check_drop_in_args, check_weight, penalty_at
+from .gradient_norm_penalty import penalty_and_norm
+from .gradient_penalty import apply_weight, check_drop_in_args, check_scaler, check_weight, input_gradient, \
+    scores_gradient
 from .interpolate import check_samples
 
 
@@ -37,6 +48,28 @@ def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tenso
     if x.is_inference():
         # An inference-mode tensor cannot require grad outside inference mode; a copy can.
         x = x.clone()
-    penalty, _ = penalty_at(critic, x.requires_grad_(True), center=0.0, mode="zero_centered", scaler=scaler,
-                            impl=impl)
-    return apply_weight(penalty, gamma) * 0.5
+    return _r1(input_gradient(critic, x.requires_grad_(True), scaler), gamma, impl)
+
+
+def r1_penalty_from_scores(scores: torch.Tensor, real: torch.Tensor, gamma: float | torch.Tensor, *,
+                           scaler=None, impl: str = "auto") -> torch.Tensor:
+    """:func:`r1_penalty` from ``scores = critic(real)`` already computed, with ``real``
+    requiring grad before that forward: no second forward of the critic.
+
+    ``scores``: one value per sample, shape (N,) or (N, 1, ...), the graph still alive (the
+    penalty differentiates it with ``create_graph``, keeping it for the loss's backward).
+    Other arguments as for :func:`r1_penalty`.
+    """
+    check_samples(real, "real")
+    gamma = check_weight(gamma, real.device, "gamma")
+    check_scaler(scaler)
+    if not real.requires_grad:
+        raise ValueError("real must require grad: call real.requires_grad_() before the critic's forward "
+                         "that gave scores")
+    return _r1(scores_gradient(scores, real, scaler, what="scores", allow_unused=True), gamma, impl)
+
+
+def _r1(grad: torch.Tensor, gamma: float | torch.Tensor, impl: str) -> torch.Tensor:
+    per_sample, _ = penalty_and_norm(grad, center=0.0, mode="zero_centered", impl=impl)
+    # * 0.5 after the weight: halving is exact, so this equals gamma / 2 * mean bit for bit.
+    return apply_weight(per_sample.mean(), gamma) * 0.5
