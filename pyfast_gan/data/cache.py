@@ -20,25 +20,24 @@ against it. A row damaged outside the sampled blocks stops the run with one line
 the index, so the next start rebuilds the cache. Decode workers die with their parent
 (PR_SET_PDEATHSIG) and never hold the build lock (a POSIX lock, not inherited by fork), so
 a builder killed mid-build leaves nothing that blocks the next one.
+
+The cache's view of a source (kind, settings, fingerprint, key) is ``source.py``; decoding
+into the file (in order, in forked workers) is ``decode_pool.py``; this module holds the file
+format, its checks, the build lock and the readers.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
-import functools
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import signal
-import sys
 import time
 import warnings
 import weakref
 import zlib
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +46,13 @@ from tqdm.auto import tqdm
 
 from pyfast_gan._paths import cache_dir
 
-from ._common import DataError, ImageDataset, TensorImageDataset, first_failure
+from ._common import DataError, first_failure
+from .decode_pool import CRC as _CRC
+from .decode_pool import decode_into as _decode_into
+from .source import CACHE_VERSION, Source, describe_source  # noqa: F401 - the cache's public names
 
-# 2: the data file ends with one little-endian CRC-32 per image row (issue 22)
-CACHE_VERSION = 2
 DATA_CACHE_CHOICES = ("auto", "on", "off")
-_CHUNK = 64  # images per worker task: big enough to amortise the pickling, small for the bar
 _SAMPLE_BLOCKS, _BLOCK = 64, 4096
-_CRC = np.dtype("<u4")
 
 
 class CacheUnavailable(DataError):
@@ -71,195 +69,6 @@ def cache_root() -> Path:
     """$PYFAST_GAN_CACHE/data, else $XDG_CACHE_HOME/pyfast_gan/data, else
     ~/.cache/pyfast_gan/data (the folder the digits classifier's cache lives in)."""
     return cache_dir() / "data"
-
-
-def row_crcs(images: np.ndarray) -> np.ndarray:
-    """CRC-32 of each row (image) of a uint8 (N, ...) array, as little-endian uint32. zlib's
-    CRC-32 runs at about 2.4 GB/s on one core here, 5 us per 64x64 RGB image, and releases the
-    GIL, so the batch thread can check every image it reads."""
-    return np.fromiter((zlib.crc32(r) for r in images), _CRC, images.shape[0])
-
-
-@dataclass
-class Source:
-    """A data PATH as the cache sees it, described without decoding anything."""
-
-    kind: str                     # folder | lmdb | mnist | cifar10
-    path: str                     # absolute
-    image_size: int
-    channels: int
-    crop: int
-    max_images: int
-    fingerprint: str
-    count: int                    # images before any is skipped (files, records, array rows)
-    files: list | None = field(default=None, repr=False)  # folder: the fingerprinted listing
-    _ds: ImageDataset | None = field(default=None, repr=False)
-
-    def settings(self) -> dict:
-        return {"image_size": self.image_size, "channels": self.channels, "crop": self.crop,
-                "max_images": self.max_images}
-
-    def key(self) -> str:
-        blob = json.dumps({"version": CACHE_VERSION, "kind": self.kind, "path": self.path,
-                           "fingerprint": self.fingerprint, **self.settings()}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-    def stem(self) -> str:
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(self.path).name)[:40]
-        s = self.settings()
-        return (f"{self.kind}-{name}-{s['image_size']}px-c{s['channels']}"
-                + (f"-crop{self.crop}" if self.crop else "") + f"-{self.key()}")
-
-    def dataset(self, progress: bool = True) -> ImageDataset:
-        """The dataset to decode when building (folders: the fingerprinted file list as is)."""
-        from . import open_dataset
-        from .images import ImageFolderDataset
-
-        if self._ds is None:
-            if self.kind == "folder":
-                self._ds = ImageFolderDataset(self.path, self.image_size, self.channels, crop=self.crop,
-                                              files=self.files)
-            else:
-                self._ds = open_dataset(self.path, self.kind, self.image_size, self.channels,
-                                        progress=progress, crop=self.crop, max_images=self.max_images)
-        return self._ds
-
-
-def _stat_digest(paths, root: Path | None = None) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        name = str(Path(p).relative_to(root)) if root is not None else str(p)
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def describe_source(spec: str, data_format: str = "auto", image_size: int | None = None,
-                    channels: int | None = None, crop: int = 0, max_images: int = 0) -> Source | None:
-    """The cache's view of a data PATH (None for the embedded digits, which is not cached).
-    Cheap: lists and stats files, reads no pixels. DataError as open_dataset gives them."""
-    from . import DATA_FORMATS, detect_format
-    from ._common import check_crop_max_images, check_size_channels
-    from .cifar import find_cifar_batches
-    from .images import IMAGE_EXTENSIONS, list_images
-    from .lmdb_images import LMDBDataset, is_lmdb, lmdb_entries
-    from .mnist import find_idx_images
-
-    if spec == "digits":
-        return None
-    if data_format not in DATA_FORMATS:
-        raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    check_crop_max_images(crop, max_images)
-    p = Path(spec)
-    kind = detect_format(p) if data_format == "auto" else data_format
-    if not p.exists():
-        raise DataError(f"data path {spec!r} does not exist")
-    root = p.resolve()
-    size = image_size or (64 if kind in ("folder", "lmdb") else 32)
-    ch = channels or (1 if kind == "mnist" else 3)
-    check_size_channels(size, ch)
-    files = None
-    if kind == "folder":
-        if not root.is_dir():
-            raise DataError(f"data path {spec!r} is not a folder of images")
-        files = list_images(root)[:max_images or None]
-        if not files:
-            raise DataError(f"no images in folder {spec!r} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-        count, fp = len(files), _stat_digest(files, root)
-    elif kind == "lmdb":
-        if not is_lmdb(root):
-            LMDBDataset(spec)  # raises the folder's DataError
-        entries = lmdb_entries(root)
-        if entries == 0:
-            raise DataError(f"no images in the LMDB {spec!r} (it has no records)")
-        count = min(entries, max_images) if max_images else entries
-        fp = _stat_digest([root / "data.mdb"], root) + f":{entries}"
-    else:
-        found = find_idx_images(root) if kind == "mnist" else find_cifar_batches(root)
-        if not found:
-            raise DataError(f"no {'IDX image file' if kind == 'mnist' else 'CIFAR-10 python batches'} in {spec!r}")
-        found = found[:1] if kind == "mnist" else found
-        base = root if root.is_dir() else root.parent
-        count, fp = -1, _stat_digest(found, base)  # -1: known once the arrays are read
-    return Source(kind, str(root), size, ch, crop, max_images, fp, count, files)
-
-
-# ---- building -------------------------------------------------------------------------------
-
-_WORKER_DS: ImageDataset | None = None
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies: a trainer killed during the
-    build (kill -9, or SIGTERM from ``timeout``) must not leave decode workers running on
-    (issue 22). Elsewhere a no-op: orphaned workers may then linger, idle, but they never
-    hold the build lock (see _lock), so no later start waits on them."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request was in place
-        os._exit(1)
-
-
-def _init_worker(ds: ImageDataset, parent: int) -> None:
-    """A decode worker's set-up (in the worker only: one torch thread each, since the
-    workers already use every core)."""
-    global _WORKER_DS
-    _die_with(parent)
-    _WORKER_DS = ds
-    torch.set_num_threads(1)
-
-
-def _decode_range(bounds: tuple[int, int], ds: ImageDataset | None = None):
-    """Images [start, stop) of ``ds`` (default: the worker's dataset) -> (uint8 array of the
-    good ones, their row CRC-32s, [(index, error)] of the rest)."""
-    ds = ds if ds is not None else _WORKER_DS
-    start, stop = bounds
-    out = np.empty((stop - start, ds.channels, ds.image_size, ds.image_size), np.uint8)
-    k, bad = 0, []
-    for i in range(start, stop):
-        try:
-            out[k] = ds[i].numpy()
-            k += 1
-        except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
-            bad.append((i, f"{type(e).__name__}: {e}"))
-    return out[:k], row_crcs(out[:k]), bad
-
-
-def _decode_into(f, ds: ImageDataset, num_workers: int, progress: bool) -> tuple[int, np.ndarray, list]:
-    """Decode every image of ``ds`` in order into the open file ``f``; returns (images
-    written, their row CRC-32s, [(description, error)] of the skipped ones)."""
-    if isinstance(ds, TensorImageDataset):  # MNIST / CIFAR-10: decoded in bulk already
-        arr = ds.images.contiguous().numpy()
-        f.write(arr.tobytes())
-        return len(ds), row_crcs(arr), []
-    n = len(ds)
-    ranges = [(s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)]
-    written, crcs, skipped = 0, [], []
-    workers = max(1, min(num_workers or (os.cpu_count() or 1), len(ranges)))
-    bar = tqdm(total=n, desc="building data cache", unit="img", disable=not progress, smoothing=0.1)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(bar)
-        if workers == 1:  # in this process, whose torch settings stay as they are (issue 22)
-            results = map(functools.partial(_decode_range, ds=ds), ranges)
-        else:
-            # fork: the workers inherit the dataset (a 3M-key LMDB listing is not pickled
-            # per task); they decode with PIL and numpy only.
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                                       initargs=(ds, os.getpid()))
-            # On an error or Ctrl-C, drop the chunks not started instead of decoding them all.
-            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-            results = pool.map(_decode_range, ranges)  # in order: the cache keeps the source order
-        for arr, crc, bad in results:
-            f.write(arr.tobytes())
-            crcs.append(crc)
-            written += arr.shape[0]
-            skipped += [(getattr(ds, "describe", str)(i), e) for i, e in bad]
-            bar.update(arr.shape[0] + len(bad))
-    return written, np.concatenate(crcs) if crcs else np.empty(0, _CRC), skipped
 
 
 def _checksum(path: Path, size: int) -> str:
