@@ -22,7 +22,8 @@ from . import checkpoint as ckpt_mod
 from .config import TrainConfig
 from .endings import end_nonfinite, stopped_by
 from .outputs import MetricsWriter, plot_losses, plot_metrics
-from .run import Run, StopFlag, build, check_out_dir, lock_run_dir
+from .run import Run, StopFlag, build
+from .rundir import check_out_dir, lock_run_dir
 
 WARMUP_STEPS = 5  # generator steps excluded from img_per_s (allocator, caches, compile)
 
