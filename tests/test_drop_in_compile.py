@@ -12,6 +12,8 @@ from pyfast_gan.fast.objective import has_trace_autograd_ops
 from pyfast_gan.testing import tol
 
 pytestmark = [pytest.mark.skipif(not has_trace_autograd_ops(), reason="torch < 2.11: no trace_autograd_ops"),
+              # scripts/compat.sh 2.11.0: "Unsupported Tensor.requires_grad_() call" in fullgraph
+              pytest.mark.skipif(torch.__version__ < "2.12", reason="torch 2.11's dynamo refuses requires_grad_()"),
               pytest.mark.usefixtures("one_thread")]
 
 
