@@ -164,8 +164,8 @@ def extension_lines(ext: dict, title: bool = False) -> list[str]:
             sc = r["scores"]
             lines.append(f"| {r['run']} | {r['loss']} | {r['steps']} | {sc['cfid']:.1f} | {sc['is_score']:.2f} | "
                          f"{sc['classes_covered']}/10 | {sc['kl_uniform']:.3f} | {fmt_or_na(r['tracking'], '+.2f')} | "
-                         f"{fmt_or_na(r['m_tracking'], '+.2f')} | {fmt_or_na(r['final_k'], '.4f')} | {fmt_or_na(r['final_m'], '.4f')} | "
-                         f"{r['train_time_s']:.0f} |")
+                         f"{fmt_or_na(r['m_tracking'], '+.2f')} | {fmt_or_na(r['final_k'], '.4f')} | "
+                         f"{fmt_or_na(r['final_m'], '.4f')} | {r['train_time_s']:.0f} |")
         lines += ["", "Predicted-class counts (classes 0-9):", ""]
         lines += [f"- {r['run']}: {r['counts']}" for r in rows]
         figs = ext["figures"]
@@ -173,7 +173,8 @@ def extension_lines(ext: dict, title: bool = False) -> list[str]:
                   f"Scores during training:\n\n![extension metric vs step]({figs['metric']})", "",
                   f"Losses:\n\n![extension losses]({figs['losses']})", ""]
         if "began" in figs:
-            lines += [f"BEGAN's M_global and k_t against the classifier FID:\n\n![BEGAN convergence]({figs['began']})", ""]
+            lines += [f"BEGAN's M_global and k_t against the classifier FID:\n\n"
+                      f"![BEGAN convergence]({figs['began']})", ""]
     if ext["cogan"]:
         lines += [
             "### CoGAN",
