@@ -316,7 +316,8 @@ def test_compare_extension_tiny_end_to_end(tmp_path):
     """The extension section alone: both BEGAN runs (the paper's settings and the one with
     flags), a CoGAN run; every BEGAN run gets its convergence panels and the flags of a run
     that departs from the paper are printed in the report."""
-    from pyfast_gan.experiments.compare import EXTENSION, main
+    from pyfast_gan.experiments.compare import main
+    from pyfast_gan.experiments.runs import EXTENSION
 
     out = tmp_path / "ext"
     tuned = next(n for n, (loss, flags) in EXTENSION.items() if loss == "began" and flags)
