@@ -1,6 +1,6 @@
 """``python -m pyfast_gan.evaluate --checkpoint PATH``: score a trained generator with every
 measure that applies to its data (mode coverage for toy mixtures, the digits classifier's
-cFID / IS / classes covered / KL for the embedded digits, FID and KID with Inception weights),
+cFID / IS / classes covered / KL for the embedded digits and mnist, FID and KID with Inception weights),
 print a table and write the numbers as JSON."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(
         prog="python -m pyfast_gan.evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
-        epilog="Metric groups: modes (8/25 Gaussians), toy_fd (toy data), classifier (digits: cfid, is_score, "
+        epilog="Metric groups: modes (8/25 Gaussians), toy_fd (toy data), classifier (digits, mnist: cfid, is_score, "
                "classes_covered, kl_uniform), fid and kid (images; need the FID Inception weights, "
                "pt_inception-2015-12-05-6726825d.pth from pytorch-fid). 'auto' = all that apply; fid/kid "
                "are skipped with a note when no weights are found.")
@@ -87,13 +87,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     step = cfg["step"]
-    from pyfast_gan.data import TOY_DATASETS, DataError
+    from pyfast_gan.data import EMBEDDED_DATA, TOY_DATASETS, DataError
     from pyfast_gan.metrics.suite import Evaluator
 
     data = cfg["data"]
     spec = args.data or data
     try:
-        ev = Evaluator(data if data == "digits" or data in TOY_DATASETS else spec,
+        ev = Evaluator(data if data in EMBEDDED_DATA or data in TOY_DATASETS else spec,
                        metrics=args.metrics, data_format=cfg.get("data_format", "auto"),
                        image_size=cfg.get("image_size") or None, channels=cfg.get("channels") or None,
                        n=args.n, batch_size=args.batch_size, seed=args.seed,

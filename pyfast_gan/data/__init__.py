@@ -1,5 +1,5 @@
 """Training data: image folders, LMDBs of encoded images (LSUN), MNIST IDX, CIFAR-10 batches,
-the embedded digits, toy 2-D; decoded once into a memory-mapped cache (cache.py).
+the embedded labelled sets (digits, mnist), toy 2-D; decoded once into a memory-mapped cache (cache.py).
 
 Image sources give uint8 (C, S, S) tensors; :func:`to_float` maps them to [-1, 1].
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 from ._common import DataError, ImageDataset, TensorImageDataset, check_crop_max_images, decode_all, to_float
 from .cifar import cifar10_dataset, find_cifar_batches
 from .digits import digits_dataset
+from .embedded import EMBEDDED_DATA, embedded_labelled
 from .images import IMAGE_EXTENSIONS, ImageFolderDataset, load_image
 from .lmdb_images import LMDBDataset, is_lmdb
 from .mnist import find_idx_images, mnist_dataset, read_idx
@@ -58,8 +59,9 @@ def open_dataset(
     crop: int = 0,
     max_images: int = 0,
 ) -> ImageDataset:
-    """The image dataset named by ``spec``: "digits" (embedded) or a PATH (DataError when it
-    does not exist, is empty or holds no readable image).
+    """The image dataset named by ``spec``: an embedded set ("digits", "mnist": the name always
+    means it, a folder of that name is "./mnist") or a PATH (DataError when it does not exist,
+    is empty or holds no readable image).
 
     ``data_format`` "auto" detects MNIST IDX files, CIFAR-10 python batches, an LMDB (a
     folder holding data.mdb), else an image folder. ``image_size`` defaults to 32 (digits,
@@ -71,17 +73,17 @@ def open_dataset(
     if data_format not in DATA_FORMATS:
         raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     if not isinstance(spec, (str, Path)) or str(spec) == "":
-        raise DataError(f"data must be 'digits' or a path, got {spec!r}")
+        raise DataError(f"data must be one of {', '.join(EMBEDDED_DATA)} or a path, got {spec!r}")
     spec = str(spec)
     if spec in TOY_DATASETS:
         raise DataError(f"{spec!r} is 2-D toy data, not images: use ToySampler({spec!r})")
-    # "digits" always means the embedded set; a folder of that name is "./digits".
-    if spec == "digits":
+    # A bare embedded name always means the embedded set; a folder of that name is "./NAME".
+    if spec in EMBEDDED_DATA:
         if data_format != "auto":
-            raise DataError(f"data 'digits' is the embedded dataset; data_format must be 'auto', got {data_format!r}")
+            raise DataError(f"data {spec!r} is the embedded dataset; data_format must be 'auto', got {data_format!r}")
         if crop or max_images:
-            raise DataError("--crop and --max-images apply to a data PATH, not to the embedded digits")
-        return digits_dataset(image_size or 32, channels or 1)
+            raise DataError(f"--crop and --max-images apply to a data PATH, not to the embedded {spec!r}")
+        return embedded_labelled(spec, image_size or 32, channels or 1)[0]
     fmt = detect_format(spec) if data_format == "auto" else data_format
     if not Path(spec).exists():
         raise DataError(f"data path {spec!r} does not exist")
@@ -99,6 +101,7 @@ def open_dataset(
 
 __all__ = [
     "DATA_FORMATS",
+    "EMBEDDED_DATA",
     "IMAGE_EXTENSIONS",
     "TOY_DATASETS",
     "DataError",
@@ -111,6 +114,7 @@ __all__ = [
     "decode_all",
     "detect_format",
     "digits_dataset",
+    "embedded_labelled",
     "load_image",
     "mnist_dataset",
     "open_dataset",

