@@ -34,7 +34,7 @@ export PIP_CONSTRAINT=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
 "$V" -m pip install -q "torch==$VERSION"
 # Without lmdb, torchvision and pytorch-fid, as on the lent GPU machines: the tests that need
 # them must skip there, and this run shows that they do.
-"$V" -m pip install -q numpy pillow tqdm scikit-learn matplotlib scipy tensorboard pytest pytest-benchmark ninja
+"$V" -m pip install -q numpy pillow tqdm scikit-learn mlxtend matplotlib scipy tensorboard pytest pytest-benchmark ninja
 echo "== copy of the working tree"
 mkdir -p "$DIR/src"
 git ls-files -z --cached --others --exclude-standard | (cd "$SRC" && xargs -0 cp --parents -t "$DIR/src")

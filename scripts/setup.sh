@@ -13,7 +13,7 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q --upgrade pip setuptools wheel
 python -m pip install -q "$TORCH_SPEC"
-python -m pip install -q numpy pillow tqdm scikit-learn matplotlib scipy tensorboard lmdb pytest pytest-benchmark ninja
+python -m pip install -q numpy pillow tqdm scikit-learn mlxtend matplotlib scipy tensorboard lmdb pytest pytest-benchmark ninja
 # FID/KID: torchvision's Inception-v3 with pytorch-fid's FID blocks. torchvision 0.29.1 is the
 # build that matches torch 2.14.1 (another version would pull a different torch).
 TORCHVISION_SPEC=${PYFAST_GAN_TORCHVISION:-torchvision==0.29.1}

