@@ -40,8 +40,6 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, print_table, save_results, sync  # noqa: E402
@@ -49,6 +47,7 @@ from _common import environment, print_table, save_results, sync  # noqa: E402
 from pyfast_gan.losses import PRESETS  # noqa: E402
 from pyfast_gan.models import build_models  # noqa: E402
 from pyfast_gan.train import build, parse_args as train_args, resolve  # noqa: E402
+from pyfast_gan.train.cost import FlopCount  # noqa: E402
 
 # Dense peak FLOP/s by device name fragment: (bf16 tensor core, fp32 as PyTorch runs convs by
 # default = TF32 tensor core). NVIDIA datasheets (H100 SXM5 / PCIe, H200 SXM).
@@ -210,27 +209,9 @@ def naive_models(loss, args, device, seed=0):
     return G.to(device), D.to(device)
 
 
-class _FlopCount(TorchDispatchMode):
-    """FlopCounterMode's per-op formulas (conv, matmul, their backwards) without its module
-    tracker, whose backward hooks fail under autograd.grad(create_graph=True) in 2.14
-    ("A leaf node was passed to _will_engine_execute_node ...")."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
-
-
 def count_flops(make_loop, loader_iter) -> float:
     loop = make_loop()
-    with _FlopCount() as fc:
+    with FlopCount() as fc:
         loop.iteration(loader_iter)
     return float(fc.total)
 

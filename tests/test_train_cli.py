@@ -460,7 +460,7 @@ def test_slow_step_on_cpu_is_said_once_with_the_flags_that_help(tmp_path, capsys
     out = tmp_path / "wide"
     assert main(["--steps", "2", "--out", str(out), *TINY, "--base", "32"]) == 0
     err = capsys.readouterr().err
-    assert err.count("should take ~9 s on this CPU") == 1
+    assert err.count("should take ~9 s on a CPU") == 1
     assert "--base 16 (now 32" in err and "--fast" in err and "nothing was changed" in err
     assert seen == [dict(z_dim=8, batch_size=8, n_critic=2, uses_gp=True)]
     assert json.loads((out / "config.json").read_text())["base"] == 32  # what the user asked for
@@ -485,17 +485,25 @@ def test_no_slow_step_hint_for_small_presets_or_toy_data(tmp_path, capsys, monke
     assert cost.slow_cpu_hint(1.5, base=64, fast=False) is None
 
 
-def test_step_estimate_leaves_the_models_and_rng_alone():
+def test_step_estimate_from_flops_flags_the_image_preset_not_the_digits_default():
     from pyfast_gan.models import build_models
-    from pyfast_gan.train.cost import estimate_step_seconds
+    from pyfast_gan.train.cost import SLOW_STEP_S, estimate_step_seconds, step_flops
 
-    torch.manual_seed(3)
-    G, D = build_models("dcgan", image_size=32, channels=1, z_dim=8, base=8, critic_norm="batch")
+    def models(base, size=32, channels=1):
+        torch.manual_seed(3)
+        return build_models("dcgan", image_size=size, channels=channels, z_dim=100, base=base, critic_norm="layer")
+
+    G, D = models(64)
     before = [t.clone() for t in (*G.state_dict().values(), *D.state_dict().values())]
     rng = torch.get_rng_state()
-    s = estimate_step_seconds(G, D, z_dim=8, batch_size=64, n_critic=5, uses_gp=True)
-    assert 0 < s < 60 and math.isfinite(s)
-    assert torch.equal(torch.get_rng_state(), rng)
-    after = [*G.state_dict().values(), *D.state_dict().values()]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
-    assert all(p.grad is None for p in (*G.parameters(), *D.parameters()))
+    wgan_gp = dict(z_dim=100, batch_size=64, n_critic=5, uses_gp=True)
+    flops = step_flops(G, D, **wgan_gp)
+    assert 150e9 < flops < 160e9  # DCGAN base 64 on 1x32x32, batch 64, n_critic 5, with the penalty
+    assert estimate_step_seconds(G, D, **wgan_gp) > SLOW_STEP_S  # the image preset on MNIST: hinted
+    assert torch.equal(torch.get_rng_state(), rng)  # meta copies: no compute, no RNG, models untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, (*G.state_dict().values(), *D.state_dict().values())))
+    assert all(p.grad is None and p.device.type == "cpu" for p in (*G.parameters(), *D.parameters()))
+    # fewer critic steps, no penalty: cheaper; the default base 16: well under the line
+    assert step_flops(G, D, z_dim=100, batch_size=64, n_critic=1, uses_gp=False) < flops / 5
+    assert estimate_step_seconds(*models(16), **wgan_gp) < SLOW_STEP_S / 4
+    assert estimate_step_seconds(*models(64, 64, 3), **wgan_gp) > 4 * SLOW_STEP_S

@@ -1,57 +1,63 @@
-"""What a training step costs before it runs, and the start-up hint that a
-model is too wide for the CPU it is on (issue 24: the image-data preset, DCGAN base 64 with
-n_critic 5, took ~10 s a WGAN-GP step on MNIST on a 2-core CPU, and nothing said so)."""
+"""What a training step costs before it runs: a FLOP counter, and the start-up hint that a
+model is too wide for the CPU it is on (issue 24: with the image-data preset, DCGAN base 64
+and n_critic 5, a WGAN-GP step on 32x32 MNIST took 1.7-5.7 s on this project's shared 2-core
+CPU, ~10 s in the issue's run, and nothing said so)."""
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 # A step slower than this on a CPU gets one start-up line naming the flags that help.
 SLOW_STEP_S = 2.0
+# The training-step rate of that 2-core CPU: the base-64 step above is 155 GFLOP (counted
+# below), i.e. 27-90 GFLOP/s. Timing the step at start-up instead was tried and dropped: on
+# the shared machine the same base-16 step timed 0.3 s and 22 s minutes apart, so the hint
+# came and went with other people's load; FLOPs give the same answer every time.
+CPU_FLOPS_PER_S = 50e9
 
 
-def estimate_step_seconds(G, D, *, z_dim: int, batch_size: int, n_critic: int, uses_gp: bool,
-                          probe: int = 16) -> float:
-    """Seconds one generator step (n_critic critic steps, then the generator's) should take
-    on the models' device, from timing one critic pass (forward, penalty, backward) and one
-    generator pass on ``probe`` samples, scaled to ``batch_size``. A forward alone is no
-    guide: on a CPU the conv backwards and the penalty's double backward cost several times
-    more (measured: a no-grad forward predicted 1.1 s for a 5.7 s base-64 step). On copies,
-    with their own noise and the RNG forked: the run's models and streams stay untouched."""
-    g, d = copy.deepcopy(G).train(), copy.deepcopy(D).train()
-    dev = next(g.parameters()).device
-    with torch.random.fork_rng(devices=[]):
-        z = torch.randn(probe, z_dim, generator=torch.Generator().manual_seed(0)).to(dev)
+class FlopCount(TorchDispatchMode):
+    """FlopCounterMode's per-op formulas (conv, matmul, their backwards) without its module
+    tracker, whose backward hooks fail under autograd.grad(create_graph=True) in 2.14
+    ("A leaf node was passed to _will_engine_execute_node ...")."""
 
-        def critic_pass():
-            x = g(z).detach().requires_grad_(uses_gp)
-            out = d(x)
-            loss = out.float().mean()
-            if uses_gp:
-                (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-                loss = loss + gx.square().sum()
-            loss.backward()
+    def __init__(self):
+        super().__init__()
+        self.total = 0
 
-        def generator_pass():
-            d(g(z)).float().mean().backward()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
 
-        def seconds(fn):
-            fn()  # warm-up: first-call allocations and kernel choice
-            # the median of three: on a shared machine one timing can be several times off,
-            # and the median is what the run's own steps will see under the same load
-            out = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                fn()
-                out.append(time.perf_counter() - t0)
-            return statistics.median(out)
 
-        tc, tg = seconds(critic_pass), seconds(generator_pass)
-    # A critic step passes real and fake batches (the penalty's interpolates ride with them).
-    return (n_critic * 2 * tc + tg) * batch_size / probe
+@torch.no_grad()
+def step_flops(G, D, *, z_dim: int, batch_size: int, n_critic: int, uses_gp: bool) -> float:
+    """FLOPs of one generator step (n_critic critic steps, then the generator's), from one
+    forward of each network on meta-device copies (shapes only: no compute, no RNG, the
+    run's models untouched); a backward counts as two forwards."""
+    g, d = copy.deepcopy(G).to("meta"), copy.deepcopy(D).to("meta")
+    with FlopCount() as fg:
+        x = g(torch.empty(batch_size, z_dim, device="meta"))
+    with FlopCount() as fd:
+        d(x)
+    gf, df = float(fg.total), float(fd.total)
+    # critic step: G forward, D forward + backward on real and fake (2 x 3), and for the
+    # penalty D forward + double backward on the interpolates (~6 more); generator step:
+    # G and D forward + backward (3 each).
+    critic = gf + 6 * df + (6 * df if uses_gp else 0)
+    return n_critic * critic + 3 * gf + 3 * df
+
+
+def estimate_step_seconds(G, D, **kw) -> float:
+    """Seconds a step of :func:`step_flops` takes on a CPU at :data:`CPU_FLOPS_PER_S`."""
+    return step_flops(G, D, **kw) / CPU_FLOPS_PER_S
 
 
 def slow_cpu_hint(seconds: float, *, base: int, fast: bool) -> str | None:
@@ -60,6 +66,7 @@ def slow_cpu_hint(seconds: float, *, base: int, fast: bool) -> str | None:
         return None
     helps = ([f"--base 16 (now {base}: FLOPs grow with its square)"] if base > 16 else []) + \
             ([] if fast else ["--fast"])
-    return (f"one training step should take ~{seconds:.0f} s on this CPU (timed on copies of the "
-            "models at start-up); " + (f"for a quicker run try {' and '.join(helps)}" if helps else
-                          "a narrower model or a GPU would be quicker") + " (nothing was changed)")
+    return (f"one training step should take ~{seconds:.0f} s on a CPU ({seconds * CPU_FLOPS_PER_S / 1e9:.0f} "
+            f"GFLOP at ~{CPU_FLOPS_PER_S / 1e9:.0f} GFLOP/s, a 2-core machine's rate); "
+            + (f"for a quicker run try {' and '.join(helps)}" if helps else
+               "a narrower model or a GPU would be quicker") + " (nothing was changed)")
