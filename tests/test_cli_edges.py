@@ -274,7 +274,7 @@ def test_help_shows_the_defaults_runs_get():
     r, r_sample = cli_many(("train", ["--help"]), ("sample", ["--help"]))
     assert r.returncode == 0 and r_sample.returncode == 0
     text = " ".join(r.stdout.split())
-    assert "(default: 500; digits: 200; toy data: 250)" in text  # --sample-every
+    assert "(default: 500; digits/mnist: 200; toy data: 250)" in text  # --sample-every
     assert "(default: 10; toy data: 20)" in text  # --log-every
     assert text.count("Default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>") == 1 and "(default: '')" not in text
     assert "--max-nonfinite" in text and "Checked at log and checkpoint steps" in text
