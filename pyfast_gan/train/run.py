@@ -181,9 +181,7 @@ class Run:
         if cfg.lr_decay == "linear":
             # A function of the step counter alone (no scheduler state): a resumed run sets
             # exactly the same lrs.
-            lr_g, lr_d = self.scheduled_lrs()
-            set_lr(self.opt_g, lr_g)
-            set_lr(self.opt_d, lr_d)
+            self.apply_lr_schedule()
         stats = [self.step.critic_step(self.batcher.next(cfg.batch_size)) for _ in range(self.n_critic())]
         stats.append(self.step.generator_step(cfg.batch_size))
         self.generator_steps += 1
@@ -194,9 +192,7 @@ class Run:
         if self.plateau is not None:
             self.plateau.observe(stats[-1]["m_global"])
             if self.generator_steps % self.plateau.window == 0 and self.plateau.end_window():
-                lr_g, lr_d = self.scheduled_lrs()
-                set_lr(self.opt_g, lr_g)
-                set_lr(self.opt_d, lr_d)
+                self.apply_lr_schedule()
                 self.say(f"--lr-decay plateau: M_global stalled; lr x {self.plateau.scale:g} "
                          f"at step {self.generator_steps}")
         return stats
@@ -295,8 +291,8 @@ class Run:
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
 
-    def scheduled_lrs(self) -> tuple[float, float]:
-        """(generator lr, critic lr) at the current step: the config's lrs times the schedule's
+    def apply_lr_schedule(self) -> None:
+        """Set both optimizers' lr for the current step: the config's lrs times the schedule's
         factor (--lr-decay linear: of the step counter; plateau: the halvings so far)."""
         cfg = self.cfg
         scale = 1.0
@@ -304,7 +300,8 @@ class Run:
             scale = max(0.0, 1.0 - self.generator_steps / cfg.steps)
         elif self.plateau is not None:
             scale = self.plateau.scale
-        return (cfg.lr_g or cfg.lr) * scale, cfg.lr * scale
+        set_lr(self.opt_g, (cfg.lr_g or cfg.lr) * scale)
+        set_lr(self.opt_d, cfg.lr * scale)
 
     def load(self, ck: dict) -> None:
         step = self.step
@@ -348,9 +345,7 @@ class Run:
         step.load_loss_state(ck.get("loss_state"))
         if self.plateau is not None and ck.get("plateau") is not None:
             self.plateau.load_state_dict(ck["plateau"])
-        lr_g, lr_d = self.scheduled_lrs()
-        set_lr(self.opt_g, lr_g)
-        set_lr(self.opt_d, lr_d)
+        self.apply_lr_schedule()
         self.last_applied = torch.tensor(self.generator_steps, device=self.device)
         self.fixed_noise = ck["fixed_noise"].to(self.device)
         self.elapsed_before = float(ck.get("elapsed", 0.0))
