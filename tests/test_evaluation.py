@@ -289,7 +289,8 @@ def test_compare_study_tiny_end_to_end_and_reuse(tmp_path):
     from pyfast_gan.experiments.compare import main
 
     out = tmp_path / "cmp"
-    argv = ["compare", "--data", "25gaussians", "--runs", "dcgan", "wgan-gp", "--steps", "4", "--eval-every", "2",
+    argv = ["compare", "--section", "main", "--data", "25gaussians", "--runs", "dcgan", "wgan-gp", "--steps", "4",
+            "--eval-every", "2",
             "--eval-n", "200", "--final-n", "300", "--jobs", "2", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     report = (out / "README.md").read_text()
@@ -302,7 +303,7 @@ def test_compare_study_tiny_end_to_end_and_reuse(tmp_path):
         assert f"| {r['run']} | {r['loss']} |" in report
         assert f"{r['scores']['modes_covered']}/25" in report
     assert res["baselines"]["25gaussians"]["modes_covered"] == 25
-    assert "python -m pyfast_gan.experiments compare --data 25gaussians" in report
+    assert "python -m pyfast_gan.experiments compare --section main --data 25gaussians" in report
     for name in ("25gaussians_samples.png", "25gaussians_losses.png", "25gaussians_metric_vs_step.png"):
         assert (out / name).stat().st_size > 1000
     # finished runs are reused, not retrained
@@ -334,7 +335,8 @@ def test_compare_extension_tiny_end_to_end(tmp_path):
         assert f"| {r['run']} | began | 3 |" in report
         assert 0.0 <= r["final_k"] <= 1.0 and r["final_m"] > 0
     # the tuned run really trained with its flags: its config says so, the paper run's does not
-    cfgs = {n: json.loads((out / "runs" / "digits" / n / "config.json").read_text()) for n in ("began", tuned)}
+    cfgs = {n: json.loads((out / "runs" / "mnist" / n / "config.json").read_text()) for n in ("began", tuned)}
+    assert all(c["data"] == "mnist" for c in cfgs.values()) and res["data"] == "mnist"  # --ext-data's default
     flags = EXTENSION[tuned][1]
     gamma = float(flags[flags.index("--began-gamma") + 1])
     assert cfgs[tuned]["began_gamma"] == gamma != cfgs["began"]["began_gamma"] == 0.5

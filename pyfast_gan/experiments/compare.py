@@ -1,6 +1,6 @@
 """``python -m pyfast_gan.experiments compare``: DCGAN vs WGAN (n_critic 1, 2, 4, 5) vs WGAN-GP
-on the embedded digits and on 25 Gaussians, with the same budget and seeds, scored by
-pyfast_gan.metrics and written up as a markdown report with images.
+on real MNIST (the 5,000 digits of ``--data mnist``) and on 25 Gaussians, with the same budget
+and seeds, scored by pyfast_gan.metrics and written up as a markdown report with images.
 
 Budget: every run trains the same number of generator steps with the same batch size,
 architecture, width, noise size and seed; each loss keeps its paper's optimizer settings
@@ -8,13 +8,16 @@ architecture, width, noise size and seed; each loss keeps its paper's optimizer 
 So runs with more critic steps per generator step spend more computation: the report shows
 the critic iterations and the wall time next to the scores.
 
-The extension (``--section extension``): LSGAN and BEGAN beside them on the digits (BEGAN
-twice: the paper's settings, and ``began-tuned`` with the flags ``EXTENSION`` gives it), and
-CoGAN on two pairs of digit domains (digits/negatives, digits/edges), scored per domain and
-by the correspondence of its pairs against shuffled pairs. BEGAN is not run on 25 Gaussians:
-its critic is an auto-encoder, and auto-encoding a 2-D point through a bottleneck of its own
-size has nothing to compress. ``--section extension`` trains and scores only these runs and
-rewrites the report with the earlier sections kept as they are in results.json.
+The extension (``--section extension``): LSGAN and BEGAN beside them on the image set
+``--ext-data`` (BEGAN twice: the paper's settings, and ``began-tuned`` with the flags
+``EXTENSION`` gives it), and CoGAN on two pairs of digit domains (digits/negatives,
+digits/edges), scored per domain and by the correspondence of its pairs against shuffled pairs.
+BEGAN is not run on 25 Gaussians: its critic is an auto-encoder, and auto-encoding a 2-D point
+through a bottleneck of its own size has nothing to compress. The --fast check (``--section
+fast``): WGAN-GP eager and with ``--fast`` on ``--ext-data``, on each of ``--fast-seeds``.
+``--section extension`` or ``fast`` trains and scores only those runs and rewrites the report
+with the other sections kept as they are in results.json. The 8x8 digits stay available
+(``--data digits``, ``--ext-data digits``).
 
 Each run is a ``python -m pyfast_gan.train`` process writing to OUT/runs/<data>/<run>/; a run
 that already finished is reused and an interrupted one is resumed, so the study can be
@@ -37,8 +40,9 @@ from pathlib import Path
 import torch
 
 from .extension import extension_lines, score_extension
-from .runs import ALL_RUNS, DATA, EXTENSION, RUNS, SECTIONS, critic_tracking, figure_losses, figure_metric_vs_step, \
-    figure_samples, fmt_or_na, score_run, train_run
+from .fast import fast_jobs, fast_lines, score_fast
+from .runs import ALL_RUNS, DATA, DATA_TITLE, EXTENSION, IMAGE_DATA, RUNS, SECTIONS, critic_tracking, figure_losses, \
+    figure_metric_vs_step, figure_samples, fmt_or_na, run_name, score_run, train_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,18 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description=__doc__.split("\n\n")[0].replace("``", ""),
                        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--data", nargs="+", default=list(DATA), choices=DATA, help="datasets (default: both)")
+    c.add_argument("--data", nargs="+", default=["mnist", "25gaussians"], choices=DATA,
+                   help="datasets of the main section (default: mnist 25gaussians)")
     c.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS),
                    help="runs to compare (default: all)")
     c.add_argument("--section", default="all", choices=SECTIONS,
-                   help="main: the DCGAN/WGAN/WGAN-GP study; extension: LSGAN, BEGAN and CoGAN on the digits "
-                        "(the report keeps the other section from OUT/results.json); all: both (default)")
+                   help="main: the DCGAN/WGAN/WGAN-GP study; extension: LSGAN, BEGAN and CoGAN on --ext-data; "
+                        "fast: --fast vs eager WGAN-GP on --ext-data (a part run alone keeps the others from "
+                        "OUT/results.json); all: every part (default)")
     c.add_argument("--ext-runs", nargs="+", default=list(EXTENSION), choices=list(EXTENSION),
                    help="extension runs (default: all)")
+    c.add_argument("--ext-data", default="mnist", choices=IMAGE_DATA,
+                   help="image set of the extension and --fast sections (default: mnist)")
+    c.add_argument("--fast-seeds", nargs="+", type=int, default=[0, 1],
+                   help="seeds of the --fast vs eager WGAN-GP runs (default: 0 1)")
     c.add_argument("--steps", type=int, default=0,
-                   help="generator steps of every run (default: per data, digits 1200, 25gaussians 3000)")
+                   help="generator steps of every run (default: per data, mnist/digits 1200, 25gaussians 3000)")
     c.add_argument("--eval-every", type=int, default=0,
-                   help="score every K steps during training (default: digits 100, 25gaussians 250)")
+                   help="score every K steps during training (default: mnist/digits 100, 25gaussians 250)")
     c.add_argument("--eval-n", type=int, default=2000, help="samples per evaluation during training (default: 2000)")
     c.add_argument("--final-n", type=int, default=10000, help="samples scored at the end (default: 10000)")
     c.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
@@ -79,15 +89,17 @@ def _say(msg: str) -> None:
 
 
 def real_baseline(data: str, n: int, seed: int, evaluator) -> dict:
-    """The same measures on real data: the held-out digits split, or true 25-Gaussian samples."""
+    """The same measures on real data, or true 25-Gaussian samples. Real digits: the classifier
+    split's held-out part, or its training part where the held-out digits are cFID's reference
+    (mnist: scoring those against themselves would give 0)."""
     from pyfast_gan.metrics.suite import scalar_items
 
-    if data == "digits":
-        from pyfast_gan.metrics.digits_classifier import digits_with_labels, split_indices
+    if data in IMAGE_DATA:
+        from pyfast_gan.metrics.digits_classifier import JUDGES, digits_with_labels, split_indices
 
-        images, labels = digits_with_labels()
-        _, te = split_indices(labels)
-        return scalar_items(evaluator.score_batches([images[te]]))
+        images, labels = digits_with_labels(data)
+        tr, te = split_indices(labels)
+        return scalar_items(evaluator.score_batches([images[tr if JUDGES[data]["reference"] == "held_out" else te]]))
     from pyfast_gan.data import ToySampler
 
     return scalar_items(evaluator.score_batches([ToySampler(data).sample(n, torch.Generator().manual_seed(seed + 99))]))
@@ -115,8 +127,19 @@ def _machine() -> dict:
             "commit": commit or "unknown", "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
 
 
+# What the classifier scores of an image set are measured against (the report's wording).
+JUDGE_TEXT = {
+    "digits": ("the digits classifier (`pyfast_gan.metrics.digits_classifier`, test accuracy {acc} on the held-out "
+               "20% of the 8x8 digits)", "all 1,797 real digits"),
+    "mnist": ("the real-MNIST judge (`pyfast_gan.metrics.digits_classifier`, trained on 4,000 of the 5,000 real "
+              "MNIST digits; accuracy {acc} on the other 1,000, which evaluation never trains on)",
+              "those 1,000 held-out real digits"),
+}
+
+
 def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
     ext = results.get("extension")
+    fast = results.get("fast")
     # The main section's own command and settings: with --section extension it is the one kept
     # from results.json, run earlier (maybe on another commit).
     args = argparse.Namespace(**{**vars(args), **results.get("settings", {})})
@@ -150,13 +173,13 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
     for data in results["data"]:
         rows = results["runs"][data]
         base = results["baselines"][data]
-        lines += [f"## {data}", ""]
-        if data == "digits":
+        lines += [f"## {data} ({DATA_TITLE[data]})", ""]
+        if data in IMAGE_DATA:
             acc = rows[0]["scores"].get("classifier_test_accuracy") if rows else None
+            judge, reference = JUDGE_TEXT[data]
             lines += [
-                f"Scored with {args.final_n} samples per run by the digits classifier "
-                f"(`pyfast_gan.metrics.digits_classifier`, test accuracy {fmt_or_na(acc, '.4f')} on the held-out 20% "
-                "of the digits). cFID: Fréchet distance in its 128-d features to all 1,797 real digits (lower is "
+                f"Scored with {args.final_n} samples per run by {judge.format(acc=fmt_or_na(acc, '.4f'))}. cFID: "
+                f"Fréchet distance in its 128-d features to {reference} (lower is "
                 "better); IS: exp E KL(p(y|x) || p(y)) (1 to 10); classes: digit classes receiving at least 10% "
                 "of a uniform share of the predictions; KL: predicted-class histogram vs uniform (0 balanced, "
                 "2.30 all one class).",
@@ -170,7 +193,9 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
                 lines.append(f"| {r['run']} | {r['loss']} | {r['n_critic']} | {r['steps']} | {r['critic_steps']} | "
                              f"{s['cfid']:.1f} | {s['is_score']:.2f} | {s['classes_covered']}/10 | "
                              f"{s['kl_uniform']:.3f} | {fmt_or_na(r['tracking'], '+.2f')} | {r['train_time_s']:.0f} |")
-            lines.append(f"| real digits (held-out split, n={base['n']}) | | | | | {base['cfid']:.1f} | "
+            real = "real MNIST digits (the judge's training split" if data == "mnist" else \
+                "real digits (held-out split"
+            lines.append(f"| {real}, n={base['n']}) | | | | | {base['cfid']:.1f} | "
                          f"{base['is_score']:.2f} | {base['classes_covered']}/10 | {base['kl_uniform']:.3f} | | |")
             lines += ["", "Predicted-class counts of each run's samples (classes 0-9):", ""]
             for r in rows:
@@ -195,7 +220,7 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
                          f" | {base['high_quality_fraction']:.3f} | {base['toy_fd']:.4f} | | |")
         lines += ["", "ρ: Spearman correlation over the evaluation steps between the critic's gap E[D(real)] - "
                   "E[D(fake)] (for WGAN and WGAN-GP the Wasserstein estimate) and the "
-                  + ("cFID" if data == "digits" else "toy FD") + ": close to +1 when the critic's value tracks "
+                  + ("cFID" if data in IMAGE_DATA else "toy FD") + ": close to +1 when the critic's value tracks "
                   "sample quality, as the WGAN paper reports for its critic and not for the DCGAN loss."]
         figs = results["figures"][data]
         lines += [
@@ -209,6 +234,8 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
         ]
     if ext is not None:
         lines += extension_lines(ext, title=not results["data"])
+    if fast is not None:
+        lines += fast_lines(fast)
     notes = out / "NOTES.md"  # what the images show, written by whoever looked at them
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
@@ -219,7 +246,7 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
     return path
 
 
-SETTINGS = ("jobs", "threads", "eval_n", "final_n", "seed")
+SETTINGS = ("jobs", "threads", "eval_n", "final_n", "seed", "fast_seeds")
 
 
 def compare(args, argv: list[str]) -> dict:
@@ -229,24 +256,27 @@ def compare(args, argv: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     main_part = args.section in ("all", "main")
     ext_part = args.section in ("all", "extension")
-    jobs = [(d, r) for d in args.data for r in args.runs] if main_part else []
-    jobs += [("digits", r) for r in args.ext_runs] if ext_part else []
-    _say(f"{len(jobs)} runs ({', '.join(f'{d}/{r}' for d, r in jobs)}), {args.jobs} at a time; "
-         f"runs in {out / 'runs'}")
-    if any(d == "digits" for d, _ in jobs):
-        from pyfast_gan.metrics.digits_classifier import load_digits_classifier
+    fast_part = args.section in ("all", "fast")
+    jobs = [(d, r, args.seed) for d in args.data for r in args.runs] if main_part else []
+    jobs += [(args.ext_data, r, args.seed) for r in args.ext_runs] if ext_part else []
+    jobs += [j for j in fast_jobs(args.ext_data, args.fast_seeds) if j not in jobs] if fast_part else []
+    _say(f"{len(jobs)} runs ({', '.join(f'{d}/{run_name(r, s, args.seed)}' for d, r, s in jobs)}), "
+         f"{args.jobs} at a time; runs in {out / 'runs'}")
+    from pyfast_gan.metrics.digits_classifier import load_digits_classifier
 
-        load_digits_classifier(progress=True)  # train it once here, not in every run at the same time
+    for d in dict.fromkeys(d for d, _, _ in jobs if d in IMAGE_DATA):
+        load_digits_classifier(progress=True, data=d)  # trained once here, not in every run at the same time
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not args.progress, file=sys.stderr)
 
     def one(job):
-        d, r = job
-        rec = train_run(d, r, args, out / "runs" / d / r)
+        d, r, seed = job
+        name = run_name(r, seed, args.seed)
+        rec = train_run(d, r, args, out / "runs" / d / name, seed=seed)
         bar.update(1)
-        _say(f"{d}/{r}: " + ("reused (already finished)" if rec["reused"] else f"trained in {rec['wall_s']:.0f} s"))
+        _say(f"{d}/{name}: " + ("reused (already finished)" if rec["reused"] else f"trained in {rec['wall_s']:.0f} s"))
         return rec
 
     # The longest runs first (BEGAN's auto-encoder critic, WGAN-GP), so the pool ends together.
@@ -257,34 +287,42 @@ def compare(args, argv: list[str]) -> dict:
     _say(f"training done in {time.perf_counter() - t0:.0f} s; scoring with {args.final_n} samples each")
     torch.set_num_threads(max(1, args.jobs * args.threads))
     settings = {k: getattr(args, k) for k in SETTINGS}
+    # A part not run now is kept as it is in results.json (maybe from another commit).
+    prev = out / "results.json"
+    results = json.loads(prev.read_text()) if args.section != "all" and prev.is_file() else {}
     if main_part:
-        results = {"machine": _machine(), "argv": argv, "settings": settings, "data": args.data, "runs": {},
-                   "baselines": {}, "figures": {}}
-    else:  # keep the main section as it is in results.json
-        prev = out / "results.json"
-        results = json.loads(prev.read_text()) if prev.is_file() else {}
-        results.setdefault("machine", _machine())
-        for k, v in (("data", []), ("runs", {}), ("baselines", {}), ("figures", {})):
-            results.setdefault(k, v)
+        results.update({"machine": _machine(), "argv": argv, "settings": settings, "data": args.data, "runs": {},
+                        "baselines": {}, "figures": {}})
+    results.setdefault("machine", _machine())
+    for k, v in (("data", []), ("runs", {}), ("baselines", {}), ("figures", {})):
+        results.setdefault(k, v)
+    evaluators = {}
+
+    def evaluator(d):
+        if d not in evaluators:
+            evaluators[d] = Evaluator(d, n=args.final_n, seed=args.seed, device="cpu")
+        return evaluators[d]
+
     for d in args.data if main_part else []:
-        ev = Evaluator(d, n=args.final_n, seed=args.seed, device="cpu")
         rows = []
         for r in args.runs:
-            row = score_run(d, r, out / "runs" / d / r, args, ev)
+            row = score_run(d, r, out / "runs" / d / r, args, evaluator(d))
             row["dir"] = str(out / "runs" / d / r)
-            row["tracking"] = critic_tracking(row, "cfid" if d == "digits" else "toy_fd")
+            row["tracking"] = critic_tracking(row, "cfid" if d in IMAGE_DATA else "toy_fd")
             rows.append(row)
         results["runs"][d] = rows
-        results["baselines"][d] = real_baseline(d, args.final_n, args.seed, ev)
+        results["baselines"][d] = real_baseline(d, args.final_n, args.seed, evaluator(d))
         results["figures"][d] = {
             "samples": figure_samples(d, rows, out, args.seed).name,
             "losses": figure_losses(d, rows, out).name,
             "metric": figure_metric_vs_step(d, rows, out).name,
         }
+    part = {"machine": _machine(), "argv": argv, "settings": settings}
     if ext_part:
-        results["extension"] = {"machine": _machine(), "argv": argv, "settings": settings,
-                                **score_extension(out, args, Evaluator("digits", n=args.final_n, seed=args.seed,
-                                                                      device="cpu"))}
+        results["extension"] = {**part, "data": args.ext_data,
+                                **score_extension(out, args, evaluator(args.ext_data), args.ext_data)}
+    if fast_part:
+        results["fast"] = {**part, **score_fast(out, args, evaluator(args.ext_data), args.ext_data)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = write_report(out, results, args, argv)
     _say(f"report: {report}")

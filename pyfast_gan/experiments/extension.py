@@ -1,6 +1,7 @@
 """The extension section of the comparison study (``--section extension``): LSGAN and BEGAN
-(the paper's settings and ``began-tuned``) beside the main runs on the digits, and CoGAN on two
-pairs of digit domains; scoring, figures and the report section of these runs."""
+(the paper's settings and ``began-tuned``) beside the main runs on one image set (real MNIST
+by default, or the 8x8 digits), and CoGAN on two pairs of digit domains; scoring, figures and
+the report section of these runs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +10,11 @@ import torch
 
 from pyfast_gan.train.outputs import read_metrics, save_figure
 
-from .runs import EXTENSION, critic_tracking, fmt_or_na, figure_losses, figure_metric_vs_step, figure_samples, \
+from .runs import DATA_TITLE, EXTENSION, critic_tracking, fmt_or_na, figure_losses, figure_metric_vs_step, figure_samples, \
     panels, score_run
 
 
-def score_cogan(name: str, run_dir: Path, args, evaluator) -> dict:
+def score_cogan(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
     """A CoGAN run: classifier scores of domain A (digits) and, for negatives, of domain B
     made digits again (its own inverse); the pair correspondence against shuffled pairs."""
     from pyfast_gan.metrics.cogan import score_cogan as scores_of
@@ -27,7 +28,7 @@ def score_cogan(name: str, run_dir: Path, args, evaluator) -> dict:
     res_a, res_b = scores["a"], scores["b"]
     recs = read_metrics(run_dir / "metrics.jsonl")
     return {
-        "data": "digits", "run": name, "loss": "cogan", "domain": domain, "steps": int(ck["step"]),
+        "data": data, "run": name, "loss": "cogan", "domain": domain, "steps": int(ck["step"]),
         "critic_steps": int(ck["critic_steps"]), "batch_size": cfg["batch_size"],
         "train_time_s": round(float(ck.get("elapsed", 0.0)), 1),
         "scores_a": scalar_items(res_a), "counts_a": res_a.get("class_counts"),
@@ -38,16 +39,16 @@ def score_cogan(name: str, run_dir: Path, args, evaluator) -> dict:
     }
 
 
-def score_extension(out: Path, args, evaluator) -> dict:
+def score_extension(out: Path, args, evaluator, data: str) -> dict:
     rows, cogan = [], []
     for name in args.ext_runs:
-        run_dir = out / "runs" / "digits" / name
+        run_dir = out / "runs" / data / name
         if EXTENSION[name][0] == "cogan":
-            row = score_cogan(name, run_dir, args, evaluator)
+            row = score_cogan(data, name, run_dir, args, evaluator)
             row["dir"] = str(run_dir)
             cogan.append(row)
             continue
-        row = score_run("digits", name, run_dir, args, evaluator)
+        row = score_run(data, name, run_dir, args, evaluator)
         row["dir"] = str(run_dir)
         row["tracking"] = critic_tracking(row, "cfid")
         row["m_tracking"] = critic_tracking(row, "cfid", stat="m_global")
@@ -56,9 +57,9 @@ def score_extension(out: Path, args, evaluator) -> dict:
         rows.append(row)
     figures = {}
     if rows:
-        figures.update(samples=figure_samples("digits", rows, out, args.seed, "digits_ext_samples.png").name,
-                       metric=figure_metric_vs_step("digits", rows, out, "digits_ext_metric_vs_step.png").name,
-                       losses=figure_losses("digits", rows, out, "digits_ext_losses.png").name)
+        figures.update(samples=figure_samples(data, rows, out, args.seed, f"{data}_ext_samples.png").name,
+                       metric=figure_metric_vs_step(data, rows, out, f"{data}_ext_metric_vs_step.png").name,
+                       losses=figure_losses(data, rows, out, f"{data}_ext_losses.png").name)
         began = [r for r in rows if r["loss"] == "began"]
         if began:
             figures["began"] = figure_began(began, out).name
@@ -120,9 +121,11 @@ def figure_cogan(rows: list[dict], out: Path, seed: int) -> Path:
 
 def extension_lines(ext: dict, title: bool = False) -> list[str]:
     m, st = ext["machine"], ext["settings"]
-    lines = ["# LSGAN, BEGAN and CoGAN on the digits", ""] if title else []
+    data = ext.get("data", "digits")  # reports written before --ext-data ran on the digits
+    where = DATA_TITLE[data]
+    lines = [f"# LSGAN, BEGAN and CoGAN on {where}", ""] if title else []
     lines += [
-        "## Extension: LSGAN, BEGAN and CoGAN on the digits",
+        f"## Extension: LSGAN, BEGAN and CoGAN on {where}",
         "",
         "Produced by:",
         "",
@@ -133,7 +136,7 @@ def extension_lines(ext: dict, title: bool = False) -> list[str]:
         f"Machine: {m['device']}, {m['cpu_count']} cores; {st['jobs']} runs at a time with {st['threads']} "
         f"thread(s) each; torch {m['torch']}, Python {m['python']}, commit {m['commit']}, {m['date']}.",
         "",
-        "Same budget as the digits section above (generator steps, batch size, width, noise size, seed); each loss "
+        f"Same budget as the {data} section above (generator steps, batch size, width, noise size, seed); each loss "
         "keeps its paper's settings (LSGAN: DCGAN's Adam 2e-4, betas (0.5, 0.999); BEGAN: Adam 1e-4, betas "
         "(0.5, 0.999), gamma 0.5, lambda_k 0.001, k_0 0, its auto-encoder critic and decoder-shaped generator "
         "(3x3 convs, ELU, nearest upsampling) with n = the width; CoGAN: DCGAN networks coupled in pairs, Adam "
@@ -151,7 +154,7 @@ def extension_lines(ext: dict, title: bool = False) -> list[str]:
     rows = ext["runs"]
     if rows:
         lines += [
-            f"Scored like the digits section ({st['final_n']} samples). ρ(M_global, cFID): Spearman correlation "
+            f"Scored like the {data} section ({st['final_n']} samples). ρ(M_global, cFID): Spearman correlation "
             "over the evaluation steps between BEGAN's convergence measure M_global = L(x) + |γL(x) − L(G(z))| "
             "(mean since the previous evaluation) and the cFID; BEGAN's paper proposes M_global as a measure "
             "that tracks quality (a value near +1).",
@@ -180,8 +183,9 @@ def extension_lines(ext: dict, title: bool = False) -> list[str]:
             "### CoGAN",
             "",
             "Two unpaired domains: the digits (A) and a transformation of them (B), A and B drawn from disjoint "
-            "halves of the 1,797 digits, so the training data holds no pair. Domain A is scored by the digits "
-            "classifier; domain B too for negatives, after making them digits again (the negative is its own "
+            f"halves of the {'5,000 MNIST' if data == 'mnist' else '1,797'} digits, so the training data holds no "
+            "pair. Domain A is scored by the digits classifier; domain B too for negatives, after making them "
+            "digits again (the negative is its own "
             "inverse); edge images have no inverse and get no classifier score. Pair correspondence: the fraction "
             "of pixels where T(A) and B agree within 0.25 on the [0, 1] scale (T: the domain's transformation), "
             "for the generated pairs and for the same images paired across shuffled z (the unpaired baseline); "

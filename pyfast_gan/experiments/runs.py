@@ -1,6 +1,7 @@
-"""The runs both sections of the comparison study share (``compare`` for DCGAN/WGAN/WGAN-GP,
-``extension`` for LSGAN/BEGAN/CoGAN): the run table and per-data budget, training one run in
-its own trainer process, scoring a finished run, and the figures drawn from the scored rows."""
+"""The runs every section of the comparison study shares (``compare`` for DCGAN/WGAN/WGAN-GP,
+``extension`` for LSGAN/BEGAN/CoGAN, ``fast`` for --fast against eager WGAN-GP): the run table
+and per-data budget, training one run in its own trainer process, scoring a finished run, and
+the figures drawn from the scored rows."""
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ RUNS = {
     "wgan-nc5": ("wgan", ["--n-critic", "5"]),
     "wgan-gp": ("wgan-gp", []),
 }
-# The extension: more of the source study's variants, on the digits only (see pyfast_gan.experiments.extension).
+# The extension: more of the source study's variants, on one image set (see pyfast_gan.experiments.extension).
 EXTENSION = {
     "lsgan": ("lsgan", []),
     "began": ("began", []),
@@ -33,15 +34,23 @@ EXTENSION = {
     "cogan-negative": ("cogan", ["--cogan-domain", "negative"]),
     "cogan-edges": ("cogan", ["--cogan-domain", "edges"]),
 }
-ALL_RUNS = {**RUNS, **EXTENSION}  # run name -> (loss, flags), both sections
-SECTIONS = ("all", "main", "extension")
-DATA = ("digits", "25gaussians")
+# The --fast check (see pyfast_gan.experiments.fast): WGAN-GP with the trainer's --fast
+# switches, beside the eager "wgan-gp" run, each on several seeds.
+FAST = {"wgan-gp-fast": ("wgan-gp", ["--fast"])}
+ALL_RUNS = {**RUNS, **EXTENSION, **FAST}  # run name -> (loss, flags), every section
+SECTIONS = ("all", "main", "extension", "fast")
+IMAGE_DATA = ("mnist", "digits")  # the embedded labelled sets, scored by their digit classifier
+DATA = (*IMAGE_DATA, "25gaussians")
 # Per-data budget: the trainer's own defaults for that data (pyfast_gan.train.config), the
 # batch size every run shares, and how often the metrics are taken during training.
-BUDGET = {
-    "digits": dict(steps=1200, batch_size=64, eval_every=100),
-    "25gaussians": dict(steps=3000, batch_size=256, eval_every=250),
-}
+_IMAGE_BUDGET = dict(steps=1200, batch_size=64, eval_every=100)
+BUDGET = {**{d: _IMAGE_BUDGET for d in IMAGE_DATA}, "25gaussians": dict(steps=3000, batch_size=256, eval_every=250)}
+DATA_TITLE = {"mnist": "real MNIST", "digits": "the 8x8 digits", "25gaussians": "25 Gaussians"}
+
+
+def run_name(name: str, seed: int, study_seed: int) -> str:
+    """A run's folder and row name: the run table's name at the study's seed, else name-seedS."""
+    return name if seed == study_seed else f"{name}-seed{seed}"
 
 
 def _checkpoint_step(run_dir: Path) -> int:
@@ -54,16 +63,18 @@ def _checkpoint_step(run_dir: Path) -> int:
         return -1
 
 
-def train_run(data: str, name: str, args, run_dir: Path) -> dict:
-    """Train (or resume, or reuse) one run in its own process; returns its record."""
+def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None) -> dict:
+    """Train (or resume, or reuse) one run (``seed``: default the study's) in its own process;
+    returns its record."""
     loss, extra = ALL_RUNS[name]
+    seed = args.seed if seed is None else seed
     b = BUDGET[data]
     steps = args.steps or b["steps"]
     done = _checkpoint_step(run_dir)
     if done >= steps:
         return {"data": data, "run": name, "reused": True}
     cmd = [sys.executable, "-m", "pyfast_gan.train", "--loss", loss, "--data", data, "--steps", str(steps),
-           "--batch-size", str(b["batch_size"]), "--seed", str(args.seed), "--out", str(run_dir),
+           "--batch-size", str(b["batch_size"]), "--seed", str(seed), "--out", str(run_dir),
            "--eval-every", str(args.eval_every or b["eval_every"]), "--eval-n", str(args.eval_n),
            "--device", args.device, "--no-progress", *extra]
     if done >= 0:
@@ -94,7 +105,8 @@ def score_run(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
     res = evaluator(G, cfg["z_dim"])
     recs = read_metrics(run_dir / "metrics.jsonl")
     return {
-        "data": data, "run": name, "loss": cfg["loss"], "n_critic": cfg["n_critic"],
+        "data": data, "run": name, "loss": cfg["loss"], "seed": cfg["seed"], "fast": bool(cfg.get("fast")),
+        "n_critic": cfg["n_critic"],
         "optimizer": cfg["optimizer"], "lr": cfg["lr"], "betas": cfg["betas"], "batch_size": cfg["batch_size"],
         "steps": int(ck["step"]), "critic_steps": int(ck["critic_steps"]),
         "train_time_s": round(float(ck.get("elapsed", 0.0)), 1),
@@ -149,14 +161,15 @@ def figure_samples(data: str, rows: list[dict], out: Path, seed: int, name: str 
     from pyfast_gan.train.outputs import image_grid
 
     fig, axes = panels(len(rows), 3.3, 3.6)
-    real = ToySampler(data).sample(2000, torch.Generator().manual_seed(seed + 1)) if data != "digits" else None
+    image = data in IMAGE_DATA
+    real = None if image else ToySampler(data).sample(2000, torch.Generator().manual_seed(seed + 1))
     for ax, row in zip(axes, rows):
         G, cfg = load_generator(row["dir"], device="cpu")
-        z = torch.randn(64 if data == "digits" else 1000, cfg["z_dim"], generator=torch.Generator().manual_seed(seed))
+        z = torch.randn(64 if image else 1000, cfg["z_dim"], generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             x = G(z).float()
         s = row["scores"]
-        if data == "digits":
+        if image:
             ax.imshow(image_grid(x, nrow=8)[:, :, 0], cmap="gray", vmin=0, vmax=255)
             sub = f"cFID {s['cfid']:.1f}, {s['classes_covered']}/10 classes"
         else:
@@ -190,7 +203,7 @@ def figure_losses(data: str, rows: list[dict], out: Path, name: str = "") -> Pat
 
 
 def figure_metric_vs_step(data: str, rows: list[dict], out: Path, name: str = "") -> Path:
-    keys = (("cfid", "classifier FID (log)"), ("classes_covered", "classes covered")) if data == "digits" else \
+    keys = (("cfid", "classifier FID (log)"), ("classes_covered", "classes covered")) if data in IMAGE_DATA else \
         (("modes_covered", "modes covered"), ("high_quality_fraction", "high-quality fraction"))
     fig, axes = panels(len(keys), 5.2, 3.2)
     for ax, (key, title) in zip(axes, keys):
