@@ -1,6 +1,7 @@
 """gradient_penalty: parameter gradients (double backward) against the paper's
 formula written with autograd only, for every impl; the AMP recipe; errors."""
 import contextlib
+import gc
 import re
 import warnings
 
@@ -434,6 +435,15 @@ def test_batch_norm_scan_once_per_critic(monkeypatch):
     nested.net.append(nn.BatchNorm1d(1))  # a registration inside, through Sequential.append
     assert gpm.batch_stats_layer(plain)[1] == "norm" and gpm.batch_stats_layer(nested)[1] == "net.5"
     assert walks == [critic, plain, nested, plain, nested]
+    # The record of a collected critic leaves with it; a new critic is walked, never handed
+    # an old record (even were it to get the old one's id).
+    key = id(plain)
+    walks.clear()
+    del plain
+    gc.collect()
+    assert key not in gpm._BN_LAYERS
+    fresh = SmoothMLPCritic()
+    assert gpm.batch_stats_layer(fresh) is None and walks == [fresh]
 
 
 class CondCritic(nn.Module):

@@ -144,9 +144,34 @@ def penalty_and_norm(grad: torch.Tensor, *, center: float = 1.0, mode: str = "tw
     which = _resolve(impl, grad.device.type)
     center = float(center)
     if which == "reference":
-        flat = grad if grad.dim() == 2 else grad.reshape(grad.shape[0], -1)  # no view node when already flat
-        norm = torch.linalg.vector_norm(flat, dim=1, dtype=acc_dtype(grad.dtype))
+        norm = _reference_norm(grad)
         return _penalty_of_norm(norm, center, mode), norm.detach()
+    return _kernel(which, grad, center, mode)
+
+
+def per_sample_penalty(grad: torch.Tensor, center: float, mode: str, impl: str) -> torch.Tensor:
+    """``penalty_and_norm(grad, ...)[0]`` for the drop-ins, which discard the norm: ``grad`` is
+    autograd's gradient with respect to an input they checked (its shape, a floating dtype),
+    so only ``center`` and ``mode`` are checked here, and the reference makes no detached copy
+    of the norm. On a small critic each of those calls is a visible share of the step (issue 23)."""
+    if type(center) is not float or not 0.0 <= center < math.inf or mode not in MODES:
+        _check(grad, center, mode, "none")
+        center = float(center)
+    which = _resolve(impl, grad.device.type)
+    if which == "reference":
+        return _penalty_of_norm(_reference_norm(grad), center, mode)
+    return _kernel(which, grad, center, mode)[0]
+
+
+def _reference_norm(grad: torch.Tensor) -> torch.Tensor:
+    """The per-sample norm in the accumulation dtype, by torch.linalg.vector_norm."""
+    flat = grad if grad.dim() == 2 else grad.reshape(grad.shape[0], -1)  # no view node when already flat
+    if grad.dtype == torch.float32 or grad.dtype == torch.float64:  # already the accumulation dtype
+        return torch.linalg.vector_norm(flat, dim=1)
+    return torch.linalg.vector_norm(flat, dim=1, dtype=acc_dtype(grad.dtype))
+
+
+def _kernel(which: str, grad: torch.Tensor, center: float, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     if which == "triton":
         return torch.ops.pyfast_gan.triton_gradient_norm_penalty(grad, center, mode)
     if torch.compiler.is_compiling():

@@ -61,7 +61,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._dispatch import warn_once
-from .gradient_norm_penalty import MODES, penalty_and_norm
+from .gradient_norm_penalty import MODES, penalty_and_norm, per_sample_penalty
 from .interpolate import interpolate_leaf
 
 
@@ -92,8 +92,7 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     check_drop_in_args(critic, mode, scaler, "gradient_penalty")
     x_hat = interpolate_leaf(real, fake, alpha, generator=generator, impl=impl)
     grad = input_gradient(critic, x_hat, scaler)
-    per_sample, _ = penalty_and_norm(grad, center=center, mode=mode, impl=impl)
-    return apply_weight(per_sample.mean(), weight)
+    return apply_weight(per_sample_penalty(grad, center, mode, impl).mean(), weight)
 
 
 def check_weight(weight, device: torch.device, argname: str = "weight") -> float | torch.Tensor:
@@ -161,8 +160,11 @@ def check_scaler(scaler) -> None:
 
 
 # The batch-norm layers of each critic module seen so far, found by one walk of its
-# submodules: module -> (registration count at the walk, [(name, layer), ...]).
-_BN_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# submodules: id(module) -> (weak reference to it, registration count at the walk,
+# [(name, layer), ...]). Keyed by id with the reference checked, not a WeakKeyDictionary,
+# whose Python-level get() makes a new weak reference at every lookup; an entry leaves when
+# its module is collected.
+_BN_LAYERS: dict[int, tuple[weakref.ref, int, list]] = {}
 # Submodule registrations anywhere in the process (setattr of a module, add_module,
 # Sequential/ModuleList/ModuleDict edits), counted by a global nn.Module hook installed at
 # the first scan: a walk made before the last registration may be out of date.
@@ -185,15 +187,22 @@ def scan_batch_norm(module: torch.nn.Module) -> list[tuple[str, _BatchNorm]]:
     return [(name, m) for name, m in module.named_modules() if isinstance(m, _BatchNorm)]
 
 
+def _forget(key: int, ref: weakref.ref) -> None:
+    if _BN_LAYERS.get(key, (None,))[0] is ref:  # not a newer module that reuses the id
+        del _BN_LAYERS[key]
+
+
 def _batch_stats_layer_of(module: torch.nn.Module) -> tuple[str, _BatchNorm] | None:
-    entry = _BN_LAYERS.get(module)
-    if entry is None or entry[0] != _registrations:
+    key = id(module)
+    entry = _BN_LAYERS.get(key)
+    if entry is None or entry[1] != _registrations or entry[0]() is not module:
         _install_registration_hook()  # before the walk, so no registration goes uncounted
-        entry = _BN_LAYERS[module] = (_registrations, scan_batch_norm(module))
+        entry = _BN_LAYERS[key] = (weakref.ref(module, functools.partial(_forget, key)), _registrations,
+                                   scan_batch_norm(module))
     # Modes and buffers are read live: train()/eval(), of the critic or of one layer, cost
     # no rescan. BatchNorm uses the batch's statistics in training mode, and in eval mode
     # when it keeps no running statistics.
-    for name, m in entry[1]:
+    for name, m in entry[2]:
         if m.training or m._buffers.get("running_mean") is None:
             return name, m
     return None

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .gradient_norm_penalty import penalty_and_norm
+from .gradient_norm_penalty import per_sample_penalty
 from .gradient_penalty import apply_weight, check_drop_in_args, check_scaler, check_weight, input_gradient, \
     scores_gradient
 from .interpolate import check_samples
@@ -70,6 +70,6 @@ def r1_penalty_from_scores(scores: torch.Tensor, real: torch.Tensor, gamma: floa
 
 
 def _r1(grad: torch.Tensor, gamma: float | torch.Tensor, impl: str) -> torch.Tensor:
-    per_sample, _ = penalty_and_norm(grad, center=0.0, mode="zero_centered", impl=impl)
+    per_sample = per_sample_penalty(grad, 0.0, "zero_centered", impl)
     # * 0.5 after the weight: halving is exact, so this equals gamma / 2 * mean bit for bit.
     return apply_weight(per_sample.mean(), gamma) * 0.5
