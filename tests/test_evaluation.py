@@ -347,6 +347,60 @@ def test_compare_extension_tiny_end_to_end(tmp_path):
     assert (out / "began_convergence.png").stat().st_size > 1000
 
 
+def test_fast_verdict_compares_the_gap_with_the_seed_spread():
+    from pyfast_gan.experiments.fast import verdict
+
+    def rows(eager, fast):
+        return [{"path": p, "scores": {"cfid": v}} for p, vs in (("eager", eager), ("fast", fast)) for v in vs]
+
+    v = verdict(rows([100.0, 120.0], [105.0, 112.0]), "cfid")
+    assert v["spread"] == {"eager": 20.0, "fast": 7.0} and v["gap"] == pytest.approx(1.5) and v["within"]
+    v = verdict(rows([100.0, 104.0], [140.0, 141.0]), "cfid")
+    assert v["gap"] == pytest.approx(38.5) and v["within"] is False
+    assert verdict(rows([100.0], []), "cfid")["within"] is None  # nothing to compare
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--fast-seeds", "0", "0"], "--fast-seeds must be distinct seeds >= 0"),
+    (["--fast-seeds", "-1", "2"], "--fast-seeds must be distinct seeds >= 0"),
+    (["--section", "quick"], "invalid choice: 'quick'"),
+    (["--ext-data", "25gaussians"], "invalid choice: '25gaussians'"),
+])
+def test_compare_refuses_bad_flags(argv, match, capsys):
+    from pyfast_gan.experiments.compare import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["compare", *argv, "--out", "/nonexistent/never-written"])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_fast_section_tiny_end_to_end(tmp_path):
+    """--section fast: eager and --fast WGAN-GP on two seeds, the --fast runs really compiled,
+    the verdict table in the report, the other sections kept from results.json."""
+    from pyfast_gan.experiments.compare import main
+
+    out = tmp_path / "fast"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"machine": {}, "data": [], "runs": {}, "baselines": {},
+                                                  "figures": {}}))
+    argv = ["compare", "--section", "fast", "--fast-seeds", "3", "4", "--seed", "3", "--steps", "2",
+            "--eval-every", "2", "--eval-n", "64", "--final-n", "200", "--jobs", "2", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())["fast"]
+    assert [(r["run"], r["path"], r["seed"]) for r in res["runs"]] == [
+        ("wgan-gp", "eager", 3), ("wgan-gp-fast", "fast", 3), ("wgan-gp-seed4", "eager", 4),
+        ("wgan-gp-fast-seed4", "fast", 4)]
+    for r in res["runs"]:
+        cfg = json.loads((out / "runs" / "mnist" / r["run"] / "config.json").read_text())
+        assert (cfg["seed"], cfg["compile"], cfg["data"]) == (r["seed"], r["path"] == "fast", "mnist")
+    report = (out / "README.md").read_text()
+    assert "## --fast against eager WGAN-GP on real MNIST" in report
+    assert "| cfid |" in report and set(res["verdict"]) == {"cfid", "is_score", "classes_covered", "kl_uniform"}
+    assert (out / "mnist_fast_samples.png").stat().st_size > 1000
+
+
 def test_evaluate_scores_a_cogan_checkpoint_as_the_trainer_does(tmp_path):
     """Each domain and the pair correspondence, with the numbers --eval-every logged (its noise
     seed is the run's + 13)."""

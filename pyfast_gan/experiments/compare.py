@@ -340,6 +340,8 @@ def main(argv=None) -> int:
         parser.error("--eval-n and --final-n must be >= 2")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
+    if len(set(args.fast_seeds)) != len(args.fast_seeds) or min(args.fast_seeds) < 0:
+        parser.error(f"--fast-seeds must be distinct seeds >= 0, got {' '.join(map(str, args.fast_seeds))}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     if args.command == "compare":

@@ -131,13 +131,18 @@ def resolver(op: str, family: str, native_ops, triton_ops=None):
     impls and autograd; ``triton_ops()`` the Triton ops' autograd). It is a trace-time constant
     under torch.compile, so that set-up, which dynamo cannot trace, runs eagerly."""
 
+    ready: dict[tuple[str, str], str] = {}  # answers whose set-up ran: one lookup a call after that
+
     @torch.compiler.assume_constant_result
     def resolve_impl(impl: str, device: str) -> str:
-        which = resolve_cached(op, family, impl, device)
-        if which in ("cpu", "cuda"):
-            native_ops()
-        elif which == "triton" and triton_ops is not None:
-            triton_ops()
+        which = ready.get((impl, device))
+        if which is None:
+            which = resolve_cached(op, family, impl, device)
+            if which in ("cpu", "cuda"):
+                native_ops()
+            elif which == "triton" and triton_ops is not None:
+                triton_ops()
+            ready[(impl, device)] = which
         return which
 
     return resolve_impl

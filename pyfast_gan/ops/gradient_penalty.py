@@ -299,8 +299,13 @@ def scores_gradient(out, x: torch.Tensor, scaler=None, what: str = "critic outpu
         raise ValueError(f"{what} does not depend on its input (it does not require grad)")
 
     scaled = scaler is not None and scaler.is_enabled()
-    (grad,) = torch.autograd.grad(scaler.scale(out.sum()) if scaled else out.sum(), x, create_graph=True,
-                                  allow_unused=allow_unused)
+    if scaled:
+        (grad,) = torch.autograd.grad(scaler.scale(out.sum()), x, create_graph=True, allow_unused=allow_unused)
+    else:
+        # d sum(out) / dx as the vector-Jacobian product with ones: the gradient the sum's
+        # backward would hand ``out`` (exactly ones), without recording the sum and its
+        # backward in the double-backward graph.
+        (grad,) = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True, allow_unused=allow_unused)
     if grad is None:
         raise ValueError(f"{what} were not computed from real (call real.requires_grad_() before the critic's "
                          f"forward, and pass the scores of that forward)")
