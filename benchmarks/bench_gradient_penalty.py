@@ -3,7 +3,8 @@ create_graph, norm penalty, backward into the critic's parameters) vs the
 autograd-only version of the paper's formula, in one run.
 
     python benchmarks/bench_gradient_penalty.py [--device cpu|cuda] [--threads 1] [--save]
-        [--sections per-call,conv] [--rounds 7] [--iters 20] [--batch 64] [--size 64] [--base 16]
+        [--sections per-call,conv] [--cases toy16,toy256,dcgan64] [--rounds 7] [--iters 20]
+        [--batch 64] [--size 64] [--base 16]
 
 Two tables:
 
@@ -12,7 +13,13 @@ Two tables:
   (``build_models("mlp")``: 3 hidden ReLU layers of 512, 2-D input) at batch 16 and
   256, penalty + backward; and a DCGAN-64 critic (``build_models("dcgan", image_size=64)``,
   its WGAN-GP "layer" norm) at batch 64, the whole critic step (scores of real and fake,
-  penalty, backward). ``time_vs_plain`` below 1 is faster than the plain formula.
+  penalty, backward). ``time_vs_plain`` below 1 is faster than the plain formula;
+  ``paired_ratio`` is the median of the per-round ratios and ``paired_p25``/``paired_p75``
+  their quartiles: where the quartiles straddle 1, this machine cannot tell the two apart.
+  ``aten_ops``: the operator calls one step dispatches (torch.profiler's count, forward and
+  backward, nested calls included): the noise-free side of the per-call cost.
+  ``--cases`` picks rows (the toy critic's are short: ``--cases toy16,toy256 --rounds 40``
+  gives them many rounds without the DCGAN step's minutes).
 * conv: a DCGAN-style conv critic of width --base at --batch x --size, every impl the
   device has, penalty + backward (``speedup_vs_autograd``).
 
@@ -73,13 +80,24 @@ def interleaved(steps: dict, device, *, rounds: int, iters: int, clock: str) -> 
     return med
 
 
-def per_call_rows(device, *, rounds: int, iters: int, clock: str) -> list[dict]:
+CASES = {"toy16": ("toy MLP critic, GP + backward", "mlp", 16), "toy256": ("toy MLP critic, GP + backward", "mlp", 256),
+         "dcgan64": ("DCGAN-64 critic, whole step", "dcgan", 64)}
+
+
+def op_calls(step) -> int:
+    """Operator calls one ``step()`` dispatches (every profiler event, nested ones included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(e.count for e in prof.key_averages())
+
+
+def per_call_rows(device, *, rounds: int, iters: int, clock: str, cases=tuple(CASES)) -> list[dict]:
     """The drop-in against the plain formula where a user meets it: the WGAN-GP toy critic at
     batch 16 and 256 (penalty + backward), a DCGAN-64 critic's whole step at batch 64."""
     rows = []
-    cases = [("toy MLP critic, GP + backward", "mlp", 16), ("toy MLP critic, GP + backward", "mlp", 256),
-             ("DCGAN-64 critic, whole step", "dcgan", 64)]
-    for label, arch, batch in cases:
+    for label, arch, batch in (CASES[c] for c in cases):
         if arch == "mlp":
             _, critic = build_models("mlp", base=512)
             shape = (batch, 2)
@@ -107,11 +125,13 @@ def per_call_rows(device, *, rounds: int, iters: int, clock: str) -> list[dict]:
                           iters=iters if arch == "mlp" else max(iters // 5, 1), clock=clock)
         base = statistics.median(med[PLAIN])
         for n, v in med.items():
+            # Each round's ratio to the plain formula: the spread of the same-round comparisons.
+            ratios = [a / b for a, b in zip(v, med[PLAIN])]
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
             rows.append({"critic": label, "shape": "x".join(map(str, shape)), "variant": n,
                          "median_ms": statistics.median(v), "time_vs_plain": statistics.median(v) / base,
-                         "extra_us": (statistics.median(v) - base) * 1e3,
-                         # Each round's ratio: the spread of the same-round comparisons.
-                         "paired_ratio": statistics.median(a / b for a, b in zip(v, med[PLAIN]))})
+                         "extra_us": (statistics.median(v) - base) * 1e3, "paired_ratio": statistics.median(ratios),
+                         "paired_p25": q1, "paired_p75": q3, "rounds": len(v), "aten_ops": op_calls(steps[n])})
     return rows
 
 
@@ -153,6 +173,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64, help="conv section: batch")
     p.add_argument("--size", type=int, default=64, help="conv section: image size")
     p.add_argument("--base", type=int, default=16, help="conv section: critic width (DCGAN uses 64)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"per-call rows, comma-separated, from {tuple(CASES)}")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--iters", type=int, default=20, help="timed calls per variant per round (the DCGAN-64 "
                                                           "step and the conv section use a fifth of it; the toy "
@@ -162,6 +183,11 @@ def main(argv=None):
     sections = a.sections.split(",")
     if any(s not in SECTIONS for s in sections):
         p.error(f"--sections must be a comma-separated list from {SECTIONS}, got {a.sections!r}")
+    cases = a.cases.split(",")
+    if any(c not in CASES for c in cases):
+        p.error(f"--cases must be a comma-separated list from {tuple(CASES)}, got {a.cases!r}")
+    if a.rounds < 2:
+        p.error("--rounds must be >= 2 (the paired ratios' quartiles need two rounds)")
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -171,10 +197,10 @@ def main(argv=None):
           f"torch {env['torch']}")
     rows: dict[str, list[dict]] = {}
     if "per-call" in sections:
-        rows["per_call"] = per_call_rows(device, rounds=a.rounds, iters=a.iters, clock=clock)
+        rows["per_call"] = per_call_rows(device, rounds=a.rounds, iters=a.iters, clock=clock, cases=cases)
         print("## per call, against the plain formula in the same rounds")
-        print_table(rows["per_call"], ["critic", "shape", "variant", "median_ms", "extra_us", "time_vs_plain",
-                                       "paired_ratio"])
+        print_table(rows["per_call"], ["critic", "shape", "variant", "rounds", "median_ms", "extra_us",
+                                       "time_vs_plain", "paired_ratio", "paired_p25", "paired_p75", "aten_ops"])
     if "conv" in sections:
         rows["conv"] = conv_rows(device, batch=a.batch, size=a.size, base=a.base, rounds=a.rounds,
                                  iters=max(a.iters // 5, 1), clock=clock)

@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m pyfast_gan.train",
         description="Train DCGAN / WGAN / WGAN-GP / LSGAN / hinge / BEGAN / CoGAN GANs. With no arguments: "
-                    "WGAN-GP on the embedded digits (32x32), a few minutes on a CPU. "
+                    "WGAN-GP on 5,000 real MNIST digits (32x32, embedded), a few minutes on a CPU. "
                     "Data-parallel on N processes (GPUs, or CPU with gloo): torchrun "
                     "--nproc_per_node=N -m pyfast_gan.train ... (--batch-size is per process; "
                     "rank 0 writes the outputs; checkpoints resume on any number of processes).",
