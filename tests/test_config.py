@@ -48,7 +48,8 @@ def test_no_arguments_is_wgan_gp_on_real_mnist(tmp_path, monkeypatch):
 
 
 def test_mnist_is_the_embedded_real_digits_with_the_digits_defaults(tmp_path, monkeypatch, capsys):
-    from pyfast_gan.train.config import default_out_dir, validate
+    from pyfast_gan.train.checks import validate
+    from pyfast_gan.train.config import default_out_dir
 
     monkeypatch.chdir(tmp_path)  # no folder called mnist here: the name alone must do
     cfg, explicit = parse_args(["--data", "mnist"])

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 
-from .config import TrainConfig, build_parser, command_line_flags, ignored_flags, parse_args, resolve
+from .checks import ignored_flags
+from .config import TrainConfig, build_parser, command_line_flags, parse_args, resolve
 from .endings import TrainingStopped
 from .loop import train
 from .run import Run, build
