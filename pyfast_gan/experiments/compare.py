@@ -41,8 +41,8 @@ import torch
 
 from .extension import extension_lines, score_extension
 from .fast import fast_jobs, fast_lines, score_fast
-from .runs import ALL_RUNS, DATA, DATA_TITLE, EXTENSION, IMAGE_DATA, RUNS, SECTIONS, critic_tracking, figure_losses, \
-    figure_metric_vs_step, figure_samples, fmt_or_na, run_name, score_run, train_run
+from .runs import ALL_RUNS, DATA, DATA_TITLE, EXTENSION, IMAGE_DATA, RUNS, SECTIONS, classifier_cells, \
+    critic_tracking, figure_losses, figure_metric_vs_step, figure_samples, fmt_or_na, run_name, score_run, train_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,12 +191,10 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
             for r in rows:
                 s = r["scores"]
                 lines.append(f"| {r['run']} | {r['loss']} | {r['n_critic']} | {r['steps']} | {r['critic_steps']} | "
-                             f"{s['cfid']:.1f} | {s['is_score']:.2f} | {s['classes_covered']}/10 | "
-                             f"{s['kl_uniform']:.3f} | {fmt_or_na(r['tracking'], '+.2f')} | {r['train_time_s']:.0f} |")
+                             f"{classifier_cells(s)} | {fmt_or_na(r['tracking'], '+.2f')} | {r['train_time_s']:.0f} |")
             real = "real MNIST digits (the judge's training split" if data == "mnist" else \
                 "real digits (held-out split"
-            lines.append(f"| {real}, n={base['n']}) | | | | | {base['cfid']:.1f} | "
-                         f"{base['is_score']:.2f} | {base['classes_covered']}/10 | {base['kl_uniform']:.3f} | | |")
+            lines.append(f"| {real}, n={base['n']}) | | | | | {classifier_cells(base)} | | |")
             lines += ["", "Predicted-class counts of each run's samples (classes 0-9):", ""]
             for r in rows:
                 lines.append(f"- {r['run']}: {r['counts']}")

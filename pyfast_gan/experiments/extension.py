@@ -10,8 +10,8 @@ import torch
 
 from pyfast_gan.train.outputs import read_metrics, save_figure
 
-from .runs import DATA_TITLE, EXTENSION, critic_tracking, fmt_or_na, figure_losses, figure_metric_vs_step, figure_samples, \
-    panels, score_run
+from .runs import DATA_TITLE, EXTENSION, classifier_cells, critic_tracking, figure_losses, figure_metric_vs_step, \
+    figure_samples, fmt_or_na, panels, score_run
 
 
 def score_cogan(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
@@ -165,8 +165,8 @@ def extension_lines(ext: dict, title: bool = False) -> list[str]:
         ]
         for r in rows:
             sc = r["scores"]
-            lines.append(f"| {r['run']} | {r['loss']} | {r['steps']} | {sc['cfid']:.1f} | {sc['is_score']:.2f} | "
-                         f"{sc['classes_covered']}/10 | {sc['kl_uniform']:.3f} | {fmt_or_na(r['tracking'], '+.2f')} | "
+            lines.append(f"| {r['run']} | {r['loss']} | {r['steps']} | {classifier_cells(sc)} | "
+                         f"{fmt_or_na(r['tracking'], '+.2f')} | "
                          f"{fmt_or_na(r['m_tracking'], '+.2f')} | {fmt_or_na(r['final_k'], '.4f')} | "
                          f"{fmt_or_na(r['final_m'], '.4f')} | {r['train_time_s']:.0f} |")
         lines += ["", "Predicted-class counts (classes 0-9):", ""]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runs import DATA_TITLE, FAST, figure_samples, fmt_or_na, run_name, score_run
+from .runs import DATA_TITLE, FAST, classifier_cells, figure_samples, fmt_or_na, run_name, score_run
 
 EAGER = "wgan-gp"
 PAIR = (EAGER, *FAST)  # eager first, then its --fast twin
@@ -74,8 +74,7 @@ def fast_lines(fast: dict) -> list[str]:
     ]
     for r in rows:
         s = r["scores"]
-        lines.append(f"| {r['run']} | {r['path']} | {r['seed']} | {r['steps']} | {s['cfid']:.1f} | "
-                     f"{s['is_score']:.2f} | {s['classes_covered']}/10 | {s['kl_uniform']:.3f} | "
+        lines.append(f"| {r['run']} | {r['path']} | {r['seed']} | {r['steps']} | {classifier_cells(s)} | "
                      f"{r['train_time_s']:.0f} |")
     lines += ["", "Gap between the paths' means against the larger seed-to-seed spread (max - min over seeds) "
               "of either path:", "", "| measure | eager spread | fast spread | gap of means | within the spread |",

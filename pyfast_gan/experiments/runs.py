@@ -223,3 +223,8 @@ def figure_metric_vs_step(data: str, rows: list[dict], out: Path, name: str = ""
 
 def fmt_or_na(v, fmt):
     return "n/a" if v is None else format(v, fmt)
+
+
+def classifier_cells(s: dict) -> str:
+    """The report's cFID | IS | classes | KL(hist‖U) cells of classifier scores ``s``."""
+    return f"{s['cfid']:.1f} | {s['is_score']:.2f} | {s['classes_covered']}/10 | {s['kl_uniform']:.3f}"
