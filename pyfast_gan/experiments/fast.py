@@ -85,6 +85,6 @@ def fast_lines(fast: dict) -> list[str]:
                      f" | {fmt_or_na(v['gap'], '.3f')} | {ok} |")
     lines += ["", "Predicted-class counts (classes 0-9):", ""]
     lines += [f"- {r['run']}: {r['counts']}" for r in rows]
-    lines += ["", f"Final samples (same noise for every run):\n\n![fast vs eager samples]({fast['figures']['samples']})",
-              ""]
+    grid = fast["figures"]["samples"]
+    lines += ["", f"Final samples (same noise for every run):\n\n![fast vs eager samples]({grid})", ""]
     return lines
