@@ -88,18 +88,26 @@ def _say(msg: str) -> None:
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def baseline_is_training_split(data: str) -> bool:
+    """Which real digits the baseline scores: the classifier split's training part where the
+    held-out digits are cFID's reference (mnist: scoring those against themselves would give
+    0), else the held-out part."""
+    from pyfast_gan.metrics.digits_classifier import JUDGES
+
+    return JUDGES[data]["reference"] == "held_out"
+
+
 def real_baseline(data: str, n: int, seed: int, evaluator) -> dict:
-    """The same measures on real data, or true 25-Gaussian samples. Real digits: the classifier
-    split's held-out part, or its training part where the held-out digits are cFID's reference
-    (mnist: scoring those against themselves would give 0)."""
+    """The same measures on real data (see :func:`baseline_is_training_split`), or true
+    25-Gaussian samples."""
     from pyfast_gan.metrics.suite import scalar_items
 
     if data in IMAGE_DATA:
-        from pyfast_gan.metrics.digits_classifier import JUDGES, digits_with_labels, split_indices
+        from pyfast_gan.metrics.digits_classifier import digits_with_labels, split_indices
 
         images, labels = digits_with_labels(data)
         tr, te = split_indices(labels)
-        return scalar_items(evaluator.score_batches([images[tr if JUDGES[data]["reference"] == "held_out" else te]]))
+        return scalar_items(evaluator.score_batches([images[tr if baseline_is_training_split(data) else te]]))
     from pyfast_gan.data import ToySampler
 
     return scalar_items(evaluator.score_batches([ToySampler(data).sample(n, torch.Generator().manual_seed(seed + 99))]))
@@ -192,9 +200,9 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
                 s = r["scores"]
                 lines.append(f"| {r['run']} | {r['loss']} | {r['n_critic']} | {r['steps']} | {r['critic_steps']} | "
                              f"{classifier_cells(s)} | {fmt_or_na(r['tracking'], '+.2f')} | {r['train_time_s']:.0f} |")
-            real = "real MNIST digits (the judge's training split" if data == "mnist" else \
-                "real digits (held-out split"
-            lines.append(f"| {real}, n={base['n']}) | | | | | {classifier_cells(base)} | | |")
+            split = "the judge's training split" if baseline_is_training_split(data) else "held-out split"
+            real = "real MNIST digits" if data == "mnist" else "real digits"
+            lines.append(f"| {real} ({split}, n={base['n']}) | | | | | {classifier_cells(base)} | | |")
             lines += ["", "Predicted-class counts of each run's samples (classes 0-9):", ""]
             for r in rows:
                 lines.append(f"- {r['run']}: {r['counts']}")
@@ -305,7 +313,6 @@ def compare(args, argv: list[str]) -> dict:
         rows = []
         for r in args.runs:
             row = score_run(d, r, out / "runs" / d / r, args, evaluator(d))
-            row["dir"] = str(out / "runs" / d / r)
             row["tracking"] = critic_tracking(row, "cfid" if d in IMAGE_DATA else "toy_fd")
             rows.append(row)
         results["runs"][d] = rows

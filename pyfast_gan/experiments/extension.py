@@ -11,7 +11,7 @@ import torch
 from pyfast_gan.train.outputs import read_metrics, save_figure
 
 from .runs import DATA_TITLE, EXTENSION, classifier_cells, critic_tracking, figure_losses, figure_metric_vs_step, \
-    figure_samples, fmt_or_na, panels, score_run
+    figure_samples, fmt_or_na, panels, provenance_lines, score_run
 
 
 def score_cogan(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
@@ -28,7 +28,7 @@ def score_cogan(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
     res_a, res_b = scores["a"], scores["b"]
     recs = read_metrics(run_dir / "metrics.jsonl")
     return {
-        "data": data, "run": name, "loss": "cogan", "domain": domain, "steps": int(ck["step"]),
+        "data": data, "run": name, "dir": str(run_dir), "loss": "cogan", "domain": domain, "steps": int(ck["step"]),
         "critic_steps": int(ck["critic_steps"]), "batch_size": cfg["batch_size"],
         "train_time_s": round(float(ck.get("elapsed", 0.0)), 1),
         "scores_a": scalar_items(res_a), "counts_a": res_a.get("class_counts"),
@@ -44,12 +44,9 @@ def score_extension(out: Path, args, evaluator, data: str) -> dict:
     for name in args.ext_runs:
         run_dir = out / "runs" / data / name
         if EXTENSION[name][0] == "cogan":
-            row = score_cogan(data, name, run_dir, args, evaluator)
-            row["dir"] = str(run_dir)
-            cogan.append(row)
+            cogan.append(score_cogan(data, name, run_dir, args, evaluator))
             continue
         row = score_run(data, name, run_dir, args, evaluator)
-        row["dir"] = str(run_dir)
         row["tracking"] = critic_tracking(row, "cfid")
         row["m_tracking"] = critic_tracking(row, "cfid", stat="m_global")
         last = next((r for r in reversed(row["losses"]) if r.get("m_global") is not None), None)
@@ -120,22 +117,14 @@ def figure_cogan(rows: list[dict], out: Path, seed: int) -> Path:
 
 
 def extension_lines(ext: dict, title: bool = False) -> list[str]:
-    m, st = ext["machine"], ext["settings"]
+    st = ext["settings"]
     data = ext.get("data", "digits")  # reports written before --ext-data ran on the digits
     where = DATA_TITLE[data]
     lines = [f"# LSGAN, BEGAN and CoGAN on {where}", ""] if title else []
     lines += [
         f"## Extension: LSGAN, BEGAN and CoGAN on {where}",
         "",
-        "Produced by:",
-        "",
-        "```",
-        "python -m pyfast_gan.experiments " + " ".join(ext["argv"]),
-        "```",
-        "",
-        f"Machine: {m['device']}, {m['cpu_count']} cores; {st['jobs']} runs at a time with {st['threads']} "
-        f"thread(s) each; torch {m['torch']}, Python {m['python']}, commit {m['commit']}, {m['date']}.",
-        "",
+        *provenance_lines(ext),
         f"Same budget as the {data} section above (generator steps, batch size, width, noise size, seed); each loss "
         "keeps its paper's settings (LSGAN: DCGAN's Adam 2e-4, betas (0.5, 0.999); BEGAN: Adam 1e-4, betas "
         "(0.5, 0.999), gamma 0.5, lambda_k 0.001, k_0 0, its auto-encoder critic and decoder-shaped generator "

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runs import DATA_TITLE, FAST, classifier_cells, figure_samples, fmt_or_na, run_name, score_run
+from .runs import DATA_TITLE, FAST, classifier_cells, figure_samples, fmt_or_na, provenance_lines, run_name, \
+    score_run
 
 EAGER = "wgan-gp"
 PAIR = (EAGER, *FAST)  # eager first, then its --fast twin
@@ -39,7 +40,6 @@ def score_fast(out: Path, args, evaluator, data: str) -> dict:
             rn = run_name(name, seed, args.seed)
             run_dir = out / "runs" / data / rn
             row = score_run(data, rn, run_dir, args, evaluator)
-            row["dir"] = str(run_dir)
             row["path"] = "fast" if name in FAST else "eager"
             rows.append(row)
     return {"data": data, "seeds": list(args.fast_seeds), "runs": rows,
@@ -48,20 +48,12 @@ def score_fast(out: Path, args, evaluator, data: str) -> dict:
 
 
 def fast_lines(fast: dict) -> list[str]:
-    m, st, data = fast["machine"], fast["settings"], fast["data"]
+    st, data = fast["settings"], fast["data"]
     rows = fast["runs"]
     lines = [
         f"## --fast against eager WGAN-GP on {DATA_TITLE[data]}",
         "",
-        "Produced by:",
-        "",
-        "```",
-        "python -m pyfast_gan.experiments " + " ".join(fast["argv"]),
-        "```",
-        "",
-        f"Machine: {m['device']}, {m['cpu_count']} cores; {st['jobs']} runs at a time with {st['threads']} "
-        f"thread(s) each; torch {m['torch']}, Python {m['python']}, commit {m['commit']}, {m['date']}.",
-        "",
+        *provenance_lines(fast),
         "The same WGAN-GP run (budget, model, paper settings) trained eagerly and with `--fast` (on a CPU: "
         "torch.compile with inductor's penalty formula and channels_last; bf16 autocast only where the CPU has "
         "native bf16), on seeds " + ", ".join(str(s) for s in fast["seeds"]) + f"; scored like the main section "

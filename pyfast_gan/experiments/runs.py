@@ -105,7 +105,8 @@ def score_run(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
     res = evaluator(G, cfg["z_dim"])
     recs = read_metrics(run_dir / "metrics.jsonl")
     return {
-        "data": data, "run": name, "loss": cfg["loss"], "seed": cfg["seed"], "fast": bool(cfg.get("fast")),
+        "data": data, "run": name, "dir": str(run_dir), "loss": cfg["loss"], "seed": cfg["seed"],
+        "fast": bool(cfg.get("fast")),
         "n_critic": cfg["n_critic"],
         "optimizer": cfg["optimizer"], "lr": cfg["lr"], "betas": cfg["betas"], "batch_size": cfg["batch_size"],
         "steps": int(ck["step"]), "critic_steps": int(ck["critic_steps"]),
@@ -223,6 +224,22 @@ def figure_metric_vs_step(data: str, rows: list[dict], out: Path, name: str = ""
 
 def fmt_or_na(v, fmt):
     return "n/a" if v is None else format(v, fmt)
+
+
+def provenance_lines(part: dict) -> list[str]:
+    """A report section's command and machine, from its saved ``argv``, ``machine`` and ``settings``."""
+    m, st = part["machine"], part["settings"]
+    return [
+        "Produced by:",
+        "",
+        "```",
+        "python -m pyfast_gan.experiments " + " ".join(part["argv"]),
+        "```",
+        "",
+        f"Machine: {m['device']}, {m['cpu_count']} cores; {st['jobs']} runs at a time with {st['threads']} "
+        f"thread(s) each; torch {m['torch']}, Python {m['python']}, commit {m['commit']}, {m['date']}.",
+        "",
+    ]
 
 
 def classifier_cells(s: dict) -> str:

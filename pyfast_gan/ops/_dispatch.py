@@ -126,18 +126,20 @@ def native_loader(family: str, fakes: dict):
 
 
 def resolver(op: str, family: str, native_ops, triton_ops=None):
-    """An op module's ``resolve_impl(impl, device) -> str``: :func:`resolve_cached`, plus the
-    op's one-time set-up for the answer (``native_ops()`` loads the library and registers fake
-    impls and autograd; ``triton_ops()`` the Triton ops' autograd). It is a trace-time constant
-    under torch.compile, so that set-up, which dynamo cannot trace, runs eagerly."""
+    """An op module's ``resolve_impl(impl, device) -> str``: :func:`resolve`, plus the op's
+    one-time set-up for the answer (``native_ops()`` loads the library and registers fake impls
+    and autograd; ``triton_ops()`` the Triton ops' autograd), memoized per (impl, device) once
+    that set-up ran (only answers are kept: a request that cannot run raises every time). It is
+    a trace-time constant under torch.compile, so that set-up, which dynamo cannot trace, runs
+    eagerly."""
 
-    ready: dict[tuple[str, str], str] = {}  # answers whose set-up ran: one lookup a call after that
+    ready: dict[tuple[str, str], str] = {}
 
     @torch.compiler.assume_constant_result
     def resolve_impl(impl: str, device: str) -> str:
         which = ready.get((impl, device))
         if which is None:
-            which = resolve_cached(op, family, impl, device)
+            which = resolve(op, family, impl, torch.device(device))
             if which in ("cpu", "cuda"):
                 native_ops()
             elif which == "triton" and triton_ops is not None:
