@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pyfast_gan.metrics.suite import DESCRIPTIONS, METRIC_GROUPS
+from pyfast_gan.metrics.evaluator import DESCRIPTIONS, METRIC_GROUPS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                      f"{Path(args.json) / 'eval.json'}")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     from pyfast_gan.sample import load_generator
-    from pyfast_gan.train import checkpoint as ckpt_mod
+    from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
     try:
         path = ckpt_mod.find_checkpoint(args.checkpoint)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         parser.error(str(e))
     step = cfg["step"]
     from pyfast_gan.data import EMBEDDED_DATA, TOY_DATASETS, DataError
-    from pyfast_gan.metrics.suite import Evaluator
+    from pyfast_gan.metrics.evaluator import Evaluator
 
     data = cfg["data"]
     spec = args.data or data
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     try:
         if cfg.get("arch") == "cogan":  # each domain and the pair correspondence, as the trainer scores it
             from pyfast_gan.metrics.cogan import flat_cogan_scores, score_cogan
-            from pyfast_gan.train.run import cogan_domain
+            from pyfast_gan.data.cogan import cogan_domain
 
             result = flat_cogan_scores(score_cogan(G, ev, cogan_domain(cfg)))
         else:

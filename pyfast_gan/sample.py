@@ -34,7 +34,7 @@ def load_generator(checkpoint: str, ema: bool = False, device: str = "cpu"):
     """(generator in eval mode, resolved training config dict with the checkpoint's "step"
     added) from a checkpoint file or run directory."""
     from pyfast_gan.models import build_models
-    from pyfast_gan.train import checkpoint as ckpt_mod
+    from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
     path = ckpt_mod.find_checkpoint(checkpoint)
     ck = ckpt_mod.load(path, map_location=device)
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
         G, cfg = load_generator(args.checkpoint, ema=args.ema, device=args.device)
     except (ValueError, RuntimeError) as e:  # RuntimeError: weights that do not fit the config
         parser.error(str(e).splitlines()[0])
-    from pyfast_gan.train.config import TOY_DATA
-    from pyfast_gan.train.outputs import save_image_grid, save_toy_scatter
+    from pyfast_gan.data.toy import TOY_DATASETS as TOY_DATA
+    from pyfast_gan.artifacts.outputs import save_image_grid, save_toy_scatter
 
     gen = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, cfg["z_dim"], generator=gen).to(args.device)

@@ -10,8 +10,8 @@ import torch
 
 from pyfast_gan.data import decode_all, digits_dataset
 from pyfast_gan.data.cogan import TRANSFORMS, digit_domains, edges, negative
-from pyfast_gan.fast.objective import critic_scores
-from pyfast_gan.fast.step import GANStep, build_optimizers
+from pyfast_gan.step.objective import critic_scores
+from pyfast_gan.step.step import GANStep, build_optimizers
 from pyfast_gan.losses import BEGANLoss, get_loss
 from pyfast_gan.metrics.cogan import correspondence_scores, pair_correspondence, shuffled
 from pyfast_gan.models import build_models

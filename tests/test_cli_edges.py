@@ -329,7 +329,7 @@ def test_tensorboard_has_the_scalars_and_the_sample_grid(tmp_path):
 
 
 def test_bad_checkpoint_reason_is_never_cut_mid_sentence(tmp_path, monkeypatch):
-    from pyfast_gan.train import checkpoint as ckpt_mod
+    from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
     why = ("PytorchStreamReader failed locating file data.pkl: file not found. " * 2
            + "This archive was written by a different writer; its records do not line up\nsecond line")

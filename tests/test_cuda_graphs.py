@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pyfast_gan import _native
-from pyfast_gan.fast.cuda_graphs import (GraphedStep, _restore, _snapshot, _training_state,
+from pyfast_gan.step.cuda_graphs import (GraphedStep, _restore, _snapshot, _training_state,
                                          cuda_graphs_unsupported_reason, graph_step, uses_triton_multi_tensor)
-from pyfast_gan.fast.step import GANStep, build_optimizers
+from pyfast_gan.step.step import GANStep, build_optimizers
 from pyfast_gan.losses import PRESETS
 from pyfast_gan.models import EMA, build_models
 

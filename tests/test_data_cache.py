@@ -358,7 +358,7 @@ def _free_port() -> int:
 
 
 def _gloo_worker(rank, port, src, root, out):
-    from pyfast_gan.fast import distributed as fd
+    from pyfast_gan.step import distributed as fd
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))

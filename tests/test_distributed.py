@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pyfast_gan.fast import distributed as fd
-from pyfast_gan.fast.step import GANStep
+from pyfast_gan.step import distributed as fd
+from pyfast_gan.step.step import GANStep
 
 B = 3  # per-process batch (odd on purpose)
 WORLD = 2

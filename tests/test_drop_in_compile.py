@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyfast_gan import _native
-from pyfast_gan.fast.objective import has_trace_autograd_ops
+from pyfast_gan.step.objective import has_trace_autograd_ops
 from pyfast_gan.testing import tol
 
 pytestmark = [pytest.mark.skipif(not has_trace_autograd_ops(), reason="torch < 2.11: no trace_autograd_ops"),

@@ -21,7 +21,7 @@ from pyfast_gan.metrics.digits_classifier import (
     split_indices,
     to_classifier_input,
 )
-from pyfast_gan.metrics.suite import Evaluator, applicable
+from pyfast_gan.metrics.evaluator import Evaluator, applicable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -348,7 +348,7 @@ def test_compare_extension_tiny_end_to_end(tmp_path):
 
 
 def test_fast_verdict_compares_the_gap_with_the_seed_spread():
-    from pyfast_gan.experiments.fast import verdict
+    from pyfast_gan.experiments.fast_vs_eager import verdict
 
     def rows(eager, fast):
         return [{"path": p, "scores": {"cfid": v}} for p, vs in (("eager", eager), ("fast", fast)) for v in vs]

@@ -1,4 +1,4 @@
-"""The critic objective (pyfast_gan/fast/objective.py): eager and compiled (penalty included,
+"""The critic objective (pyfast_gan/step/objective.py): eager and compiled (penalty included,
 with the project's kernels or the inductor-generated reference formula) give the paper's
 parameter gradients; real and fake in one forward equal two calls.
 
@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 
-from pyfast_gan.fast import objective as fc
-from pyfast_gan.fast.objective import CriticObjective, critic_scores
+from pyfast_gan.step import objective as fc
+from pyfast_gan.step.objective import CriticObjective, critic_scores
 from pyfast_gan.models import DCGANCritic, MLPCritic
 
 

@@ -123,3 +123,22 @@ def test_data_imports_nothing_above_it():
     above = ("pyfast_gan.metrics", "pyfast_gan.models", "pyfast_gan.train", "pyfast_gan.evaluate")
     for m in data:
         assert not {t for t in graph[m] if t.startswith(above)}, (m, graph[m])
+
+
+def test_readers_of_a_run_do_not_import_the_trainer():
+    # sample, evaluate and the study read checkpoints and images through pyfast_gan.artifacts;
+    # the step sits below the trainer that drives it.
+    graph = _import_graph()
+    readers = [m for m in graph if m in ("pyfast_gan.sample", "pyfast_gan.evaluate")
+               or m.startswith(("pyfast_gan.experiments", "pyfast_gan.artifacts", "pyfast_gan.step"))]
+    assert "pyfast_gan.artifacts.checkpoint" in readers and "pyfast_gan.step.step" in readers
+    for m in readers:
+        assert not {t for t in graph[m] if t.startswith("pyfast_gan.train")}, (m, graph[m])
+
+
+def test_loading_a_checkpoint_does_not_import_the_trainer():
+    code = ("import sys; from pyfast_gan.artifacts import checkpoint; "
+            "assert callable(checkpoint.load); "
+            "bad = sorted(m for m in sys.modules if m.startswith(('pyfast_gan.train', 'pyfast_gan.step'))); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

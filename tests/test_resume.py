@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyfast_gan.train import main
-from pyfast_gan.train.checkpoint import save_atomic
+from pyfast_gan.artifacts.checkpoint import save_atomic
 
 IMG = ["--base", "4", "--z-dim", "8", "--n-critic", "2", "--n-samples", "4", "--no-progress",
        "--log-every", "1", "--sample-every", "1000"]

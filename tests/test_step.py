@@ -1,4 +1,4 @@
-"""The one training step (pyfast_gan.fast.step.GANStep), as the trainer builds it: no host
+"""The one training step (pyfast_gan.step.step.GANStep), as the trainer builds it: no host
 synchronisation in steady-state critic and generator steps, and the same non-finite rule in
 every mode (the step is skipped on the device, counted, and leaves parameters and optimizer
 state as they were)."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pyfast_gan.fast.objective import has_trace_autograd_ops
+from pyfast_gan.step.objective import has_trace_autograd_ops
 from pyfast_gan.train import build, parse_args, resolve
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -297,7 +297,7 @@ def test_fp32_eager_reference_is_no_autocast_and_cuda_home_note_is_quiet(caplog)
     import logging
     import warnings
 
-    from pyfast_gan.fast.objective import autocast, quiet_cuda_home_note
+    from pyfast_gan.step.objective import autocast, quiet_cuda_home_note
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch: "In CPU autocast, but the target dtype is not supported"
@@ -420,7 +420,7 @@ class _Recorder:
 
 
 def test_gp_is_the_unweighted_penalty_eager_and_compiled(tmp_path):
-    from pyfast_gan.fast.objective import has_trace_autograd_ops
+    from pyfast_gan.step.objective import has_trace_autograd_ops
 
     if not has_trace_autograd_ops():
         pytest.skip("torch lacks trace_autograd_ops")

@@ -103,8 +103,8 @@ def test_resume_two_process_checkpoint_on_one_process(two_process_run, tmp_path,
 
 
 def _skip_worker(rank, port, out_path):
-    from pyfast_gan.fast import distributed as fd
-    from pyfast_gan.fast.step import GANStep
+    from pyfast_gan.step import distributed as fd
+    from pyfast_gan.step.step import GANStep
     from pyfast_gan.models import MLPCritic, MLPGenerator
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),

@@ -73,3 +73,9 @@ class PairBatcher:
             raise ValueError("--resume: the checkpoint's data position is not a CoGAN pair of domains")
         self.a.load_state_dict(s["a"])
         self.b.load_state_dict(s["b"])
+
+
+def cogan_domain(config: dict) -> str | None:
+    """A CoGAN run's domain transformation ("negative", "edges") on the embedded digits, or
+    None when domain B is a --data-b PATH (no known transformation between the two)."""
+    return None if config.get("data_b") else config.get("cogan_domain", "negative")

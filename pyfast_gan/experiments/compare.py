@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from .extension import extension_lines, score_extension
-from .fast import fast_jobs, fast_lines, score_fast
+from .fast_vs_eager import fast_jobs, fast_lines, score_fast
 from .runs import ALL_RUNS, DATA, DATA_TITLE, EXTENSION, IMAGE_DATA, RUNS, SECTIONS, classifier_cells, \
     critic_tracking, figure_losses, figure_metric_vs_step, figure_samples, fmt_or_na, run_name, score_run, train_run
 
@@ -100,7 +100,7 @@ def baseline_is_training_split(data: str) -> bool:
 def real_baseline(data: str, n: int, seed: int, evaluator) -> dict:
     """The same measures on real data (see :func:`baseline_is_training_split`), or true
     25-Gaussian samples."""
-    from pyfast_gan.metrics.suite import scalar_items
+    from pyfast_gan.metrics.evaluator import scalar_items
 
     if data in IMAGE_DATA:
         from pyfast_gan.metrics.digits_classifier import digits_with_labels, split_indices
@@ -256,7 +256,7 @@ SETTINGS = ("jobs", "threads", "eval_n", "final_n", "seed", "fast_seeds")
 
 
 def compare(args, argv: list[str]) -> dict:
-    from pyfast_gan.metrics.suite import Evaluator
+    from pyfast_gan.metrics.evaluator import Evaluator
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

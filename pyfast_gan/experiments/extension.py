@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pyfast_gan.train.outputs import read_metrics, save_figure
+from pyfast_gan.artifacts.outputs import read_metrics, save_figure
 
 from .runs import DATA_TITLE, EXTENSION, classifier_cells, critic_tracking, figure_losses, figure_metric_vs_step, \
     figure_samples, fmt_or_na, panels, provenance_lines, score_run
@@ -18,7 +18,7 @@ def score_cogan(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
     """A CoGAN run: classifier scores of domain A (digits) and, for negatives, of domain B
     made digits again (its own inverse); the pair correspondence against shuffled pairs."""
     from pyfast_gan.metrics.cogan import score_cogan as scores_of
-    from pyfast_gan.metrics.suite import scalar_items
+    from pyfast_gan.metrics.evaluator import scalar_items
     from pyfast_gan.sample import load_generator
 
     G, cfg = load_generator(str(run_dir), device="cpu")
@@ -99,7 +99,7 @@ def figure_cogan(rows: list[dict], out: Path, seed: int) -> Path:
     """Each CoGAN run's pairs from the same 32 noise vectors, A and B side by side."""
     from pyfast_gan.models import pairs_side_by_side
     from pyfast_gan.sample import load_generator
-    from pyfast_gan.train.outputs import image_grid
+    from pyfast_gan.artifacts.outputs import image_grid
 
     fig, axes = panels(len(rows), 4.4, 4.8)
     for ax, row in zip(axes, rows):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pyfast_gan.train.outputs import pyplot, read_metrics, save_figure
+from pyfast_gan.artifacts.outputs import pyplot, read_metrics, save_figure
 
 # name -> (loss, extra trainer flags)
 RUNS = {
@@ -34,7 +34,7 @@ EXTENSION = {
     "cogan-negative": ("cogan", ["--cogan-domain", "negative"]),
     "cogan-edges": ("cogan", ["--cogan-domain", "edges"]),
 }
-# The --fast check (see pyfast_gan.experiments.fast): WGAN-GP with the trainer's --fast
+# The --fast check (see pyfast_gan.experiments.fast_vs_eager): WGAN-GP with the trainer's --fast
 # switches, beside the eager "wgan-gp" run, each on several seeds.
 FAST = {"wgan-gp-fast": ("wgan-gp", ["--fast"])}
 ALL_RUNS = {**RUNS, **EXTENSION, **FAST}  # run name -> (loss, flags), every section
@@ -97,7 +97,7 @@ def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None
 
 
 def score_run(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
-    from pyfast_gan.metrics.suite import scalar_items
+    from pyfast_gan.metrics.evaluator import scalar_items
     from pyfast_gan.sample import load_generator
 
     G, cfg = load_generator(str(run_dir), device="cpu")
@@ -159,7 +159,7 @@ def figure_samples(data: str, rows: list[dict], out: Path, seed: int, name: str 
     """Final samples of every run side by side, from the same 64 noise vectors."""
     from pyfast_gan.data import ToySampler
     from pyfast_gan.sample import load_generator
-    from pyfast_gan.train.outputs import image_grid
+    from pyfast_gan.artifacts.outputs import image_grid
 
     fig, axes = panels(len(rows), 3.3, 3.6)
     image = data in IMAGE_DATA

@@ -7,9 +7,9 @@ import math
 import os
 
 from pyfast_gan.data.embedded import EMBEDDED_DATA
+from pyfast_gan.data.toy import TOY_DATASETS as TOY_DATA
 
 LOSS_CHOICES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge", "began", "cogan")
-TOY_DATA = ("8gaussians", "25gaussians", "swissroll")
 ARCH_CHOICES = ("auto", "dcgan", "resnet", "mlp", "began", "cogan")
 # Losses that come with their own networks: the loss names the arch (auto resolves to it).
 LOSS_ARCH = {"began": "began", "cogan": "cogan"}
@@ -129,7 +129,7 @@ def validate(cfg: "TrainConfig") -> None:
         bad("eval-every", f"must be >= 0, got {cfg.eval_every}")
     if cfg.eval_n < 2:
         bad("eval-n", f"must be >= 2, got {cfg.eval_n}")
-    from pyfast_gan.metrics.suite import METRIC_GROUPS, applicable
+    from pyfast_gan.metrics.evaluator import METRIC_GROUPS, applicable
 
     groups = [m for m in cfg.eval_metrics.replace(",", " ").split() if m]
     unknown = [m for m in groups if m not in METRIC_GROUPS + ("auto",)]

@@ -433,7 +433,7 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
 
 def _resume_source(resume: str) -> tuple[dict, Path]:
     """(the checkpoint's saved config, its run directory) for --resume."""
-    from . import checkpoint as ckpt_mod
+    from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
     if not os.path.exists(resume):
         raise ValueError(f"--resume: not found: {resume!r}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from . import checkpoint as ckpt_mod
+from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
 
 class TrainingStopped(RuntimeError):

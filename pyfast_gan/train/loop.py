@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from pyfast_gan.data import DataError
-from pyfast_gan.fast import distributed as dist_mod
+from pyfast_gan.step import distributed as dist_mod
 
-from . import checkpoint as ckpt_mod
+from pyfast_gan.artifacts import checkpoint as ckpt_mod
 from .config import TrainConfig
 from .endings import end_nonfinite, stopped_by
-from .outputs import MetricsWriter, plot_losses, plot_metrics
+from pyfast_gan.artifacts.outputs import MetricsWriter, plot_losses, plot_metrics
 from .run import Run, StopFlag, build
 from .rundir import check_out_dir, lock_run_dir
 
@@ -35,7 +35,7 @@ def train(cfg: TrainConfig, hooks: dict | None = None) -> dict:
     fails, ValueError (incl. pyfast_gan.data.DataError) for bad input before anything is
     written, among them another trainer holding the run directory's lock.
 
-    Under torchrun (WORLD_SIZE > 1) the run is data-parallel (pyfast_gan.fast.distributed):
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel (pyfast_gan.step.distributed):
     rank 0's weights are broadcast once, each rank trains on its slice of a global batch of
     world_size x batch_size, gradients (and the non-finite flag) are averaged in one flat
     all-reduce per optimizer step, and only rank 0 writes or prints anything. A checkpoint
@@ -78,7 +78,7 @@ def _loop(run: Run, hooks: dict) -> dict:
     cfg, out = run.cfg, Path(run.cfg.out)
     evaluator, metrics = None, None
     if cfg.eval_every > 0 and run.main:
-        from pyfast_gan.metrics.suite import Evaluator
+        from pyfast_gan.metrics.evaluator import Evaluator
 
         # Its own noise generators: evaluating never moves the training RNG streams.
         evaluator = Evaluator(cfg.data, metrics=cfg.eval_metrics, real=run.real_u8, n=cfg.eval_n,

@@ -4,8 +4,8 @@ EMA, resume state), and :meth:`Run.iteration` is what the loop (loop.py) and the
 (benchmarks/bench_train.py) both call: n_critic critic steps and one generator step.
 
 Every mode is decided here, once: AMP, channels_last, --compile and --lazy-gp are settings of
-the :class:`~pyfast_gan.fast.step.GANStep`, --cuda-graphs wraps it in a
-:class:`~pyfast_gan.fast.cuda_graphs.GraphedStep` with the same interface, torchrun gives it
+the :class:`~pyfast_gan.step.step.GANStep`, --cuda-graphs wraps it in a
+:class:`~pyfast_gan.step.cuda_graphs.GraphedStep` with the same interface, torchrun gives it
 a gradient all-reduce. Nothing after build branches on the mode.
 """
 from __future__ import annotations
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from pyfast_gan.data.batch import ImageBatcher, ToyBatcher, peek
-from pyfast_gan.fast import distributed as dist_mod
-from pyfast_gan.fast.step import GANStep, build_optimizers, fit_loaded_state, set_lr
+from pyfast_gan.step import distributed as dist_mod
+from pyfast_gan.step.step import GANStep, build_optimizers, fit_loaded_state, set_lr
 from pyfast_gan.losses import get_loss
 from pyfast_gan.models import EMA, build_models
 
-from . import checkpoint as ckpt_mod
+from pyfast_gan.artifacts import checkpoint as ckpt_mod
 from . import cost
 from .config import LOSS_ARCH, TOY_DATA, TrainConfig
 from .rundir import resume_changes
@@ -100,12 +100,6 @@ def cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> s
     if getattr(get_loss(cfg.loss), "stateful", False):
         return f"--loss {cfg.loss} keeps loss state (k_t) that the capture's warm-up would move"
     return None
-
-
-def cogan_domain(config: dict) -> str | None:
-    """A CoGAN run's domain transformation ("negative", "edges") on the embedded digits, or
-    None when domain B is a --data-b PATH (no known transformation between the two)."""
-    return None if config.get("data_b") else config.get("cogan_domain", "negative")
 
 
 class StopFlag:
@@ -200,10 +194,11 @@ class Run:
     def evaluate(self, evaluator) -> dict:
         """The scalar scores of the generator (EMA when on) for metrics.jsonl; CoGAN: each
         domain and the pair correspondence (pyfast_gan.metrics.cogan, as evaluate scores it)."""
-        from pyfast_gan.metrics.suite import scalar_items
+        from pyfast_gan.metrics.evaluator import scalar_items
 
         g = self.ema.module if self.ema is not None else self.G
         if self.cfg.arch == "cogan":
+            from pyfast_gan.data.cogan import cogan_domain
             from pyfast_gan.metrics.cogan import flat_cogan_scores, score_cogan
 
             return scalar_items(flat_cogan_scores(score_cogan(g, evaluator, cogan_domain(self.cfg.to_dict()))))
@@ -213,7 +208,7 @@ class Run:
     def write_samples(self, path: Path) -> dict:
         """The fixed-noise sample grid (toy data: a scatter over real points, and the mode
         coverage it shows, returned as a metrics record)."""
-        from .outputs import save_image_grid, save_toy_scatter
+        from pyfast_gan.artifacts.outputs import save_image_grid, save_toy_scatter
 
         gm = self.ema.module if self.ema is not None else self.G
         was = gm.training
@@ -425,7 +420,7 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
 def _capture(run: Run) -> None:
     """Wrap the step in CUDA graphs (warm-up, compile and capture happen here, excluded from
     the timed steps); on failure the run keeps the uncaptured step, with one message."""
-    from pyfast_gan.fast.cuda_graphs import GraphedStep, graph_step
+    from pyfast_gan.step.cuda_graphs import GraphedStep, graph_step
 
     t0 = time.perf_counter()
     graphed = graph_step(run.step, peek(run.batcher, run.cfg.batch_size))

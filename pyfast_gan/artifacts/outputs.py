@@ -121,7 +121,7 @@ def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
     save_figure(fig, path)
 
 
-# Evaluation panels (pyfast_gan.metrics.suite) in the order plots/metrics.png shows them.
+# Evaluation panels (pyfast_gan.metrics.evaluator) in the order plots/metrics.png shows them.
 EVAL_PANELS = ("cfid", "classes_covered", "is_score", "kl_uniform", "fid", "kid_mean",
                "modes_covered", "high_quality_fraction", "toy_fd")
 

@@ -1,4 +1,4 @@
-"""The critic and generator objectives of :class:`pyfast_gan.fast.step.GANStep`.
+"""The critic and generator objectives of :class:`pyfast_gan.step.step.GANStep`.
 
 One function, :func:`critic_loss`, is the critic's objective in every mode: the adversarial
 loss on real and fake, plus (WGAN-GP) ``weight * penalty`` from

@@ -105,7 +105,7 @@ class GANStep:
         channels_last, compile, compile_penalty, impl: the speed switches (objective.py).
         ema: a :class:`pyfast_gan.models.EMA` of G, updated after each applied G step.
         grad_sync: ``grad_sync(params, flag) -> flag``: the torchrun gradient all-reduce
-            (pyfast_gan.fast.distributed.allreduce_grads_), or None.
+            (pyfast_gan.step.distributed.allreduce_grads_), or None.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, opt_g, opt_d, loss, *, z_dim: int,
