@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="",
                    help="dataset path for FID/KID reference features when it moved since training "
                         "(default: the path in the checkpoint's config)")
-    p.add_argument("--ema", action="store_true", help="score the generator's moving average (runs with --ema)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the generator's moving average (--ema; the run must have kept one) or the raw "
+                        "generator (--no-ema) (default: the average when the run kept one)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=250, help="generation batch size (default: 250)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
         parser.error(f"--json {args.json}: is a directory; give a file name such as "
                      f"{Path(args.json) / 'eval.json'}")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    from pyfast_gan.sample import load_generator
+    from pyfast_gan.sample import describe_generator, load_generator
     from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
     try:
@@ -115,9 +117,10 @@ def main(argv=None) -> int:
             result = ev(G, cfg["z_dim"])
     except ValueError as e:  # e.g. an --inception-weights file that is not the network's
         parser.error(str(e).splitlines()[0])
-    record = {"checkpoint": str(path), "step": step, "loss": cfg["loss"], "data": data, "ema": args.ema,
+    record = {"checkpoint": str(path), "step": step, "loss": cfg["loss"], "data": data,
+              "generator": cfg["generator"], "ema": cfg["generator"] == "ema",
               "seed": args.seed, "metrics": list(ev.metrics), "skipped": ev.skipped, **result}
-    print(f"{cfg['loss']} on {data}, step {step}, {args.n} samples ({path})")
+    print(f"{cfg['loss']} on {data}, step {step}, {args.n} samples of {describe_generator(cfg)} ({path})")
     print(format_table(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

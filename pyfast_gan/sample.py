@@ -1,5 +1,7 @@
 """``python -m pyfast_gan.sample --checkpoint PATH --n 64 --out grid.png``: draw samples from
-a training checkpoint (an image grid, or a scatter plot over real data for 2-D toy data)."""
+a training checkpoint (an image grid, or a scatter plot over real data for 2-D toy data), or
+write them as a tensor (``--out samples.npy`` or ``.pt``) for another judge. A run that kept a
+moving average of its generator (--ema) is sampled from that average unless --no-ema."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +12,7 @@ import torch
 
 
 TOY_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # matplotlib's writers
+TENSOR_SUFFIXES = (".npy", ".pt")  # the raw samples: numpy array or torch tensor, float32
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,34 +24,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file (.pt) or run directory (uses checkpoints/latest.pt)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--out", default="grid.png",
-                   help="output image; the suffix names the format (.png, .jpg, .webp, ...; default: grid.png)")
+                   help="output file; the suffix names the format: an image grid (.png, .jpg, .webp, ...), "
+                        "or the samples themselves as a float32 tensor, (N, C, H, W) in [-1, 1] "
+                        "((N, 2) for toy data), in .npy (numpy.load) or .pt (torch.load) (default: grid.png)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    p.add_argument("--ema", action="store_true",
-                   help="use the generator's moving average (the run must have used --ema)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="sample the generator's moving average (--ema; the run must have kept one) or the "
+                        "raw generator (--no-ema) (default: the average when the run kept one)")
     p.add_argument("--nrow", type=int, default=0, help="images per grid row (default: 0 = square)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default: cpu)")
     return p
 
 
-def load_generator(checkpoint: str, ema: bool = False, device: str = "cpu"):
-    """(generator in eval mode, resolved training config dict with the checkpoint's "step"
-    added) from a checkpoint file or run directory."""
+def load_generator(checkpoint: str, ema: bool | None = None, device: str = "cpu"):
+    """(generator in eval mode, resolved training config dict with the checkpoint's "step" and
+    "generator" ("ema" or "raw") added) from a checkpoint file or run directory. ``ema``: True
+    requires the run's moving average, False takes the raw generator, None the average when the
+    checkpoint has one. The average's batch-norm statistics are measured for its weights
+    (:func:`pyfast_gan.models.ema.recompute_batch_norm`, seeded as the trainer seeds it)."""
     from pyfast_gan.models import build_models
+    from pyfast_gan.models.ema import recompute_batch_norm
     from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
     path = ckpt_mod.find_checkpoint(checkpoint)
     ck = ckpt_mod.load(path, map_location=device)
-    cfg = {**ck["config"], "step": int(ck.get("step", 0))}
+    has_ema = ck.get("ema") is not None
+    if ema and not has_ema:
+        raise ValueError(f"--ema: the checkpoint {path} has no EMA generator (train with --ema 0.999)")
+    use_ema = has_ema if ema is None else ema
+    cfg = {**ck["config"], "step": int(ck.get("step", 0)), "generator": "ema" if use_ema else "raw"}
     G, _ = build_models(cfg["arch"], image_size=cfg["image_size"], channels=cfg["channels"],
                         z_dim=cfg["z_dim"], base=cfg["base"], critic_norm=cfg["critic_norm"],
                         embed=cfg.get("began_embed", 0))
-    if ema:
-        if ck.get("ema") is None:
-            raise ValueError(f"--ema: the checkpoint {path} has no EMA generator (train with --ema 0.999)")
-        G.load_state_dict(ck["ema"]["module"])
-    else:
-        G.load_state_dict(ck["G"])
-    return G.to(device).eval(), cfg
+    G.load_state_dict(ck["ema"]["module"] if use_ema else ck["G"])
+    G = G.to(device)
+    if use_ema:
+        recompute_batch_norm(G, cfg["z_dim"], seed=int(ck["ema"]["num_updates"]))
+    return G.eval(), cfg
+
+
+def describe_generator(cfg: dict) -> str:
+    """Which generator a checkpoint's samples come from, for the line that reports them."""
+    if cfg["generator"] == "ema":
+        return f"the moving average of the generator (--ema {cfg.get('ema', 0):g})"
+    return "the raw generator"
 
 
 def main(argv=None) -> int:
@@ -63,8 +82,10 @@ def main(argv=None) -> int:
         parser.error(f"--out {out}: is a directory; give a file name such as {out / 'grid.png'}")
     from PIL import Image
 
-    if out.suffix.lower() not in Image.registered_extensions():
-        parser.error(f"--out {out}: unknown image suffix {out.suffix!r} (use .png, .jpg, .webp, ...)")
+    suffix = out.suffix.lower()
+    if suffix not in Image.registered_extensions() and suffix not in TENSOR_SUFFIXES:
+        parser.error(f"--out {out}: unknown suffix {out.suffix!r} (an image: .png, .jpg, .webp, ...; "
+                     f"the samples as a tensor: {', '.join(TENSOR_SUFFIXES)})")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     try:
@@ -72,15 +93,17 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as e:  # RuntimeError: weights that do not fit the config
         parser.error(str(e).splitlines()[0])
     from pyfast_gan.data.toy import TOY_DATASETS as TOY_DATA
-    from pyfast_gan.artifacts.outputs import save_image_grid, save_toy_scatter
+    from pyfast_gan.artifacts.outputs import save_image_grid, save_samples, save_toy_scatter
 
     gen = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, cfg["z_dim"], generator=gen).to(args.device)
     with torch.no_grad():
         x = G(z).float().cpu()
-    if cfg["data"] in TOY_DATA and out.suffix.lower() not in TOY_SUFFIXES:
+    if suffix in TENSOR_SUFFIXES:
+        save_samples(x, out)
+    elif cfg["data"] in TOY_DATA and suffix not in TOY_SUFFIXES:
         parser.error(f"--out {out}: a toy run's scatter plot is written as {', '.join(TOY_SUFFIXES)}")
-    if cfg["data"] in TOY_DATA:
+    elif cfg["data"] in TOY_DATA:
         from pyfast_gan.data import ToySampler
 
         sampler = ToySampler(cfg["data"])
@@ -92,7 +115,7 @@ def main(argv=None) -> int:
         save_image_grid(pairs_side_by_side(x, cfg["channels"]), out, nrow=2 * (args.nrow or 8))
     else:
         save_image_grid(x, out, nrow=args.nrow or None)
-    print(f"wrote {args.n} samples to {out}")
+    print(f"wrote {args.n} samples of {describe_generator(cfg)}, step {cfg['step']}, to {out}")
     return 0
 
 

@@ -35,15 +35,16 @@ def set_rng_state(state: dict, data_gen: torch.Generator | None = None) -> None:
         data_gen.set_state(state["data_gen"])
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same directory, fsync, then os.replace, so a crash
-    mid-write never leaves a truncated file under the final name."""
+def save_atomic(obj, path: str | os.PathLike, writer=torch.save) -> None:
+    """``writer(obj, file)`` (torch.save; numpy.save for an array) to a temp file in the same
+    directory, fsync, then os.replace, so a crash mid-write never leaves a truncated file under
+    the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writer(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -41,6 +41,18 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | N
     _atomic_pil_save(img, path)
 
 
+def save_samples(x: torch.Tensor, path: str | os.PathLike) -> None:
+    """The samples themselves as float32: a ``.npy`` array (numpy.load) or a ``.pt`` tensor
+    (torch.load), written whole or not at all."""
+    from .checkpoint import save_atomic
+
+    x = x.detach().float().cpu().contiguous()
+    if Path(path).suffix.lower() == ".npy":
+        save_atomic(x.numpy(), path, writer=lambda arr, f: np.save(f, arr))
+    else:
+        save_atomic(x, path)
+
+
 def _atomic_pil_save(img, path) -> None:
     # The temporary keeps the target's suffix: pillow picks the format from it (x.jpg is a
     # JPEG, not PNG bytes under a .jpg name), and an unknown suffix fails before any write.

@@ -1,4 +1,14 @@
-"""Exponential moving average of a model's weights (usually the generator)."""
+"""Exponential moving average of a model's weights (usually the generator), and the batch-norm
+statistics that belong to the averaged weights.
+
+A batch-norm layer's running mean and variance describe the activations of the weights that
+produced them. The average of many generators is a new network whose activations differ, so
+the statistics of the current generator (copied by :meth:`EMA.update`) do not fit it: sampled
+in eval mode with them, an averaged DCGAN generator draws blots. :func:`recompute_batch_norm`
+measures them again for the weights as they are (``torch.optim.swa_utils.update_bn``: forward
+passes in train mode on noise, cumulative averages), and :meth:`EMA.ready` does so before
+each use of the average.
+"""
 from __future__ import annotations
 
 import copy
@@ -6,15 +16,42 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
+
+# Noise for the statistics: 8 batches of 64 (the trainer's default batch, whose statistics the
+# generator trains with), drawn from a generator seeded by the caller, never the global RNG.
+BN_BATCHES = 8
+BN_BATCH_SIZE = 64
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               for m in module.modules())
+
+
+@torch.no_grad()
+def recompute_batch_norm(generator: nn.Module, z_dim: int, *, seed: int = 0, batches: int = BN_BATCHES,
+                         batch_size: int = BN_BATCH_SIZE) -> bool:
+    """Set every batch-norm layer's running statistics of ``generator`` to the mean over
+    ``batches`` forward passes (train mode) on noise ``N(0, I)`` of shape (batch_size, z_dim),
+    drawn from ``torch.Generator().manual_seed(seed)``. The training mode, the momenta and the
+    global RNG are left as they were. Returns False (and does nothing) without batch norm."""
+    if not has_batch_norm(generator):
+        return False
+    device = next(generator.parameters()).device
+    g = torch.Generator().manual_seed(int(seed))
+    noise = [torch.randn(batch_size, z_dim, generator=g) for _ in range(batches)]
+    update_bn(noise, generator, device=device)
+    return True
 
 
 class EMA:
     """Keeps ``module``, a frozen copy of ``model`` whose parameters follow
     ``ema = decay * ema + (1 - decay) * param`` at every :meth:`update`.
 
-    Buffers (batch-norm running statistics) are copied, not averaged: they already are
-    running averages. The update is three foreach ops (a few kernel launches, not one per
-    tensor).
+    Buffers are copied from ``model``, not averaged; batch-norm statistics that fit the
+    averaged weights are measured by :meth:`ready`, which every user of the average calls
+    first. The update is three foreach ops (a few kernel launches, not one per tensor).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
@@ -25,6 +62,7 @@ class EMA:
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
         self.module.eval()
+        self._stats_at: int | None = None  # num_updates at which ready() last measured
 
     def _pairs(self, model: nn.Module):
         ema_p = list(self.module.parameters())
@@ -51,6 +89,15 @@ class EMA:
             eb.copy_(b)
         self.num_updates += 1
 
+    def ready(self, z_dim: int) -> nn.Module:
+        """The averaged model, with batch-norm statistics measured for its weights (once per
+        update: :func:`recompute_batch_norm` seeded by ``num_updates``, so the trainer, ``sample``
+        and ``evaluate`` see the same network for the same checkpoint)."""
+        if self._stats_at != self.num_updates:
+            recompute_batch_norm(self.module, z_dim, seed=self.num_updates)
+            self._stats_at = self.num_updates
+        return self.module
+
     def to(self, *args, **kwargs) -> "EMA":
         self.module.to(*args, **kwargs)
         return self
@@ -62,3 +109,4 @@ class EMA:
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
         self.module.load_state_dict(state["module"])
+        self._stats_at = None
