@@ -1,4 +1,4 @@
-"""The decoded-dataset cache (issue 14): bit-exact round trips for folders, LMDB, MNIST and
+"""The decoded-dataset cache: bit-exact round trips for folders, LMDB, MNIST and
 CIFAR-10; rebuilds on a changed source or setting and on a damaged cache; one cache from
 two concurrent builders; crop; batches from the map equal today's in-memory batches, in one
 process, over two gloo processes and across a resume; errors name the path.
@@ -449,7 +449,7 @@ def test_errors_name_the_path_and_leave_no_partial_cache(tmp_path, capsys):
     assert _open(src, root).built  # and the next run builds it
 
 
-# ---- issue 22 -------------------------------------------------------------------------------
+# ---- damage, killed builders, forked workers, unreadable sources ----------------------------
 
 def _cifar(root: Path, n: int, seed: int = 0) -> Path:
     root.mkdir(parents=True)

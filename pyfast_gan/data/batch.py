@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from ._common import to_float
+from .transforms import to_float
 
 
 class ImageBatcher:
     """Uniform batches without replacement from a uint8 tensor: a seeded permutation per
     epoch (remainder dropped), gathered and normalised on the device. The whole dataset
-    lives on the training device when it fits (issue 5: data never stalls the step),
+    lives on the training device when it fits (so the step never waits for data),
     otherwise in pinned host memory with asynchronous copies."""
 
     def __init__(self, data: torch.Tensor, device: torch.device, generator: torch.Generator,
@@ -89,7 +89,7 @@ class ImageBatcher:
 
 
 class MappedBatcher(ImageBatcher):
-    """ImageBatcher over the memory-mapped data cache (issue 14): the same seeded order (so
+    """ImageBatcher over the memory-mapped data cache (cache.py): the same seeded order (so
     a run gives the same batches, and resumes the same way, with or without the cache), but
     each batch is gathered from the map, pinned and copied to the device by a background
     thread one batch ahead, overlapping the step; a rank reads only its own slice. A dataset
@@ -112,7 +112,7 @@ class MappedBatcher(ImageBatcher):
         """On the device when it fits (as ImageBatcher), else left on the map (not pinned:
         batches are gathered and pinned one at a time)."""
         self.on_device = self.device.type == "cuda" and self._fits_on_device(data)
-        if self.on_device and self.rows is not None:  # every row trained on is checked (issue 22)
+        if self.on_device and self.rows is not None:  # every row trained on is checked against its CRC-32
             self.rows.verify_all()
         return data.to(self.device) if self.on_device else data
 

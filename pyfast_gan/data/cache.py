@@ -1,27 +1,27 @@
-"""The decoded-dataset cache (issue 14): a data PATH (image folder, LMDB, MNIST, CIFAR-10)
-is decoded once, in worker processes, into one uint8 file of N x C x S x S images plus a
-small JSON index, under ``$PYFAST_GAN_CACHE/data`` (default ``~/.cache/pyfast_gan/data``).
-Later runs, and every torchrun rank, open that file instead of decoding again (training
-batches are read from it with ``pread``; whole-dataset readers get a memory map), so start-up
-time and resident memory do not grow with the dataset.
+"""The decoded-dataset cache: a data PATH (image folder, LMDB, MNIST, CIFAR-10) is decoded
+once, in worker processes, into one uint8 file of N x C x S x S images plus a small JSON
+index, under ``$PYFAST_GAN_CACHE/data`` (default ``~/.cache/pyfast_gan/data``). Later runs,
+and every torchrun rank, open that file instead of decoding again (training batches are read
+from it with ``pread``; whole-dataset readers get a memory map), so start-up time and
+resident memory do not grow with the dataset.
 
-The cache key hashes the settings (image size, channels, crop, max_images) with a content
-fingerprint of the source (folder: every file's relative path, size and mtime; LMDB:
-data.mdb's size and mtime and the record count; MNIST/CIFAR: their files' sizes and
-mtimes), so a changed source or setting gets a new cache. An index is trusted only when
-its data file has the exact size it records and the same checksum of 64 sampled blocks
-(a truncated or overwritten cache is rebuilt, with a message). Files are written under a
-temporary name and renamed into place (data first, index last), one builder at a time per
-key (a lock file; a second process waits, then opens what the first built).
+The cache key hashes the settings (image size, channels, crop, max_images) with the content
+fingerprint of the source's format (:data:`~.formats.FORMATS`; folder: every file's relative
+path, size and mtime; LMDB: data.mdb's size and mtime and the record count; MNIST/CIFAR:
+their files' sizes and mtimes), so a changed source or setting gets a new cache. An index is
+trusted only when its data file has the exact size it records and the same checksum of 64
+sampled blocks (a truncated or overwritten cache is rebuilt, with a message). Files are
+written under a temporary name and renamed into place (data first, index last), one builder
+at a time per key (a lock file; a second process waits, then opens what the first built).
 
-Every byte trained on is checked (issue 22): the data file ends with a CRC-32 of each image
-row, computed by the decode workers, and the batch reader verifies each row it reads
-against it. A row damaged outside the sampled blocks stops the run with one line and drops
-the index, so the next start rebuilds the cache. Decode workers die with their parent
-(PR_SET_PDEATHSIG) and never hold the build lock (a POSIX lock, not inherited by fork), so
-a builder killed mid-build leaves nothing that blocks the next one.
+Every byte trained on is checked: the data file ends with a CRC-32 of each image row,
+computed by the decode workers, and the batch reader verifies each row it reads against it.
+A row damaged outside the sampled blocks stops the run with one line and drops the index, so
+the next start rebuilds the cache. Decode workers die with their parent (PR_SET_PDEATHSIG)
+and never hold the build lock (a POSIX lock, not inherited by fork), so a builder killed
+mid-build leaves nothing that blocks the next one.
 
-The cache's view of a source (kind, settings, fingerprint, key) is ``source.py``; decoding
+The cache's view of a source (format, settings, fingerprint, key) is ``source.py``; decoding
 into the file (in order, in forked workers) is ``decode_pool.py``; this module holds the file
 format, its checks, the build lock and the readers.
 """
@@ -42,13 +42,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pyfast_gan._paths import cache_dir
 
-from ._common import DataError, first_failure
+from .dataset import DataError
+from .decode import first_failure
 from .decode_pool import CRC as _CRC
 from .decode_pool import decode_into as _decode_into
+from .formats import FORMATS
 from .source import CACHE_VERSION, Source, describe_source  # noqa: F401 - the cache's public names
 
 DATA_CACHE_CHOICES = ("auto", "on", "off")
@@ -133,7 +134,7 @@ def _lock(path: Path, say):
     """An exclusive lock on ``path``, held by one builder of a cache at a time, released by
     the kernel when the holder dies. A POSIX record lock (lockf), not flock: flock locks are
     shared with forked children, so decode workers outliving a killed trainer kept the lock
-    and every later start waited forever (issue 22); record locks belong to one process.
+    and every later start waited forever; record locks belong to one process.
     The holder writes its PID into the file, for the waiting message."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -357,10 +358,11 @@ class TrainingImages:
     decoding tells: MNIST/CIFAR through the cache), ``image_size`` and ``channels`` for the
     checks build() makes first, then :meth:`load` -> (uint8 (N, C, S, S) tensor, mapped).
 
-    ``cache``: "on" caches every data PATH, "off" decodes into memory as before issue 14,
-    "auto" caches sources decoded file by file (image folders, LMDB) and keeps MNIST /
-    CIFAR-10 (bulk arrays, decoded in seconds) in memory, and decodes into memory when the
-    cache folder cannot be written (one line says so). The embedded sets (digits,
+    ``cache``: "on" caches every data PATH, "off" decodes into memory on every run, "auto"
+    caches the formats whose record says so (``DataFormat.cached``: those decoded file by
+    file, image folders and LMDB) and keeps the others (MNIST / CIFAR-10: bulk arrays,
+    decoded in seconds) in memory, and decodes into memory when the cache folder cannot be
+    written (one line says so). The embedded sets (digits,
     mnist) are never cached."""
 
     def __init__(self, spec: str, *, data_format: str = "auto", image_size: int | None = None,
@@ -376,7 +378,7 @@ class TrainingImages:
         self.source, self.ds = None, None
         if cache != "off" and spec not in EMBEDDED_DATA:
             self.source = describe_source(spec, data_format, image_size, channels, crop, max_images)
-            if cache == "auto" and self.source.kind in ("mnist", "cifar10"):
+            if cache == "auto" and not FORMATS[self.source.kind].cached:
                 self.source = None
         if self.source is None:
             self.ds = open_dataset(spec, data_format=data_format, image_size=image_size, channels=channels,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import (DataError, TensorImageDataset, center_crop_uint8, check_size_channels, convert_channels,
-                      resize_uint8)
+from .dataset import DataError, TensorImageDataset, check_size_channels
+from .transforms import center_crop_uint8, convert_channels, resize_uint8
 
 # The batches are pickles: allow only what a CIFAR batch needs (numpy arrays), so a
 # hostile file cannot run code.

@@ -1,6 +1,6 @@
 """Decoding a dataset into the cache file: in this process, or in forked worker processes
 that die with their parent (PR_SET_PDEATHSIG: a trainer killed mid-build leaves no worker
-behind, issue 22), in source order, with a CRC-32 of each image row for the cache's
+behind), in source order, with a CRC-32 of each image row for the cache's
 integrity check."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._common import ImageDataset, TensorImageDataset
+from .dataset import ImageDataset, TensorImageDataset
 
 CRC = np.dtype("<u4")
 _CHUNK = 64  # images per worker task: big enough to amortise the pickling, small for the bar
@@ -36,8 +36,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def _die_with(parent: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies: a trainer killed during the
-    build (kill -9, or SIGTERM from ``timeout``) must not leave decode workers running on
-    (issue 22). Elsewhere a no-op: orphaned workers may then linger, idle, but they never
+    build (kill -9, or SIGTERM from ``timeout``) must not leave decode workers running on.
+    Elsewhere a no-op: orphaned workers may then linger, idle, but they never
     hold the build lock (see _lock), so no later start waits on them."""
     if sys.platform.startswith("linux"):
         import ctypes
@@ -87,7 +87,7 @@ def decode_into(f, ds: ImageDataset, num_workers: int, progress: bool) -> tuple[
     bar = tqdm(total=n, desc="building data cache", unit="img", disable=not progress, smoothing=0.1)
     with contextlib.ExitStack() as stack:
         stack.enter_context(bar)
-        if workers == 1:  # in this process, whose torch settings stay as they are (issue 22)
+        if workers == 1:  # in this process: _init_worker never runs here, so its torch thread count stays
             results = map(functools.partial(_decode_range, ds=ds), ranges)
         else:
             # fork: the workers inherit the dataset (a 3M-key LMDB listing is not pickled

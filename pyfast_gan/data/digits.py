@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import TensorImageDataset, check_size_channels, convert_channels
+from .dataset import TensorImageDataset, check_size_channels
+from .transforms import convert_channels
 
 
 def digits_labelled(image_size: int = 32, channels: int = 1) -> tuple[TensorImageDataset, torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import TensorImageDataset
+from .dataset import TensorImageDataset
 from .digits import digits_labelled
 from .mnist import mnist5k_labelled
 

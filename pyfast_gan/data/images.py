@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from ._common import DataError, ImageDataset, check_size_channels
+from .dataset import DataError, ImageDataset, check_size_channels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -21,7 +21,7 @@ def list_images(root: Path) -> list[Path]:
     folders are followed once: the real tree is walked first, then each linked folder whose
     real path was not walked yet; the others (a loop such as ``sub/back -> ..``, a second
     link to one folder) are skipped, with one warning saying how many, instead of listing
-    their images again (issue 22: a loop made 10 images 410)."""
+    their images again (a loop would list a folder's images over and over)."""
     found, repeats, seen = [], [], set()
     todo = [str(root)]  # the tree itself, then each symlinked folder met in it, in order
     while todo:
@@ -76,7 +76,7 @@ def to_8bit(im: Image.Image) -> Image.Image:
     the high byte of each value: v -> v >> 8, values outside 0..65535 clipped first.
 
     Pillow's own ``convert("L")`` clips these modes at 255 instead of scaling: 99.6% of
-    a 0..65535 gradient came back as 255 (issue 15). The high byte is the rule Pillow
+    a 0..65535 gradient came back as 255. The high byte is the rule Pillow
     itself applies when it opens 16-bit RGB and gray+alpha PNGs as 8-bit "RGB"/"RGBA",
     so a 16-bit picture gives the same 8 bits whether it is stored as gray or as colour.
     Other modes are returned unchanged."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import DataError, ImageDataset, check_size_channels
+from .dataset import DataError, ImageDataset, check_size_channels
 from .images import load_image
 
 
@@ -25,7 +25,7 @@ def _close_envs() -> None:
     """Close every environment this process holds, before it forks: py-lmdb refuses to open
     in a child an environment its parent had open ("already open in this process"), and an
     environment must not be used across a fork, so each worker opens its own after the fork
-    (issue 22: every record of a >64-record LMDB failed with 2+ decode workers). The parent
+    (otherwise every record of a >64-record LMDB fails with 2+ decode workers). The parent
     reopens on its next read. LMDB is only read from one thread of a process here."""
     for key in [k for k in _ENVS if k[0] == os.getpid()]:
         _ENVS.pop(key).close()

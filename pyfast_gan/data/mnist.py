@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import (DataError, TensorImageDataset, center_crop_uint8, check_size_channels, convert_channels,
-                      resize_uint8)
+from .dataset import DataError, TensorImageDataset, check_size_channels
+from .transforms import center_crop_uint8, convert_channels, resize_uint8
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -1,4 +1,4 @@
-"""DCGAN generator and critic (Radford et al. 2016) for 32, 64, 96 and 128 pixels."""
+"""DCGAN generator and critic (Radford et al. 2016) for the IMAGE_SIZES: 32 to 128 pixels."""
 from __future__ import annotations
 
 import torch

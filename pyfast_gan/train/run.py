@@ -31,7 +31,7 @@ from pyfast_gan.models import EMA, build_models
 
 from pyfast_gan.artifacts import checkpoint as ckpt_mod
 from . import cost
-from .config import LOSS_ARCH, TOY_DATA, TrainConfig
+from .config import LOSS_ARCH, TOY_DATASETS as TOY_DATA, TrainConfig
 from .rundir import resume_changes
 from .inputs import build_inputs
 from .plateau import PlateauDecay
