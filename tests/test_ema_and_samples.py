@@ -155,3 +155,38 @@ def test_evaluate_scores_the_average_by_default_and_says_so(ema_run, tmp_path, c
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     assert (ra["generator"], ra["ema"], rb["generator"], rb["ema"]) == ("ema", True, "raw", False)
     assert ra["cfid"] != rb["cfid"]
+
+
+def test_ema_rampup_decay_follows_the_update_count_and_survives_a_reload():
+    torch.manual_seed(1)
+    model = nn.Linear(4, 3)
+    ema = EMA(model, decay=0.8, rampup=True)
+    expected = [p.detach().clone() for p in model.parameters()]
+    decays = []
+    for n in range(40):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        skip = torch.tensor(1.0 if n == 7 else 0.0)
+        ema.update(model, skip=skip)
+        d = min(0.8, (1 + n) / (10 + n))  # capped from n = 35
+        decays.append(d)
+        if n != 7:  # a skipped step leaves the average alone (and still counts)
+            expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+        if n == 19:  # the count travels with the state: a reloaded average goes on identically
+            state = {**ema.state_dict(), "module": {k: v.clone() for k, v in ema.module.state_dict().items()}}
+            again = EMA(nn.Linear(4, 3), decay=0.5)
+            again.load_state_dict(state)
+            assert again.rampup and float(again.count) == 20
+            ema = again
+    for e, p in zip(expected, ema.module.parameters()):
+        torch.testing.assert_close(p, e, atol=1e-5, rtol=1e-5)
+    assert decays[0] == pytest.approx(0.1) and decays[-1] == 0.8 and ema.num_updates == 40
+    fixed = EMA(model, decay=0.95)  # off by default: the decay as given from the first update
+    before = [p.clone() for p in fixed.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    fixed.update(model)
+    for b, e, p in zip(before, fixed.module.parameters(), model.parameters()):
+        torch.testing.assert_close(e, 0.95 * b + 0.05 * p.detach(), atol=1e-6, rtol=1e-6)

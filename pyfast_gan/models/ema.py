@@ -49,20 +49,32 @@ class EMA:
     """Keeps ``module``, a frozen copy of ``model`` whose parameters follow
     ``ema = decay * ema + (1 - decay) * param`` at every :meth:`update`.
 
+    ``rampup``: the decay of update ``n`` (counting from 0) is ``min(decay, (1 + n) / (10 + n))``
+    (the num_updates rule of TensorFlow's ExponentialMovingAverage; stylegan2-ada's ema_rampup
+    serves the same end): over a short run a fixed decay near 1 keeps averaging in the first,
+    formless generators, the ramped one forgets them (0.1 at the first update, 0.99 after 890).
+
     Buffers are copied from ``model``, not averaged; batch-norm statistics that fit the
     averaged weights are measured by :meth:`ready`, which every user of the average calls
     first. The update is three foreach ops (a few kernel launches, not one per tensor).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, rampup: bool = False):
         if not (0.0 <= float(decay) <= 1.0):
             raise ValueError(f"decay must be in [0, 1], got {decay!r}")
         self.decay = float(decay)
+        self.rampup = bool(rampup)
         self.num_updates = 0
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
         self.module.eval()
+        # Updates so far, as a device tensor: the ramped decay is computed on the device, so
+        # it costs no host sync and a captured CUDA graph reads the current count at replay.
+        self.count = torch.zeros((), device=self._device())
         self._stats_at: int | None = None  # num_updates at which ready() last measured
+
+    def _device(self) -> torch.device:
+        return next(iter(self.module.parameters()), torch.zeros(())).device
 
     def _pairs(self, model: nn.Module):
         ema_p = list(self.module.parameters())
@@ -73,13 +85,17 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> None:
-        """One step ``ema += w * (param - ema)`` with ``w = 1 - decay``. ``skip``: a 0-d device
-        tensor (1 = the training step was skipped): then ``w = 0``, decided on the device
-        without a host sync (a tensor weight in ``_foreach_lerp_`` would be read back)."""
+        """One step ``ema += w * (param - ema)`` with ``w = 1 - decay`` (ramped: see the class).
+        ``skip``: a 0-d device tensor (1 = the training step was skipped): then ``w = 0``,
+        decided on the device without a host sync (a tensor weight in ``_foreach_lerp_`` would
+        be read back)."""
         ema_p, p = self._pairs(model)
         if ema_p:
             dev = ema_p[0].device
-            w = torch.full((), 1.0 - self.decay, device=dev)
+            if self.rampup:
+                w = 1 - torch.clamp((1 + self.count) / (10 + self.count), max=self.decay)
+            else:
+                w = torch.full((), 1.0 - self.decay, device=dev)
             if skip is not None:
                 w = w * (1 - skip.to(device=dev, dtype=w.dtype))
             step = torch._foreach_sub([t.detach().to(e.dtype) for e, t in zip(ema_p, p)], ema_p)
@@ -87,6 +103,7 @@ class EMA:
             torch._foreach_add_(ema_p, step)
         for eb, b in zip(self.module.buffers(), model.buffers()):
             eb.copy_(b)
+        self.count.add_(1)
         self.num_updates += 1
 
     def ready(self, z_dim: int) -> nn.Module:
@@ -100,13 +117,17 @@ class EMA:
 
     def to(self, *args, **kwargs) -> "EMA":
         self.module.to(*args, **kwargs)
+        self.count = self.count.to(self._device())
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "num_updates": self.num_updates, "module": self.module.state_dict()}
+        return {"decay": self.decay, "rampup": self.rampup, "num_updates": self.num_updates,
+                "module": self.module.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = float(state["decay"])
+        self.rampup = bool(state.get("rampup", False))  # averages saved before the ramp existed
         self.num_updates = int(state["num_updates"])
+        self.count.fill_(self.num_updates)
         self.module.load_state_dict(state["module"])
         self._stats_at = None
