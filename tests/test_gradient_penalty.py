@@ -12,12 +12,12 @@ from torch import nn
 
 import pyfast_gan as pg
 from pyfast_gan import _native
-from pyfast_gan.ops import _dispatch
+from pyfast_gan.ops import _dispatch, gradient_norm_penalty
 from pyfast_gan.ops._dispatch import triton_available
-from pyfast_gan.ops.gradient_penalty import penalty_at
+from pyfast_gan.ops.penalty_core import penalty_at
 from pyfast_gan.testing import SmoothMLPCritic, conv_critic, conv_head_critic, tol
 
-HAS_NATIVE = _native.load("penalty")
+HAS_NATIVE = _native.load(gradient_norm_penalty.FAMILY)
 HAS_TRITON = triton_available(torch.device("cpu"))[0] or torch.cuda.is_available()
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -406,22 +406,22 @@ def test_batch_norm_scan_once_per_critic(monkeypatch):
     """The batch-norm layers are found by one walk per critic object; train()/eval() (of the
     critic or of one layer) are read live; registering a module anywhere makes the next
     check walk again."""
-    from pyfast_gan.ops import gradient_penalty as gpm
+    from pyfast_gan.ops import batchnorm_check as bnc
 
     walks = []
-    scan = gpm.scan_batch_norm
-    monkeypatch.setattr(gpm, "scan_batch_norm", lambda m: walks.append(m) or scan(m))
+    scan = bnc.scan_batch_norm
+    monkeypatch.setattr(bnc, "scan_batch_norm", lambda m: walks.append(m) or scan(m))
     monkeypatch.setattr(_dispatch, "_warned", set())
     critic, r = bn_critic(), torch.randn(6, 7)
     with pytest.warns(RuntimeWarning, match="normalises with batch statistics"):
         for _ in range(3):
             pg.gradient_penalty(critic, r, r, 10.0)
     assert walks == [critic]
-    assert gpm.batch_stats_layer(critic)[1] == "1"
+    assert bnc.batch_stats_layer(critic)[1] == "1"
     critic.eval()
-    assert gpm.batch_stats_layer(critic) is None
+    assert bnc.batch_stats_layer(critic) is None
     critic[1].train()  # one layer back to training mode
-    assert gpm.batch_stats_layer(critic)[1] == "1"
+    assert bnc.batch_stats_layer(critic)[1] == "1"
     critic.train()
     with pytest.warns(RuntimeWarning, match="r1_penalty: critic Sequential normalises with batch statistics"):
         pg.r1_penalty(critic, r, 1.0)
@@ -429,11 +429,11 @@ def test_batch_norm_scan_once_per_critic(monkeypatch):
     # A module added to a critic without batch norm: the next check walks again and finds it.
     plain, nested = SmoothMLPCritic(), SmoothMLPCritic()
     for _ in range(2):
-        assert gpm.batch_stats_layer(plain) is None and gpm.batch_stats_layer(nested) is None
+        assert bnc.batch_stats_layer(plain) is None and bnc.batch_stats_layer(nested) is None
     assert walks == [critic, plain, nested]
     plain.norm = nn.BatchNorm1d(7)
     nested.net.append(nn.BatchNorm1d(1))  # a registration inside, through Sequential.append
-    assert gpm.batch_stats_layer(plain)[1] == "norm" and gpm.batch_stats_layer(nested)[1] == "net.5"
+    assert bnc.batch_stats_layer(plain)[1] == "norm" and bnc.batch_stats_layer(nested)[1] == "net.5"
     assert walks == [critic, plain, nested, plain, nested]
     # The record of a collected critic leaves with it; a new critic is walked, never handed
     # an old record (even were it to get the old one's id).
@@ -441,9 +441,9 @@ def test_batch_norm_scan_once_per_critic(monkeypatch):
     walks.clear()
     del plain
     gc.collect()
-    assert key not in gpm._BN_LAYERS
+    assert key not in bnc._BN_LAYERS
     fresh = SmoothMLPCritic()
-    assert gpm.batch_stats_layer(fresh) is None and walks == [fresh]
+    assert bnc.batch_stats_layer(fresh) is None and walks == [fresh]
 
 
 class CondCritic(nn.Module):

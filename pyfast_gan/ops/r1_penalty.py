@@ -5,7 +5,7 @@
 a zero-centred gradient penalty at the real samples only (no interpolation). It runs on
 the same kernel as the WGAN-GP penalty (``penalty_and_norm`` with ``mode="zero_centered"``),
 with the same ``scaler`` recipe, ``impl`` switch and argument checks; see
-``gradient_penalty``'s module notes on fp16 and GradScaler's scale.
+:mod:`pyfast_gan.ops.penalty_core`'s module notes on fp16 and GradScaler's scale.
 
 Two spellings:
 
@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 
 from .gradient_norm_penalty import per_sample_penalty
-from .gradient_penalty import apply_weight, check_drop_in_args, check_scaler, check_weight, input_gradient, \
-    scores_gradient
 from .interpolate import check_samples
+from .penalty_core import apply_weight, check_drop_in_args, check_scaler, check_weight, input_gradient, \
+    scores_gradient
 
 
 def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, gamma: float | torch.Tensor, *,

@@ -2,7 +2,7 @@
 
 One function, :func:`critic_loss`, is the critic's objective in every mode: the adversarial
 loss on real and fake, plus (WGAN-GP) ``weight * penalty`` from
-:func:`pyfast_gan.ops.gradient_penalty.penalty_at`, the same function the public
+:func:`pyfast_gan.ops.penalty_core.penalty_at`, the same function the public
 ``gradient_penalty`` uses, so ``gp`` (the unweighted mean penalty, what the WGAN-GP paper
 plots) and ``grad_norm_x_hat`` (the mean input-gradient norm) mean the same everywhere.
 ``--compile`` wraps that function; it does not replace it.
@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from pyfast_gan.losses import get_loss
-from pyfast_gan.ops.gradient_penalty import penalty_at
+from pyfast_gan.ops.batchnorm_check import has_batch_norm
+from pyfast_gan.ops.penalty_core import penalty_at
 # x_hat = alpha*real + (1-alpha)*fake as a fresh leaf: the critic step never needs gradients
 # through x_hat to real/fake, and a leaf is what lets the compiled objective take it as a plain
 # graph input. alpha=None: the kernel draws it.
@@ -51,11 +52,6 @@ def has_trace_autograd_ops() -> bool:
     except Exception:  # pragma: no cover - torch without dynamo
         return False
     return hasattr(dconfig, "trace_autograd_ops")
-
-
-def has_batch_norm(module: nn.Module) -> bool:
-    """A layer whose output depends on the other samples of the batch."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def amp_dtype(amp) -> torch.dtype | None:
