@@ -1,11 +1,9 @@
 """Build pyfast_gan's native kernels as PyTorch C++/CUDA extensions.
 
-Two extension libraries, one per op family, so each family builds and loads on
-its own (a broken or missing one never hides the other):
-
-  pyfast_gan/_C_penalty   interpolate + gradient_norm_penalty
-  pyfast_gan/_C_clip      clip_weights_, rmsprop_clip_ (the fused RMSprop+clip step)
-                          and any_nonfinite
+One extension library per op family, pyfast_gan/_C_<family>, so each family builds
+and loads on its own (a broken or missing one never hides the other). The families and
+their ops are the table in pyfast_gan/_families.py, read here without importing the
+package.
 
 Sources: csrc/cpu/<op>.cpp (always) and csrc/cuda/<op>.cu (when CUDA is built).
 The libraries hold only TORCH_LIBRARY registrations and are loaded with
@@ -18,21 +16,19 @@ Environment switches:
   PYFAST_GAN_SKIP_CUDA=1    CPU kernels only
   PYFAST_GAN_SKIP_BUILD=1   no native code at all (pure-Python install: reference
                             and Triton impls only)
-  PYFAST_GAN_EXTENSIONS=a,b build only these families (penalty, clip)
+  PYFAST_GAN_EXTENSIONS=a,b build only these families (the keys of FAMILIES)
   MAX_JOBS, TORCH_CUDA_ARCH_LIST   as for torch.utils.cpp_extension
 """
 import glob
 import os
+import runpy
 import sys
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-FAMILIES = {
-    "penalty": ["interpolate", "gradient_norm_penalty"],
-    "clip": ["clip_weights", "rmsprop_clip", "any_nonfinite"],
-}
+FAMILIES = runpy.run_path(os.path.join(HERE, "pyfast_gan", "_families.py"))["FAMILIES"]
 
 
 def _flag(name):

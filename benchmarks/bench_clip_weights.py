@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, save_results, time_fn  # noqa: E402
 
 import pyfast_gan  # noqa: E402
+from pyfast_gan.ops import clip_weights  # noqa: E402
 from pyfast_gan.ops._dispatch import native_available, triton_available  # noqa: E402
 
 C = 0.01
@@ -73,7 +74,7 @@ def parse_clip_bench_args(doc: str, argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     impls = []
-    if native_available("clip", device)[0]:
+    if native_available(clip_weights.FAMILY, device)[0]:
         impls.append(device.type)
     if device.type == "cuda" and triton_available(device)[0]:
         impls.append("triton")  # the interpreter on CPU is a test vehicle, not a contender

@@ -31,8 +31,8 @@ def candidates(device: torch.device, with_compile: bool) -> dict:
     """name -> function(grad) returning the penalty, to be differentiated."""
     c = {"reference": lambda g: pg.gradient_norm_penalty(g, impl="reference")}
     if with_compile:
-        c["reference+compile"] = torch.compile(lambda g: gnp.reference_per_sample(g).mean())
-    if native_available("penalty", device)[0]:
+        c["reference+compile"] = torch.compile(lambda g: gnp.reference(g).mean())
+    if native_available(gnp.FAMILY, device)[0]:
         c[device.type] = lambda g, impl=device.type: pg.gradient_norm_penalty(g, impl=impl)
     # Under TRITON_INTERPRET=1 Triton runs ~1000x slower: not a measurement.
     if device.type == "cuda" and triton_available(device)[0]:

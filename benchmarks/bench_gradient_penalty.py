@@ -42,6 +42,7 @@ from _common import environment, print_table, save_results, time_fn  # noqa: E40
 
 import pyfast_gan as pg  # noqa: E402
 from pyfast_gan.models import build_models  # noqa: E402
+from pyfast_gan.ops import gradient_norm_penalty  # noqa: E402
 from pyfast_gan.ops._dispatch import native_available, triton_available  # noqa: E402
 
 PLAIN = "plain formula"
@@ -141,7 +142,7 @@ def conv_rows(device, *, batch: int, size: int, base: int, rounds: int, iters: i
     fake = torch.randn(batch, 3, size, size, device=device)
     variants = {PLAIN: lambda: autograd_penalty(critic, real, fake),
                 "pyfast_gan reference": lambda: pg.gradient_penalty(critic, real, fake, impl="reference")}
-    if native_available("penalty", device)[0]:
+    if native_available(gradient_norm_penalty.FAMILY, device)[0]:
         variants[f"pyfast_gan {device.type}"] = lambda: pg.gradient_penalty(critic, real, fake, impl=device.type)
     if device.type == "cuda" and triton_available(device)[0]:
         variants["pyfast_gan triton"] = lambda: pg.gradient_penalty(critic, real, fake, impl="triton")

@@ -40,7 +40,7 @@ def candidates(device: torch.device, with_compile: bool) -> dict:
     c = {"reference": lambda r, f: pg.interpolate(r, f, impl="reference")[0]}
     if with_compile:
         c["reference+compile"] = _compiled_reference()
-    if native_available("penalty", device)[0]:
+    if native_available(interp.FAMILY, device)[0]:
         c[device.type] = lambda r, f, impl=device.type: pg.interpolate(r, f, impl=impl)[0]
     if device.type == "cuda" and triton_available(device)[0]:
         c["triton"] = lambda r, f: pg.interpolate(r, f, impl="triton")[0]

@@ -1,6 +1,6 @@
 """Loading of the native (C++/CUDA) kernel libraries.
 
-Each op family is its own shared library (see setup.py) holding only
+Each op family (the table in ``_families``) is its own shared library holding only
 TORCH_LIBRARY registrations in the ``pyfast_gan`` namespace; loading it makes
 ``torch.ops.pyfast_gan.<op>`` available. A family that was not built, or that
 fails to load, is reported once and the Python side falls back or raises.
@@ -15,8 +15,9 @@ import warnings
 
 import torch
 
+from ._families import FAMILIES
+
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-FAMILIES = ("penalty", "clip")
 _errors: dict[str, str] = {}
 
 
@@ -33,7 +34,7 @@ def _find_library(family: str) -> str | None:
 def load(family: str) -> bool:
     """Load the native library of ``family``; True on success (cached)."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown native family {family!r}; known: {FAMILIES}")
+        raise ValueError(f"unknown native family {family!r}; known: {tuple(FAMILIES)}")
     if os.environ.get("PYFAST_GAN_NO_NATIVE", "0") == "1":
         _errors[family] = "disabled by PYFAST_GAN_NO_NATIVE=1"
         return False

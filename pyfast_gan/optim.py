@@ -11,7 +11,7 @@ keeps it), so results equal ``RMSprop.step()`` + ``clamp_`` within rounding. The
 optimizer state and param-group keys are RMSprop's, plus ``clip_value``,
 ``skip_nonfinite`` and ``impl``: state_dicts load into and from ``torch.optim.RMSprop``.
 
-The op itself (reference, dispatch, fake registration) is ``pyfast_gan.ops.rmsprop_clip``;
+The op itself (``reference``, dispatch, fake registration) is ``pyfast_gan.ops.rmsprop_clip``;
 the nonfinite check is the ``pyfast_gan.ops.any_nonfinite`` op.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from .ops._dispatch import check_impl_arg
 from .ops.any_nonfinite import any_nonfinite
-from .ops.rmsprop_clip import resolve_impl, rmsprop_clip_, rmsprop_clip_reference
+from .ops.rmsprop_clip import resolve_impl, rmsprop_clip_
 
 try:
     from torch.optim.optimizer import _get_scalar_dtype
@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - torch renamed a private helper
     def _get_scalar_dtype():
         return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
-__all__ = ["RMSpropClip", "rmsprop_clip_reference"]
+__all__ = ["RMSpropClip"]
 
 
 def _all_finite(grads: list[torch.Tensor], native: bool) -> bool:

@@ -28,9 +28,10 @@ def impl_device(impl: str) -> str:
     return "cpu"
 
 
-def impl_unavailable(impl: str, family: str) -> str | None:
-    """Why ``impl`` of an op in native ``family`` ("penalty" or "clip") cannot run on
-    :func:`impl_device`'s tensors here, from the dispatcher's own checks; None when it can."""
+def impl_unavailable(impl: str, op) -> str | None:
+    """Why ``impl`` of ``op`` (an op module, ``pyfast_gan.ops.<op>``: its ``FAMILY`` names the
+    native library) cannot run on :func:`impl_device`'s tensors here, from the dispatcher's own
+    checks; None when it can."""
     from .ops._dispatch import native_available, triton_available
 
     device = torch.device(impl_device(impl))
@@ -39,21 +40,21 @@ def impl_unavailable(impl: str, family: str) -> str | None:
     if impl == "triton":
         ok, why = triton_available(device)
     elif impl in ("cpu", "cuda"):
-        ok, why = native_available(family, device)
+        ok, why = native_available(op.FAMILY, device)
     else:
         ok, why = True, ""
     return None if ok else why
 
 
-def impl_param(impl: str, family: str):
-    """``pytest.param(impl, device)`` for tests parametrized by ``"impl,device"``: the device
-    from :func:`impl_device`, skipped with the dispatcher's reason where the impl cannot run,
-    marked ``cuda`` when it runs on the GPU and ``triton`` for the Triton impl (so a GPU
-    session can select the device tests with ``-m "cuda or triton"``)."""
+def impl_param(impl: str, op):
+    """``pytest.param(impl, device)`` for tests of ``op`` (an op module) parametrized by
+    ``"impl,device"``: the device from :func:`impl_device`, skipped with the dispatcher's reason
+    where the impl cannot run, marked ``cuda`` when it runs on the GPU and ``triton`` for the
+    Triton impl (so a GPU session can select the device tests with ``-m "cuda or triton"``)."""
     import pytest
 
     device = impl_device(impl)
-    why = impl_unavailable(impl, family)
+    why = impl_unavailable(impl, op)
     marks = [pytest.mark.skipif(why is not None, reason=f"impl={impl!r} unavailable: {why}")]
     if device == "cuda":
         marks.append(pytest.mark.cuda)

@@ -10,15 +10,15 @@ from torch import nn
 import pyfast_gan
 from pyfast_gan import _native
 from pyfast_gan.ops import clip_weights as clip_weights_ops
-from pyfast_gan.ops.clip_weights import clip_weights_, clip_weights_reference
+from pyfast_gan.ops.clip_weights import clip_weights_
 from pyfast_gan.testing import impl_param, make_layout, poison_
 
 C = 0.01
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
-needs_native = pytest.mark.skipif(not _native.load("clip"), reason="pyfast_gan/_C_clip not built")
-TRITON = impl_param("triton", "clip")
+needs_native = pytest.mark.skipif(not _native.load(clip_weights_ops.FAMILY), reason="pyfast_gan/_C_clip not built")
+TRITON = impl_param("triton", clip_weights_ops)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -71,7 +71,7 @@ def run_both(tensors, impl, clip_value=C):
             w = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
             w.copy_(t)
             want[i] = w
-    clip_weights_reference(want, clip_value)
+    clip_weights_ops.reference(want, clip_value)
     clip_weights_(tensors, clip_value, impl=impl)
     assert_bitwise(tensors, want)
 
@@ -136,7 +136,7 @@ def test_module_and_leaf_params_requiring_grad():
         for p in net.parameters():
             p.normal_(0, 0.02)
     want = [p.detach().clone(memory_format=torch.preserve_format) for p in net.parameters()]
-    clip_weights_reference(want, C)
+    clip_weights_ops.reference(want, C)
     versions = [p._version for p in net.parameters()]
     assert all(p.requires_grad and p.is_leaf for p in net.parameters())
     pyfast_gan.clip_weights_(net, C)  # grad mode on: the op must run without grad
@@ -175,8 +175,8 @@ def test_bad_tensors():
         clip_weights_([torch.randn(3)], C, impl="cuda")
 
 
-@pytest.mark.parametrize("impl,device", [("reference", "cpu"), ("auto", "cpu"), impl_param("cpu", "clip"), TRITON,
-                                         impl_param("cuda", "clip")])
+@pytest.mark.parametrize("impl,device", [("reference", "cpu"), ("auto", "cpu"), impl_param("cpu", clip_weights_ops),
+                                         TRITON, impl_param("cuda", clip_weights_ops)])
 @pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_sparse_tensor_is_a_value_error_naming_it(impl, device, layout):
@@ -225,7 +225,7 @@ def test_torch_compile_traces_the_op():
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     out = compiled(params)
-    clip_weights_reference(want, C)
+    clip_weights_ops.reference(want, C)
     assert_bitwise(params, want)
     assert torch.allclose(out, want[0].sum())
     # The mutation is functionalized and written back: a second call on fresh values
@@ -235,12 +235,12 @@ def test_torch_compile_traces_the_op():
             p.normal_(0, 0.05)
     want = [p.clone() for p in params]
     compiled(params)
-    clip_weights_reference(want, C)
+    clip_weights_ops.reference(want, C)
     assert_bitwise(params, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
-@pytest.mark.parametrize("impl,device", [impl_param("cuda", "clip"), TRITON])
+@pytest.mark.parametrize("impl,device", [impl_param("cuda", clip_weights_ops), TRITON])
 def test_device_kernels_match_reference(dtype, impl, device):
     """Many tensors, large ones and misaligned views. On a GPU: more tensors than one CUDA
     argument table holds and tensors of millions of elements; Triton without a GPU runs in the

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyfast_gan import _native
+from pyfast_gan.ops import gradient_norm_penalty
 from pyfast_gan.step.objective import has_trace_autograd_ops
 from pyfast_gan.testing import tol
 
@@ -43,7 +44,7 @@ def test_readme_compiled_critic_step_matches_eager(readme_example, monkeypatch):
 def compare_with_eager(ns, graphs):
     assert len(graphs) == 1  # one graph for the two steps: no graph break, no recompile
     ops = [t for t in graphs[0] if t.startswith("pyfast_gan.")]
-    if _native.load("penalty"):
+    if _native.load(gradient_norm_penalty.FAMILY):
         assert ops == ["pyfast_gan.interpolate", "pyfast_gan.gradient_norm_penalty"], graphs[0]
 
     critic, compiled_step, step = ns["critic"], ns["compiled_step"], ns["critic_step"]

@@ -9,9 +9,9 @@ from pyfast_gan import _native
 from pyfast_gan.ops import gradient_norm_penalty as gnp
 from pyfast_gan.testing import impl_param, make_layout, tol
 
-HAS_NATIVE = _native.load("penalty")
-TRITON = impl_param("triton", "penalty")
-IMPLS = [impl_param("cpu", "penalty"), TRITON, impl_param("cuda", "penalty")]
+HAS_NATIVE = _native.load(gnp.FAMILY)
+TRITON = impl_param("triton", gnp)
+IMPLS = [impl_param("cpu", gnp), TRITON, impl_param("cuda", gnp)]
 # (5,3,7,9): odd sizes; (2,3,50,60): several CPU chunks and Triton blocks per sample;
 # (3,17): rank 2; N = 1.
 SHAPES = [(1, 3, 4, 5), (5, 3, 7, 9), (3, 17), (2, 3, 50, 60), (1, 2500)]
@@ -261,7 +261,7 @@ def test_cuda_kernel_bitwise_equals_cpu_kernel(dtype, layout):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("impl,device", [TRITON, impl_param("cuda", "penalty")])
+@pytest.mark.parametrize("impl,device", [TRITON, impl_param("cuda", gnp)])
 def test_a_sample_larger_than_a_2d_grid_axis(impl, device):
     """One sample of 65,535 x 2,048 + 7 elements: more chunks than a second grid axis holds
     (65,535), which the Triton kernels' old 2-D grid could not launch."""

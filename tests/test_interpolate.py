@@ -8,10 +8,10 @@ from pyfast_gan.ops import interpolate as interp
 from pyfast_gan.ops._dispatch import triton_available
 from pyfast_gan.testing import impl_device, impl_param, make_layout, tol
 
-HAS_NATIVE = _native.load("penalty")
+HAS_NATIVE = _native.load(interp.FAMILY)
 HAS_TRITON = triton_available(torch.device(impl_device("triton")))[0]
 TRITON_DEVICE = impl_device("triton")
-IMPLS = [impl_param("cpu", "penalty"), impl_param("triton", "penalty"), impl_param("cuda", "penalty")]
+IMPLS = [impl_param("cpu", interp), impl_param("triton", interp), impl_param("cuda", interp)]
 SHAPES = [(1, 3, 4, 5), (5, 3, 7, 9), (3, 17), (2, 3, 50, 60)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = ["contiguous", "channels_last", "strided", "offset"]
@@ -235,7 +235,7 @@ def test_readme_example(readme_example, capsys):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("impl,device", [impl_param("triton", "penalty"), impl_param("cuda", "penalty")])
+@pytest.mark.parametrize("impl,device", [impl_param("triton", interp), impl_param("cuda", interp)])
 def test_a_sample_larger_than_a_2d_grid_axis(impl, device):
     """One sample of 65,535 x 2,048 + 7 elements: more chunks than a second grid axis holds."""
     real = torch.randn(2, 65535 * 2048 + 7, device=device)

@@ -142,3 +142,37 @@ def test_loading_a_checkpoint_does_not_import_the_trainer():
             "bad = sorted(m for m in sys.modules if m.startswith(('pyfast_gan.train', 'pyfast_gan.step'))); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_op_module_has_the_same_parts():
+    # One template: the public function, ``reference``, ``FAMILY`` (from the one family table)
+    # and the registration ``register`` returns, under the same names in every op module.
+    import importlib
+
+    from pyfast_gan._families import FAMILIES
+
+    ops = [op for family in FAMILIES.values() for op in family]
+    assert sorted(p.stem for p in (ROOT / "ops").glob("*.py") if p.stem in ops) == sorted(ops)
+    for op in ops:
+        m = importlib.import_module(f"pyfast_gan.ops.{op}")
+        assert op in FAMILIES[m.FAMILY], op
+        assert callable(getattr(m, op, None) or getattr(m, op + "_")), op
+        for part in ("reference", "native_ops", "triton_ops", "resolve_impl"):
+            assert callable(getattr(m, part, None)), (op, part)
+
+
+def test_no_registration_block_written_twice():
+    # Fake impls and autograd are registered, and libraries loaded, in one place each; the op
+    # modules and the setup script read the family table rather than spelling it out.
+    calls: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                calls.setdefault(node.func.attr, []).append(_module_name(path))
+    assert calls["register_fake"] == ["pyfast_gan.ops._dispatch"]
+    assert set(calls["register_autograd"]) == {"pyfast_gan.ops._dispatch"}
+    assert calls["load_library"] == ["pyfast_gan._native"]
+    for path in (ROOT / "ops").glob("*.py"):
+        assert '"penalty"' not in path.read_text() and '"clip"' not in path.read_text(), path
+    setup_py = (ROOT.parent / "setup.py").read_text()
+    assert "_families.py" in setup_py and '"penalty"' not in setup_py

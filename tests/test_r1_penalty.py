@@ -10,9 +10,10 @@ from torch.func import functional_call
 
 import pyfast_gan as pg
 from pyfast_gan import _native
+from pyfast_gan.ops import gradient_norm_penalty
 from pyfast_gan.testing import SmoothMLPCritic, conv_critic, conv_head_critic, tol
 
-HAS_NATIVE = _native.load("penalty")
+HAS_NATIVE = _native.load(gradient_norm_penalty.FAMILY)
 IMPLS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="native library not built"))]
 # (critic, input shape): (N,), (N, 1) and (N, 1, 1, 1) outputs; a batch of one.
 CASES = {

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from pyfast_gan import _native
-from pyfast_gan.optim import RMSpropClip, rmsprop_clip_reference
+from pyfast_gan.optim import RMSpropClip
 from pyfast_gan.ops import rmsprop_clip as rmsprop_clip_ops
 from pyfast_gan.testing import impl_param, make_layout, tol
 
 C = 0.01
-needs_native = pytest.mark.skipif(not _native.load("clip"), reason="pyfast_gan/_C_clip not built")
-DEVICE_IMPLS = [impl_param("cuda", "clip"), impl_param("triton", "clip")]
+needs_native = pytest.mark.skipif(not _native.load(rmsprop_clip_ops.FAMILY), reason="pyfast_gan/_C_clip not built")
+DEVICE_IMPLS = [impl_param("cuda", rmsprop_clip_ops), impl_param("triton", rmsprop_clip_ops)]
 IMPLS_HERE = [pytest.param("cpu", marks=needs_native), "reference"]
 
 HYPERS = [
@@ -155,7 +155,7 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("impl,device", [impl_param("cpu", "clip")] + DEVICE_IMPLS)
+@pytest.mark.parametrize("impl,device", [impl_param("cpu", rmsprop_clip_ops)] + DEVICE_IMPLS)
 @pytest.mark.parametrize("centered,momentum", [(False, 0.0), (True, 0.9)])
 @pytest.mark.parametrize("layout", ["contiguous", "offset"])
 def test_kernel_matches_reference_per_dtype(dtype, impl, device, centered, momentum, layout):
@@ -175,8 +175,8 @@ def test_kernel_matches_reference_per_dtype(dtype, impl, device, centered, momen
                  maximize=False, clip_value=C)
     for _ in range(10):
         grads = [make_layout(torch.randn(s, generator=gen).to(dtype).to(device), layout) for s in shapes]
-        rmsprop_clip_reference(params, grads, sq, ga, mb, **hyper)
-        rmsprop_clip_reference(exact[0], [g.double() for g in grads], *exact[1:], **hyper)
+        rmsprop_clip_ops.reference(params, grads, sq, ga, mb, **hyper)
+        rmsprop_clip_ops.reference(exact[0], [g.double() for g in grads], *exact[1:], **hyper)
         if impl == "triton":
             triton_mod.triton_rmsprop_clip_(mine[0], grads, mine[1], mine[2], mine[3], **hyper)
         else:
@@ -418,7 +418,7 @@ def test_cuda_kernel_many_tensors_per_dtype(dtype):
     grads = [torch.randn(s, generator=gen).to(dtype).cuda() for s in shapes]
     hyper = dict(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0.0, momentum=0.9, centered=True, maximize=False,
                  clip_value=C)
-    rmsprop_clip_reference(lists[0], grads, lists[1], lists[2], lists[3], **hyper)
+    rmsprop_clip_ops.reference(lists[0], grads, lists[1], lists[2], lists[3], **hyper)
     torch.ops.pyfast_gan.rmsprop_clip_(mine[0], grads, mine[1], mine[2], mine[3], 1e-3, 0.9, 1e-8, 0.0, 0.9, True,
                                        False, C)
     for ours, theirs in zip(mine, lists):

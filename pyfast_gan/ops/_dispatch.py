@@ -6,16 +6,24 @@ Rules (as in NVlabs' torch_utils ops):
 * ``"auto"`` picks the fastest available impl for the device (CUDA kernel, then
   Triton on CUDA; the C++ kernel on CPU) and falls back to the reference with a
   single warning per (op, reason) when the native library is missing.
+
+Every op module (``ops/<op>.py``) has the same parts: the public function, ``reference``
+(the plain-PyTorch definition the kernels are tested against), its argument checks,
+``FAMILY`` (its native library, from the table in ``pyfast_gan._families``) and
+``native_ops, triton_ops, resolve_impl = register(...)``.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import warnings
+from typing import Callable
 
 import torch
 
 from .. import _native
+from .._families import FAMILIES
 
 IMPLS = ("auto", "reference", "cpu", "cuda", "triton")
 _warned: set[tuple[str, str]] = set()
@@ -61,19 +69,12 @@ def resolve(op: str, family: str, impl: str, device: torch.device) -> str:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "reference":
         return impl
-    if impl == "cpu":
-        if device.type != "cpu":
-            raise RuntimeError(f"{op}: impl='cpu' needs CPU tensors, got device {device}")
+    if impl in ("cpu", "cuda"):  # the C++ kernel for CPU tensors, the CUDA kernel for CUDA tensors
+        if device.type != impl:
+            raise RuntimeError(f"{op}: impl={impl!r} needs {impl.upper()} tensors, got device {device}")
         ok, why = native_available(family, device)
         if not ok:
-            raise RuntimeError(f"{op}: impl='cpu' is unavailable: {why}")
-        return impl
-    if impl == "cuda":
-        if device.type != "cuda":
-            raise RuntimeError(f"{op}: impl='cuda' needs CUDA tensors, got device {device}")
-        ok, why = native_available(family, device)
-        if not ok:
-            raise RuntimeError(f"{op}: impl='cuda' is unavailable: {why}")
+            raise RuntimeError(f"{op}: impl={impl!r} is unavailable: {why}")
         return impl
     if impl == "triton":
         ok, why = triton_available(device)
@@ -91,47 +92,72 @@ def resolve(op: str, family: str, impl: str, device: torch.device) -> str:
     return "reference"
 
 
-_RESOLVED: dict[tuple[str, str, str, str], str] = {}
+def check_impl_arg(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
-@torch.compiler.assume_constant_result
-def resolve_cached(op: str, family: str, impl: str, device: str) -> str:
-    """:func:`resolve`, memoized per (op, family, impl, device), for ops that dispatch on every
-    step (clip_weights_ and RMSpropClip run once per critic step, and ``resolve`` costs more
-    than clamping a small critic), and evaluated once at trace time under torch.compile (it
-    checks files and environment variables, which dynamo cannot trace). ``device`` is a
-    string (``str(t.device)`` or ``t.device.type``) so the result can be a trace constant.
-    A request that cannot run raises every time (only answers are cached)."""
-    key = (op, family, impl, device)
-    which = _RESOLVED.get(key)
-    if which is None:
-        which = _RESOLVED[key] = resolve(op, family, impl, torch.device(device))
-    return which
+def check_impl(impl: str, device: torch.device | str) -> None:
+    """Refuse an ``impl`` that cannot run every op on ``device``'s tensors: a RuntimeError whose
+    message ends in the reason (a ValueError for a name not in :data:`IMPLS`). ``"auto"``
+    always runs, falling back to the reference. The trainer's config check, made before a run
+    starts rather than at its first step."""
+    check_impl_arg(impl)
+    if impl == "auto":
+        return
+    device = torch.device(device)
+    for family, ops in FAMILIES.items():
+        resolve(", ".join(ops), family, impl, device)
 
 
-def native_loader(family: str, fakes: dict):
-    """An op module's ``native_ops()``: load ``family``'s library and register the op's fake
-    impls (``{"pyfast_gan::name": fn}``) once; returns ``torch.ops.pyfast_gan``, or None when
-    the library is unavailable. Called on first dispatch, so ``import pyfast_gan`` loads none."""
+def register(op: str, family: str, *, fakes: dict[str, Callable], triton: str | None = None,
+             autograd: tuple[str, ...] = (), backward: str | None = None,
+             backward_with: Callable | None = None, setup_context: Callable | None = None):
+    """An op module's registration: ``(native_ops, triton_ops, resolve_impl)``.
+
+    * ``native_ops()`` loads ``family``'s library and registers, once, the fake impls
+      ``fakes`` (``{"name": fn}`` for ``pyfast_gan::name``) and the autograd of the forward
+      ops ``autograd``; returns ``torch.ops.pyfast_gan``, or None when the library is
+      unavailable.
+    * ``triton_ops()`` imports ``pyfast_gan.kernels.triton.<triton>`` (its ``triton_op``s carry
+      their own fake impls) and gives its forward ops of the same names the same autograd,
+      once; returns the module (None when ``triton`` is None: no Triton set-up).
+    * ``resolve_impl(impl, device) -> str`` is :func:`resolve` plus that one-time set-up for
+      the answer, memoized per (impl, device) once the set-up ran (only answers are kept: a
+      request that cannot run raises every time). ``device`` is a string (``str(t.device)`` or
+      ``t.device.type``) so the answer can be a trace-time constant under torch.compile: the
+      set-up, which dynamo cannot trace (it reads files and environment variables), runs
+      eagerly. Asked on every call, so it must stay cheap.
+
+    The autograd is one formula for both impls: ``backward_with(backward_op)`` makes the
+    backward from the impl's own ``backward`` op (the native ``torch.ops.pyfast_gan.<backward>``
+    or the Triton module's ``<backward>``), with ``setup_context`` saving what it needs.
+    Nothing runs at import, so ``import pyfast_gan`` loads no library.
+    """
 
     @functools.lru_cache(maxsize=None)
     def native_ops():
         if not _native.load(family):
             return None
         for name, fake in fakes.items():
-            torch.library.register_fake(name)(fake)
-        return torch.ops.pyfast_gan
+            torch.library.register_fake(f"pyfast_gan::{name}")(fake)
+        ops = torch.ops.pyfast_gan
+        if autograd:
+            fn = backward_with(getattr(ops, backward))
+            for name in autograd:
+                torch.library.register_autograd(f"pyfast_gan::{name}", fn, setup_context=setup_context)
+        return ops
 
-    return native_ops
-
-
-def resolver(op: str, family: str, native_ops, triton_ops=None):
-    """An op module's ``resolve_impl(impl, device) -> str``: :func:`resolve`, plus the op's
-    one-time set-up for the answer (``native_ops()`` loads the library and registers fake impls
-    and autograd; ``triton_ops()`` the Triton ops' autograd), memoized per (impl, device) once
-    that set-up ran (only answers are kept: a request that cannot run raises every time). It is
-    a trace-time constant under torch.compile, so that set-up, which dynamo cannot trace, runs
-    eagerly."""
+    @functools.lru_cache(maxsize=None)
+    def triton_ops():
+        if triton is None:
+            return None
+        tk = importlib.import_module(f"pyfast_gan.kernels.triton.{triton}")
+        if autograd:
+            fn = backward_with(getattr(tk, backward))
+            for name in autograd:
+                getattr(tk, name).register_autograd(fn, setup_context=setup_context)
+        return tk
 
     ready: dict[tuple[str, str], str] = {}
 
@@ -142,14 +168,9 @@ def resolver(op: str, family: str, native_ops, triton_ops=None):
             which = resolve(op, family, impl, torch.device(device))
             if which in ("cpu", "cuda"):
                 native_ops()
-            elif which == "triton" and triton_ops is not None:
+            elif which == "triton":
                 triton_ops()
             ready[(impl, device)] = which
         return which
 
-    return resolve_impl
-
-
-def check_impl_arg(impl: str) -> None:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return native_ops, triton_ops, resolve_impl

@@ -16,16 +16,16 @@ from typing import Iterable
 
 import torch
 
-from ._dispatch import check_impl_arg, native_loader, resolver
+from .._families import family_of
+from ._dispatch import check_impl_arg, register
 from .clip_weights import check_tensors
 
-__all__ = ["any_nonfinite", "any_nonfinite_reference"]
+__all__ = ["any_nonfinite", "reference"]
 
-_OP = "any_nonfinite"
-_FAMILY = "clip"
+FAMILY = family_of("any_nonfinite")
 
 
-def any_nonfinite_reference(tensors: list[torch.Tensor]) -> torch.Tensor:
+def reference(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The definition: is any element of any tensor inf or NaN (a 0-d bool tensor)."""
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
@@ -41,10 +41,8 @@ def _any_nonfinite_fake(tensors):
     return torch.empty((), dtype=torch.bool, device=tensors[0].device if len(tensors) else "cpu")
 
 
-native_ops = native_loader(_FAMILY, {"pyfast_gan::any_nonfinite": _any_nonfinite_fake})
-
-# The impl for tensors on a device (memoized: asked on every call; see ``_dispatch.resolver``).
-resolve_impl = resolver(_OP, _FAMILY, native_ops)
+# No Triton kernel: where the dispatcher picks Triton the reference runs.
+native_ops, triton_ops, resolve_impl = register("any_nonfinite", FAMILY, fakes={"any_nonfinite": _any_nonfinite_fake})
 
 
 def any_nonfinite(tensors: Iterable[torch.Tensor], *, impl: str = "auto") -> torch.Tensor:
@@ -65,4 +63,4 @@ def any_nonfinite(tensors: Iterable[torch.Tensor], *, impl: str = "auto") -> tor
             check_tensors(tensors, "tensors")
             raise
     check_tensors(tensors, "tensors")
-    return any_nonfinite_reference(tensors)
+    return reference(tensors)

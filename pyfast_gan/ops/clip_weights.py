@@ -16,13 +16,13 @@ from typing import Iterable
 
 import torch
 
+from .._families import family_of
 from .._layout import is_dense
-from ._dispatch import check_impl_arg, native_loader, resolver
+from ._dispatch import check_impl_arg, register
 
-__all__ = ["clip_weights_", "clip_weights_reference"]
+__all__ = ["clip_weights_", "reference"]
 
-_OP = "clip_weights_"
-_FAMILY = "clip"
+FAMILY = family_of("clip_weights")
 
 
 def collect_tensors(params, argname: str = "params") -> list[torch.Tensor]:
@@ -72,12 +72,13 @@ def check_tensors(tensors: list[torch.Tensor], argname: str = "params") -> None:
         if not t.is_floating_point():
             raise ValueError(f"{argname}[{i}] must be a floating-point tensor, got dtype {t.dtype}")
         if t.layout != torch.strided:
-            # Sparse (and other) layouts have no clamp_ kernel: without this the dispatcher's
-            # NotImplementedError came out of the middle of the reference loop (issue 15).
+            # Sparse (and other) layouts have no clamp_ kernel: without this check the
+            # dispatcher's NotImplementedError would come out of the middle of the reference
+            # loop, after some tensors were already clamped.
             raise ValueError(f"{argname}[{i}] must be a dense (strided) tensor, got layout {t.layout}")
 
 
-def clip_weights_reference(tensors: Iterable[torch.Tensor], clip_value: float) -> None:
+def reference(tensors: Iterable[torch.Tensor], clip_value: float) -> None:
     """The definition: one ``clamp_`` per tensor."""
     with torch.no_grad():
         for t in tensors:
@@ -122,7 +123,7 @@ def clip_weights_(params, clip_value, *, impl: str = "auto") -> None:
     with torch.no_grad():
         if which == "reference":
             check_tensors(tensors)
-            clip_weights_reference(tensors, c)
+            reference(tensors, c)
         elif which == "triton":
             check_tensors(tensors)
             _triton_clip(tensors, c)
@@ -143,7 +144,5 @@ def _clip_weights_fake(tensors, clip_value):
     return None
 
 
-native_ops = native_loader(_FAMILY, {"pyfast_gan::clip_weights_": _clip_weights_fake})
-
-# The impl for tensors on a device (memoized: asked on every call; see ``_dispatch.resolver``).
-resolve_impl = resolver(_OP, _FAMILY, native_ops)
+# No Triton set-up: the Triton kernel is a plain launcher, imported where it runs.
+native_ops, triton_ops, resolve_impl = register("clip_weights_", FAMILY, fakes={"clip_weights_": _clip_weights_fake})

@@ -21,22 +21,22 @@ top of the critic's double-backward graph and is differentiated once.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
-from .. import _native
-from .._layout import acc_dtype, empty_in_kernel_layout, per_sample_dense  # noqa: F401 (re-exported)
-from ._dispatch import resolver
+from .._families import family_of
+from .._layout import acc_dtype, empty_in_kernel_layout
+from ._dispatch import register
 
-FAMILY = "penalty"
+FAMILY = family_of("gradient_norm_penalty")
 MODES = ("two_sided", "one_sided", "zero_centered")
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def reference_per_sample(grad: torch.Tensor, center: float = 1.0, mode: str = "two_sided") -> torch.Tensor:
-    """The definition every kernel is tested against: plain PyTorch autograd."""
+def reference(grad: torch.Tensor, center: float = 1.0, mode: str = "two_sided") -> torch.Tensor:
+    """The definition every kernel is tested against, in plain PyTorch (autograd gives its
+    backward): the per-sample penalty (N,), before the batch reduction."""
     norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=1, dtype=acc_dtype(grad.dtype))
     return _penalty_of_norm(norm, center, mode)
 
@@ -59,40 +59,22 @@ def _backward_with(backward_op):
     return backward
 
 
-@functools.lru_cache(maxsize=None)
-def native_ops():
-    """Load the native library and give its ops fake impls and autograd (once)."""
-    if not _native.load(FAMILY):
-        return None
-    ops = torch.ops.pyfast_gan
-
-    @torch.library.register_fake("pyfast_gan::gradient_norm_penalty")
-    def _(grad, center, mode):
-        n = grad.shape[0]
-        acc = acc_dtype(grad.dtype)
-        return grad.new_empty((n,), dtype=acc), grad.new_empty((n,), dtype=acc)
-
-    @torch.library.register_fake("pyfast_gan::gradient_norm_penalty_backward")
-    def _(grad_penalty, grad, norm, center, mode):
-        return empty_in_kernel_layout(grad)
-
-    torch.library.register_autograd("pyfast_gan::gradient_norm_penalty",
-                                    _backward_with(ops.gradient_norm_penalty_backward), setup_context=_setup_context)
-    return ops
+def _gradient_norm_penalty_fake(grad, center, mode):
+    n = grad.shape[0]
+    acc = acc_dtype(grad.dtype)
+    return grad.new_empty((n,), dtype=acc), grad.new_empty((n,), dtype=acc)
 
 
-@functools.lru_cache(maxsize=None)
-def triton_ops():
-    """Import the Triton kernels (their triton_ops carry their own fake impls) and give the
-    forward op the same autograd as the native one (once)."""
-    from ..kernels.triton import gradient_norm_penalty as tk
-
-    tk.gradient_norm_penalty.register_autograd(_backward_with(tk.gradient_norm_penalty_backward),
-                                               setup_context=_setup_context)
-    return tk
+def _gradient_norm_penalty_backward_fake(grad_penalty, grad, norm, center, mode):
+    return empty_in_kernel_layout(grad)
 
 
-_resolve = resolver("gradient_norm_penalty", FAMILY, native_ops, triton_ops)
+native_ops, triton_ops, resolve_impl = register(
+    "gradient_norm_penalty", FAMILY, triton="gradient_norm_penalty",
+    fakes={"gradient_norm_penalty": _gradient_norm_penalty_fake,
+           "gradient_norm_penalty_backward": _gradient_norm_penalty_backward_fake},
+    autograd=("gradient_norm_penalty",), backward="gradient_norm_penalty_backward",
+    backward_with=_backward_with, setup_context=_setup_context)
 
 
 def _native_backward(grad_penalty, grad, norm, center, mode):
@@ -104,7 +86,7 @@ class _EagerNative(torch.autograd.Function):
     with the registered op's setup and backward. The registered op is what torch.compile
     traces; in eager mode its generic ``torch.library`` wrapper (a second autograd.Function,
     argument re-packing, a redispatch) costs a few microseconds a call, forward and backward,
-    which is a visible share of a small critic's step (issue 23). The old-style ``forward(ctx,
+    which is a visible share of a small critic's step. The old-style ``forward(ctx,
     ...)``: a separate ``setup_context`` makes ``apply`` bind arguments with ``inspect`` at
     every call (~25 us, measured)."""
 
@@ -118,11 +100,12 @@ class _EagerNative(torch.autograd.Function):
     backward = staticmethod(_backward_with(_native_backward))
 
 
-def _check(grad, center, mode, reduction) -> None:
+def check_args(grad, center, mode, reduction) -> None:
     if not isinstance(grad, torch.Tensor):
         raise ValueError(f"grad must be a tensor, got {type(grad).__name__}")
     if grad.dim() < 2:
-        raise ValueError(f"grad must have a batch dim and at least one more dim (N, ...), got shape {tuple(grad.shape)}")
+        raise ValueError("grad must have a batch dim and at least one more dim (N, ...), "
+                         f"got shape {tuple(grad.shape)}")
     if grad.shape[0] == 0:
         raise ValueError("grad has an empty batch (N = 0)")
     if not grad.is_floating_point():
@@ -140,8 +123,8 @@ def penalty_and_norm(grad: torch.Tensor, *, center: float = 1.0, mode: str = "tw
     """``(penalty[n], norm[n])`` of ``grad`` (N, ...): the per-sample penalty (differentiable)
     and the per-sample gradient norm (a constant), from one pass of the kernel. The norm is
     what the trainer logs as ``grad_norm_x_hat``; the penalty what it adds to the loss."""
-    _check(grad, center, mode, "none")
-    which = _resolve(impl, grad.device.type)
+    check_args(grad, center, mode, "none")
+    which = resolve_impl(impl, grad.device.type)
     center = float(center)
     if which == "reference":
         norm = _reference_norm(grad)
@@ -153,11 +136,11 @@ def per_sample_penalty(grad: torch.Tensor, center: float, mode: str, impl: str) 
     """``penalty_and_norm(grad, ...)[0]`` for the drop-ins, which discard the norm: ``grad`` is
     autograd's gradient with respect to an input they checked (its shape, a floating dtype),
     so only ``center`` and ``mode`` are checked here, and the reference makes no detached copy
-    of the norm. On a small critic each of those calls is a visible share of the step (issue 23)."""
+    of the norm. On a small critic each of those calls is a visible share of the step."""
     if type(center) is not float or not 0.0 <= center < math.inf or mode not in MODES:
-        _check(grad, center, mode, "none")
+        check_args(grad, center, mode, "none")
         center = float(center)
-    which = _resolve(impl, grad.device.type)
+    which = resolve_impl(impl, grad.device.type)
     if which == "reference":
         return _penalty_of_norm(_reference_norm(grad), center, mode)
     return _kernel(which, grad, center, mode)[0]
@@ -194,7 +177,7 @@ def gradient_norm_penalty(grad: torch.Tensor, *, center: float = 1.0, mode: str 
     ``impl``: "auto" (fastest available for ``grad.device``), "reference", "cpu",
     "cuda" or "triton". Returns fp32 (fp64 for fp64 ``grad``).
     """
-    _check(grad, center, mode, reduction)
+    check_args(grad, center, mode, reduction)
     per_sample, _ = penalty_and_norm(grad, center=center, mode=mode, impl=impl)
     if reduction == "mean":
         return per_sample.mean()

@@ -23,15 +23,13 @@ the same x_hat (within the tolerance table).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from .. import _native
-from ._dispatch import resolver
+from .._families import family_of
 from .._layout import acc_dtype as alpha_dtype, empty_in_kernel_layout
+from ._dispatch import register
 
-FAMILY = "penalty"
+FAMILY = family_of("interpolate")
 
 
 def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -39,7 +37,7 @@ def reference(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> to
     ``real``)."""
     opm = alpha_dtype(real.dtype)
     # Casts and views only where needed: on a small critic each costs a visible share of
-    # the step (issue 23), and skipping them changes no value.
+    # the step, and skipping them changes no value.
     a = alpha if alpha.dim() == real.dim() else alpha.view(-1, *([1] * (real.dim() - 1)))
     if a.dtype != opm:
         a = a.to(opm)
@@ -68,44 +66,24 @@ def _backward_with(backward_op):
     return backward
 
 
-@functools.lru_cache(maxsize=None)
-def native_ops():
-    """Load the native library and give its ops fake impls and autograd (once)."""
-    if not _native.load(FAMILY):
-        return None
-    ops = torch.ops.pyfast_gan
-
-    @torch.library.register_fake("pyfast_gan::interpolate")
-    def _(real, fake, alpha):
-        return empty_in_kernel_layout(real)
-
-    @torch.library.register_fake("pyfast_gan::interpolate_rand")
-    def _(real, fake, seed):
-        return empty_in_kernel_layout(real), real.new_empty((real.shape[0],), dtype=alpha_dtype(real.dtype))
-
-    @torch.library.register_fake("pyfast_gan::interpolate_backward")
-    def _(grad_out, alpha):
-        return empty_in_kernel_layout(grad_out), empty_in_kernel_layout(grad_out)
-
-    backward = _backward_with(ops.interpolate_backward)
-    torch.library.register_autograd("pyfast_gan::interpolate", backward, setup_context=_setup_context)
-    torch.library.register_autograd("pyfast_gan::interpolate_rand", backward, setup_context=_setup_context)
-    return ops
+def _interpolate_fake(real, fake, alpha):
+    return empty_in_kernel_layout(real)
 
 
-@functools.lru_cache(maxsize=None)
-def triton_ops():
-    """Import the Triton kernels (their triton_ops carry their own fake impls) and give the
-    ops the same autograd as the native ones (once)."""
-    from ..kernels.triton import interpolate as tk
-
-    backward = _backward_with(tk.interpolate_backward)
-    tk.interpolate.register_autograd(backward, setup_context=_setup_context)
-    tk.interpolate_rand.register_autograd(backward, setup_context=_setup_context)
-    return tk
+def _interpolate_rand_fake(real, fake, seed):
+    return empty_in_kernel_layout(real), real.new_empty((real.shape[0],), dtype=alpha_dtype(real.dtype))
 
 
-_resolve = resolver("interpolate", FAMILY, native_ops, triton_ops)
+def _interpolate_backward_fake(grad_out, alpha):
+    return empty_in_kernel_layout(grad_out), empty_in_kernel_layout(grad_out)
+
+
+native_ops, triton_ops, resolve_impl = register(
+    "interpolate", FAMILY, triton="interpolate",
+    fakes={"interpolate": _interpolate_fake, "interpolate_rand": _interpolate_rand_fake,
+           "interpolate_backward": _interpolate_backward_fake},
+    autograd=("interpolate", "interpolate_rand"), backward="interpolate_backward",
+    backward_with=_backward_with, setup_context=_setup_context)
 
 
 def check_samples(t, name: str = "real") -> None:
@@ -120,7 +98,7 @@ def check_samples(t, name: str = "real") -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
-def _check(real, fake, alpha, generator) -> torch.Tensor | None:
+def check_args(real, fake, alpha, generator) -> torch.Tensor | None:
     check_samples(real, "real")
     if not isinstance(fake, torch.Tensor):
         raise ValueError(f"fake must be a tensor, got {type(fake).__name__}")
@@ -154,8 +132,8 @@ def _check(real, fake, alpha, generator) -> torch.Tensor | None:
 def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(x_hat, alpha)`` with one ``alpha`` per sample (drawn from U[0, 1) if not given)."""
-    a = _check(real, fake, alpha, generator)
-    which = _resolve(impl, real.device.type)
+    a = check_args(real, fake, alpha, generator)
+    which = resolve_impl(impl, real.device.type)
     n = real.shape[0]
     if a is None and which in ("reference", "cpu"):
         a = torch.rand((n,), generator=generator, device=real.device, dtype=alpha_dtype(real.dtype))
@@ -180,13 +158,13 @@ def interpolate_leaf(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor
 
     No graph to ``real`` or ``fake`` is recorded (the penalty's gradient reaches the critic's
     parameters only), so in eager mode the native and Triton kernels are called below autograd:
-    their registered autograd wrapper would cost a few microseconds a call for nothing (issue 23).
+    their registered autograd wrapper would cost a few microseconds a call for nothing.
     Under torch.compile the registered ops are traced as they are."""
     if torch.compiler.is_compiling():
         x_hat, _ = interpolate(real.detach(), fake.detach(), alpha, generator=generator, impl=impl)
         return x_hat.detach().requires_grad_(True)
-    a = _check(real, fake, alpha, generator)
-    which = _resolve(impl, real.device.type)
+    a = check_args(real, fake, alpha, generator)
+    which = resolve_impl(impl, real.device.type)
     if real.requires_grad or fake.requires_grad:
         real, fake = real.detach(), fake.detach()
     if which == "reference":

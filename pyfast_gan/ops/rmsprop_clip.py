@@ -17,18 +17,37 @@ import math
 
 import torch
 
+from .._families import family_of
 from .._layout import is_dense
-from ._dispatch import check_impl_arg, native_loader, resolver
+from ._dispatch import check_impl_arg, register
 
-__all__ = ["rmsprop_clip_", "rmsprop_clip_reference"]
+__all__ = ["rmsprop_clip_", "reference"]
 
-_OP = "rmsprop_clip_"
-_FAMILY = "clip"
+FAMILY = family_of("rmsprop_clip")
 
 
-def rmsprop_clip_reference(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alpha, eps, weight_decay,
-                           momentum, centered, maximize, clip_value) -> None:
-    """The definition: torch's ``_single_tensor_rmsprop`` (torch 2.14), then ``clamp_``."""
+def reference(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alpha, eps, weight_decay, momentum,
+              centered, maximize, clip_value, found_inf=None) -> None:
+    """The definition: torch's ``_single_tensor_rmsprop`` (torch 2.14), then ``clamp_``.
+
+    With ``found_inf`` the update is computed and then undone element-wise where the flag is
+    set (torch.where, no host sync): the definition of a skipped step, at the cost of a copy
+    (the reference is for checking, not speed)."""
+    hyper = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                 maximize=maximize, clip_value=clip_value)
+    if found_inf is None:
+        _update(params, grads, square_avgs, grad_avgs, momentum_buffers, **hyper)
+        return
+    mutated = [t for lst in (params, square_avgs, grad_avgs, momentum_buffers) for t in lst]
+    saved = [t.clone() for t in mutated]
+    _update(params, grads, square_avgs, grad_avgs, momentum_buffers, **hyper)
+    skip = found_inf.reshape(()) != 0
+    for t, old in zip(mutated, saved):
+        t.copy_(torch.where(skip, old, t))
+
+
+def _update(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alpha, eps, weight_decay, momentum,
+            centered, maximize, clip_value) -> None:
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         square_avg = square_avgs[i]
@@ -52,21 +71,6 @@ def rmsprop_clip_reference(params, grads, square_avgs, grad_avgs, momentum_buffe
             param.clamp_(-clip_value, clip_value)
 
 
-def reference_step(lists, hyper: dict, found_inf) -> None:
-    """The reference update; with ``found_inf`` the update is computed and then undone
-    element-wise where the flag is set (torch.where, no host sync): the definition of a
-    skipped step, at the cost of a copy (the reference is for checking, not speed)."""
-    if found_inf is None:
-        rmsprop_clip_reference(*lists, **hyper)
-        return
-    mutated = [t for lst in (lists[0], *lists[2:]) for t in lst]
-    saved = [t.clone() for t in mutated]
-    rmsprop_clip_reference(*lists, **hyper)
-    skip = found_inf.reshape(()) != 0
-    for t, old in zip(mutated, saved):
-        t.copy_(torch.where(skip, old, t))
-
-
 def kernel_ok(p: torch.Tensor, others: list[torch.Tensor]) -> bool:
     """The kernels walk param, grad and state as one span each, in the same order."""
     if p.numel() == 0 or not is_dense(p):
@@ -82,10 +86,8 @@ def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, 
     return None
 
 
-native_ops = native_loader(_FAMILY, {"pyfast_gan::rmsprop_clip_": _rmsprop_clip_fake})
-
-# The impl for tensors on a device (memoized: asked on every call; see ``_dispatch.resolver``).
-resolve_impl = resolver(_OP, _FAMILY, native_ops)
+# No Triton set-up: the Triton kernel is a plain launcher, imported where it runs.
+native_ops, triton_ops, resolve_impl = register("rmsprop_clip_", FAMILY, fakes={"rmsprop_clip_": _rmsprop_clip_fake})
 
 
 def _pick(lists, idx: list[int]):
@@ -120,7 +122,7 @@ def rmsprop_clip_(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr
             others.append(momentum_buffers[i])
         (fast if which != "reference" and kernel_ok(p, others) else slow).append(i)
     if slow:
-        reference_step(_pick(lists, slow), hyper, found_inf)
+        reference(*_pick(lists, slow), **hyper, found_inf=found_inf)
     if not fast:
         return
     if which == "triton":

@@ -421,14 +421,13 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
     if values["fast"] and (not cfg.resume or "fast" in explicit):
         fill(fast_settings(device))
     if values["impl"] != "auto":  # an explicit kernel choice that cannot run is refused now
-        from pyfast_gan.ops._dispatch import resolve as resolve_impl
+        from pyfast_gan.ops import check_impl
 
-        for family in ("penalty", "clip"):
-            try:
-                resolve_impl("training", family, values["impl"], torch.device(device))
-            except RuntimeError as e:
-                raise ValueError(f"--impl {values['impl']}: cannot run on this {device} machine "
-                                 f"({str(e).split(': ', 1)[-1]}); use --impl auto") from None
+        try:
+            check_impl(values["impl"], device)
+        except RuntimeError as e:
+            raise ValueError(f"--impl {values['impl']}: cannot run on this {device} machine "
+                             f"({str(e).split(': ', 1)[-1]}); use --impl auto") from None
     out = TrainConfig(**values)
     validate(out)
     return out
