@@ -1,12 +1,19 @@
 """``python -m pyfast_gan.evaluate --checkpoint PATH``: score a trained generator with every
 measure that applies to its data (mode coverage for toy mixtures, the digits classifier's
 cFID / IS / classes covered / KL for the embedded digits and mnist, FID and KID with Inception weights),
-print a table and write the numbers as JSON."""
+print a table and write the numbers as JSON.
+
+Exit status: 0 when the scores were printed and written; 1 when they were printed but the
+JSON file could not be written (a read-only run directory, a full disk: the message names the
+file and --json PATH writes it elsewhere); 2 for a bad flag, checkpoint or data."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Metric groups: modes (8/25 Gaussians), toy_fd (toy data), classifier (digits, mnist: cfid, is_score, "
                "classes_covered, kl_uniform), fid and kid (images; need the FID Inception weights, "
                "pt_inception-2015-12-05-6726825d.pth from pytorch-fid). 'auto' = all that apply; fid/kid "
-               "are skipped with a note when no weights are found.")
+               "are skipped with a note when no weights are found. "
+               "Exit status: 0 = scores printed and written; 1 = scores printed, but the JSON file could not "
+               "be written (the message names it; --json PATH writes it elsewhere); 2 = bad flag, checkpoint "
+               "or data, nothing scored.")
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint file (.pt) or run directory (uses checkpoints/latest.pt)")
     p.add_argument("--n", type=int, default=10000, help="generated samples to score (default: 10000)")
@@ -43,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="device (default: auto = cuda when available)")
     p.add_argument("--json", default="",
-                   help="output JSON (default: eval_step_XXXXXX.json in the run directory)")
+                   help="output JSON (default: eval_step_XXXXXX.json in the run directory; when it cannot "
+                        "be written the scores are still printed and the exit status is 1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -122,8 +133,25 @@ def main(argv=None) -> int:
               "seed": args.seed, "metrics": list(ev.metrics), "skipped": ev.skipped, **result}
     print(f"{cfg['loss']} on {data}, step {step}, {args.n} samples of {describe_generator(cfg)} ({path})")
     print(format_table(result))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        try:  # a file that is either whole or absent, never a half-written one
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp, out)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "the disk is full"
+        elif isinstance(e, (FileExistsError, NotADirectoryError)):  # mkdir met a file on the way
+            why = "a part of its path is a file, not a folder"
+        else:
+            why = e.strerror or str(e)
+        print(f"python -m pyfast_gan.evaluate: the scores above were computed, but {str(out)!r} could not be "
+              f"written: {why}; pass --json PATH to write them elsewhere", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

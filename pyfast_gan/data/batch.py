@@ -6,7 +6,20 @@ from __future__ import annotations
 
 import torch
 
+from .dataset import DataError
 from .transforms import to_float
+
+
+def too_few_images(batch_size: int, world: int, n: int, failed: int = 0, source: str = "") -> str:
+    """The message for a global batch larger than the ``n`` images there are: when ``failed``
+    files did not decode, it says so, since the folder held enough files and the fix is
+    those files or a smaller batch."""
+    gb = f"--batch-size {batch_size}" + (f" x {world} processes" if world > 1 else "")
+    if not failed:
+        return f"{gb} is larger than the dataset ({n} images)"
+    where = f" of {source!r}" if source else ""
+    return (f"only {n} of the {n + failed} images{where} decoded ({failed} failed): {gb} is larger than "
+            f"the {n} images left; replace the unreadable files or lower --batch-size to {max(1, n // world)}")
 
 
 class ImageBatcher:
@@ -23,6 +36,9 @@ class ImageBatcher:
         # ranks and survives a change of world size.
         self.rank, self.world = rank, world_size
         self.n = data.shape[0]
+        # Set by TrainingImages.load on the tensor it returns: files of the source that did
+        # not decode, and the source, so a batch too large for what is left says why.
+        self.failed, self.source = int(getattr(data, "num_failed", 0)), str(getattr(data, "source", ""))
         self.device = device
         self.gen = generator
         self.memory_format = memory_format
@@ -61,9 +77,8 @@ class ImageBatcher:
     def _indices(self, batch_size: int) -> torch.Tensor:
         """Advance the data position by one global batch; this rank's image indices."""
         gb = batch_size * self.world
-        if gb > self.n:
-            raise ValueError(f"--batch-size {batch_size} x {self.world} processes is larger than "
-                             f"the dataset ({self.n} images)")
+        if gb > self.n:  # a DataError: the trainer reports it as one line, not as a failed step
+            raise DataError(too_few_images(batch_size, self.world, self.n, self.failed, self.source))
         if self.offset + gb > self.n:
             self.epoch += 1
             self.offset = 0

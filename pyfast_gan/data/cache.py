@@ -395,13 +395,34 @@ class TrainingImages:
         return self.count
 
     def load(self, *, num_workers: int = 0, progress: bool = True, say=print, rank: int = 0,
-             world: int = 1) -> tuple[torch.Tensor, CacheRows | None]:
+             world: int = 1, batch_size: int = 0) -> tuple[torch.Tensor, CacheRows | None]:
         """(images, rows): the decoded images, and the cache's batch reader when they are a
-        memory map of the cache (None when they were decoded into memory)."""
+        memory map of the cache (None when they were decoded into memory).
+
+        ``failed`` then holds how many files of the source did not decode (also set on the
+        returned tensor as ``num_failed``, with ``source``, for the batcher's message). With
+        ``batch_size`` > 0, fewer images left than one global batch (``batch_size`` x
+        ``world``) is a DataError saying how many decoded and how many failed: the count
+        checked before decoding included files that turned out unreadable."""
+        images, rows, self.failed = self._load(num_workers, progress, say, rank, world)
+        source = self.source.path if self.source is not None else self.ds.source
+        if batch_size and images.shape[0] < batch_size * world:
+            from .batch import too_few_images
+
+            raise DataError(too_few_images(batch_size, world, images.shape[0], self.failed, source))
+        if self.failed:  # a tensor takes attributes; the embedded sets' shared tensors are never marked
+            images.num_failed, images.source = self.failed, source
+        return images, rows
+
+    def _load(self, num_workers, progress, say, rank, world):
+        """(images, rows, files that did not decode)."""
         from . import decode_all
 
+        def in_memory(ds):  # num_skipped: files whose header or pixels did not read
+            return decode_all(ds, num_workers=num_workers, progress=progress), None, ds.num_skipped
+
         if self.source is None:
-            return decode_all(self.ds, num_workers=num_workers, progress=progress), None
+            return in_memory(self.ds)
         t0 = time.perf_counter()
         try:
             c = open_shared(self.source, rank=rank, world=world, num_workers=num_workers, progress=progress,
@@ -411,9 +432,9 @@ class TrainingImages:
             if self.cache != "auto" or world > 1:
                 raise
             say(f"data cache: {e.reason}; decoding into memory instead")
-            return decode_all(self.source.dataset(progress), num_workers=num_workers, progress=progress), None
+            return in_memory(self.source.dataset(progress))
         if not c.built:
             say(f"data cache: opened {c.data_path} ({c.images.shape[0]} images, {self.image_size}x"
                 f"{self.image_size}) in {time.perf_counter() - t0:.2f} s"
                 + (f"; {c.num_skipped} unreadable file(s) were skipped when it was built" if c.num_skipped else ""))
-        return c.images, c.rows
+        return c.images, c.rows, c.num_skipped

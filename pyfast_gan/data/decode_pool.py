@@ -12,12 +12,13 @@ import signal
 import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dataset import ImageDataset, TensorImageDataset
+from .dataset import DataError, ImageDataset, TensorImageDataset
 
 CRC = np.dtype("<u4")
 _CHUNK = 64  # images per worker task: big enough to amortise the pickling, small for the bar
@@ -97,10 +98,18 @@ def decode_into(f, ds: ImageDataset, num_workers: int, progress: bool) -> tuple[
             # On an error or Ctrl-C, drop the chunks not started instead of decoding them all.
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
             results = pool.map(_decode_range, ranges)  # in order: the cache keeps the source order
-        for arr, crc, bad in results:
-            f.write(arr.tobytes())
-            crcs.append(crc)
-            written += arr.shape[0]
-            skipped += [(getattr(ds, "describe", str)(i), e) for i, e in bad]
-            bar.update(arr.shape[0] + len(bad))
+        try:
+            for arr, crc, bad in results:
+                f.write(arr.tobytes())
+                crcs.append(crc)
+                written += arr.shape[0]
+                skipped += [(getattr(ds, "describe", str)(i), e) for i, e in bad]
+                bar.update(arr.shape[0] + len(bad))
+        except BrokenProcessPool:
+            # A worker was killed (SIGKILL from the kernel's OOM killer, most often): each
+            # holds a copy of what it decodes, so fewer workers need less memory.
+            raise DataError(f"a decode worker died while building the data cache of "
+                            f"{getattr(ds, 'source', '') or 'the data'} (killed by the system: memory may be "
+                            f"short); rerun with --num-workers 1 (this build used {workers}); nothing of "
+                            "it was kept") from None
     return written, np.concatenate(crcs) if crcs else np.empty(0, CRC), skipped

@@ -51,12 +51,21 @@ class DataFormat:
 
 def _stat_digest(paths, root: Path | None = None) -> str:
     """sha256 over each file's name (relative to ``root``), size and mtime: changes when a
-    file is added, removed, renamed or rewritten, without reading any pixel."""
+    file is added, removed, renamed or rewritten, without reading any pixel.
+
+    Names are hashed as the file system's bytes (os.fsencode), so any name it allows can be
+    cached: a name that is not UTF-8 reaches Python with surrogate escapes, which
+    ``str.encode()`` refuses. A UTF-8 name gives the same bytes either way, so existing
+    caches keep their keys."""
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        name = str(Path(p).relative_to(root)) if root is not None else str(p)
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise DataError(f"cannot read {str(p)!r} while fingerprinting the data: {e.strerror or e} "
+                            "(did it change during start-up? rerun, or use --data-cache off)") from None
+        name = Path(p).relative_to(root) if root is not None else p
+        h.update(os.fsencode(name) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,13 +17,33 @@ from .dataset import DataError, ImageDataset, check_size_channels
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
+def _not_a_file(path: str) -> str | None:
+    """None for a regular file (a symlink is followed), else what it is instead: a dangling
+    link, a FIFO, a socket, a device, a folder. Opening a FIFO waits for a writer, so start-up
+    hung on one with an image's name; a dangling link stopped the cache's fingerprint."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a symlink to a missing file" if os.path.islink(path) else "gone"
+    except OSError as e:
+        return f"not readable ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
 def list_images(root: Path) -> list[Path]:
     """Image files under ``root`` (any depth), sorted so runs are reproducible. Symlinked
     folders are followed once: the real tree is walked first, then each linked folder whose
     real path was not walked yet; the others (a loop such as ``sub/back -> ..``, a second
     link to one folder) are skipped, with one warning saying how many, instead of listing
-    their images again (a loop would list a folder's images over and over)."""
-    found, repeats, seen = [], [], set()
+    their images again (a loop would list a folder's images over and over).
+
+    Only regular files are listed: a name with an image extension that is a dangling
+    symlink, a FIFO, a socket or a device is skipped, with one warning naming them."""
+    found, repeats, seen, odd = [], [], set(), []
     todo = [str(root)]  # the tree itself, then each symlinked folder met in it, in order
     while todo:
         top = todo.pop(0)
@@ -45,8 +66,18 @@ def list_images(root: Path) -> list[Path]:
                     seen.add(r)
             for f in filenames:
                 if f.lower().endswith(IMAGE_EXTENSIONS):
-                    found.append(Path(dirpath) / f)
+                    p = os.path.join(dirpath, f)
+                    if (what := _not_a_file(p)) is None:
+                        found.append(Path(p))
+                    else:
+                        odd.append((p, what))
     found.sort()
+    if odd:
+        odd.sort()
+        shown = "; ".join(f"{p} ({what})" for p, what in odd[:3])
+        warnings.warn(f"skipped {len(odd)} file(s) of {str(root)!r} with an image name that are not regular "
+                      f"files: {shown}{' ...' if len(odd) > 3 else ''}; remove them or replace them with the "
+                      "images", stacklevel=2)
     if repeats:
         warnings.warn(f"followed symlinks once: skipped {len(repeats)} folder(s) of {str(root)!r} that lead to "
                       f"a folder already listed ({', '.join(repeats[:3])}{' ...' if len(repeats) > 3 else ''})",
