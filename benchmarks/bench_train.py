@@ -86,7 +86,43 @@ LABELS = {
 Z_DIM = 100
 
 
-def device_peak(device: torch.device, precision: str) -> float | None:
+# The convolutions that set a CPU's measured peak: DCGAN-64 critic layers at batch 64
+# (N, C, H, out channels), 4x4 kernels, stride 2, padding 1.
+PEAK_CONVS = ((64, 128, 16, 256), (64, 256, 8, 512), (64, 64, 32, 128))
+_measured: dict[tuple[str, bool], float] = {}
+
+
+def measured_conv_peak(precision: str, channels_last: bool, reps: int = 5) -> float:
+    """FLOP/s of the fastest of a few large DCGAN convolutions (forward, best of ``reps``) in
+    ``precision`` and layout on the CPU, measured once per process: the roofline a CPU row is
+    held against (oneDNN's rate for the very convolutions the step is made of)."""
+    key = (precision, channels_last)
+    if key not in _measured:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        g = torch.Generator().manual_seed(0)
+        best = 0.0
+        with torch.no_grad():
+            for n, c, h, o in PEAK_CONVS:
+                x = torch.randn(n, c, h, h, generator=g).to(dtype)
+                w = (torch.randn(o, c, 4, 4, generator=g) * 0.05).to(dtype)
+                if channels_last:
+                    x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+                flop = 2 * n * o * (h // 2) ** 2 * c * 16
+                for i in range(reps + 1):
+                    t0 = time.perf_counter()
+                    nn.functional.conv2d(x, w, None, 2, 1)
+                    dt = time.perf_counter() - t0
+                    if i:  # the first call creates oneDNN's primitive
+                        best = max(best, flop / dt)
+        _measured[key] = best
+    return _measured[key]
+
+
+def device_peak(device: torch.device, precision: str, channels_last: bool = False) -> float | None:
+    """Peak FLOP/s for a row: the datasheet's on a known GPU; on a CPU the measured rate of
+    large convolutions in the row's precision and layout."""
+    if device.type == "cpu":
+        return measured_conv_peak(precision, channels_last)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -323,8 +359,11 @@ def run_setting(loss, args, device, rows, folder):
         if c == "naive" and naive_flops:
             row["naive_gflop_per_it"] = naive_flops / 1e9
         prec = "bf16" if c != "naive" and loops[c].run.step.dtype is torch.bfloat16 else "fp32"
-        peak = device_peak(device, prec)
-        row["tflop_s"] = flops * its / 1e12 if flops else None
+        layout_cl = c != "naive" and loops[c].run.cfg.channels_last
+        peak = device_peak(device, prec, layout_cl)
+        row["gflop_s"] = flops * its / 1e9 if flops else None
+        row["peak_gflop_s"] = peak / 1e9 if peak else None
+        row["peak_of"] = f"{prec} {'channels_last' if layout_cl else 'NCHW'}"
         row["frac_peak"] = (flops * its / peak) if (flops and peak) else "not known"
         if c in notes:
             row["note"] = notes[c]
@@ -355,7 +394,7 @@ def parse_args(argv=None):
 
 
 COLUMNS = ["loss", "config", "batch", "it_s", "img_s", "speedup", "peak_mem_mib", "compile_s",
-           "tflop_s", "frac_peak", "data_share"]
+           "gflop_s", "peak_of", "peak_gflop_s", "frac_peak", "data_share"]
 
 
 def main(argv=None):
@@ -367,6 +406,10 @@ def main(argv=None):
     env = environment(device)
     print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  "
           f"threads {torch.get_num_threads()}  commit {env['commit']}")
+    if device.type == "cpu":  # the roofline of every CPU row, measured before any row runs
+        print("convolution peak (" + ", ".join(
+            f"{prec} {'channels_last' if cl else 'NCHW'} {measured_conv_peak(prec, cl) / 1e9:.0f}"
+            for prec, cl in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))) + " GFLOP/s)")
     rows: list[dict] = []
     import tempfile
 

@@ -1,0 +1,29 @@
+"""bench_train.py's roofline on a CPU: every row reports its achieved GFLOP/s and its fraction of
+a convolution peak measured on this machine for the row's precision and layout."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_cpu_rows_report_achieved_gflops_and_fraction_of_the_measured_peak(capsys):
+    import bench_train
+
+    rows = bench_train.main(["--losses", "wgan-gp", "--image-size", "32", "--base", "8", "--batch-size", "8",
+                             "--steps", "1", "--rounds", "1", "--dataset-size", "16", "--device", "cpu",
+                             "--configs", "naive", "reference", "channels_last"])
+    assert "convolution peak (fp32 NCHW" in capsys.readouterr().out
+    assert [r["config"] for r in rows] == [bench_train.LABELS[c] for c in ("naive", "reference", "channels_last")]
+    for r in rows:
+        assert r["gflop_s"] > 0 and r["peak_gflop_s"] > 0
+        assert r["frac_peak"] == pytest.approx(r["gflop_s"] / r["peak_gflop_s"])
+    assert [r["peak_of"] for r in rows] == ["fp32 NCHW", "fp32 NCHW", "fp32 channels_last"]
+    # one measurement per (precision, layout), the same for every row that shares it
+    assert rows[0]["peak_gflop_s"] == rows[1]["peak_gflop_s"]
+    assert bench_train.measured_conv_peak("fp32", True) * 1e-9 == rows[2]["peak_gflop_s"]
