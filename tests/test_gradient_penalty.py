@@ -267,6 +267,28 @@ def test_weight_numpy_and_tensor(impl, monkeypatch):
     torch.testing.assert_close(g, unweighted.detach())
 
 
+@pytest.mark.parametrize("impl", ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not HAS_NATIVE, reason="no native"))])
+def test_gp_weight_is_another_name_for_weight(impl):
+    """``gp_weight=``, the trainer's name (--gp-weight), is the same argument as ``weight``;
+    the default stays 10 and both together are refused, even when ``weight`` is 10."""
+    critic = SmoothMLPCritic()
+    real, fake, alpha = torch.randn(5, 7), torch.randn(5, 7), torch.rand(5)
+    for w in (3.5, np.float32(2.0), torch.tensor(4.0)):
+        torch.testing.assert_close(pg.gradient_penalty(critic, real, fake, alpha=alpha, gp_weight=w, impl=impl),
+                                   pg.gradient_penalty(critic, real, fake, alpha=alpha, weight=w, impl=impl),
+                                   rtol=0, atol=0)
+    torch.testing.assert_close(pg.gradient_penalty(critic, real, fake, alpha=alpha, impl=impl),
+                               pg.gradient_penalty(critic, real, fake, 10.0, alpha=alpha, impl=impl), rtol=0, atol=0)
+    for given in (dict(weight=5.0), dict(weight=10.0)):
+        with pytest.raises(TypeError, match=r"got both weight and gp_weight; gp_weight is another name for weight "
+                                            r"\(the trainer's --gp-weight\): pass one of them"):
+            pg.gradient_penalty(critic, real, fake, gp_weight=5.0, **given)
+    with pytest.raises(TypeError, match="got both weight and gp_weight"):
+        pg.gradient_penalty(critic, real, fake, 10.0, gp_weight=5.0)
+    with pytest.raises(ValueError, match="gp_weight must be a finite number"):
+        pg.gradient_penalty(critic, real, fake, gp_weight=float("nan"))
+
+
 def test_weight_errors():
     critic, r = SmoothMLPCritic(), torch.randn(4, 7)
     for bad in (np.float32("inf"), np.float64("nan"), float("-inf"), np.bool_(True), True, "10", None, 1j):

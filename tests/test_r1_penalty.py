@@ -83,6 +83,26 @@ def test_gamma_numpy_and_tensor(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_gamma_defaults_to_10(impl):
+    """gamma has StyleGAN2's default, 10 (r1_penalty.DEFAULT_GAMMA), in both spellings."""
+    import inspect
+
+    from pyfast_gan.ops.r1_penalty import DEFAULT_GAMMA
+
+    assert DEFAULT_GAMMA == 10.0
+    for fn in (pg.r1_penalty, pg.r1_penalty_from_scores):
+        assert inspect.signature(fn).parameters["gamma"].default == 10.0
+    critic, real = SmoothMLPCritic(), torch.randn(4, 7)
+    torch.testing.assert_close(pg.r1_penalty(critic, real, impl=impl), pg.r1_penalty(critic, real, 10.0, impl=impl),
+                               rtol=0, atol=0)
+    x = real.clone().requires_grad_(True)
+    scores = critic(x)
+    torch.testing.assert_close(pg.r1_penalty_from_scores(scores, x, impl=impl),
+                               pg.r1_penalty_from_scores(scores, x, 10.0, impl=impl), rtol=0, atol=0)
+    torch.testing.assert_close(pg.r1_penalty(critic, real, impl=impl), r1_autograd(critic, real, 10.0))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_scaler_fp32(impl):
     critic, real = conv_critic(), torch.randn(4, 3, 11, 12)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)

@@ -21,21 +21,40 @@ from .interpolate import interpolate_leaf
 from .penalty_core import apply_weight, check_drop_in_args, check_weight, input_gradient
 
 
+class _DefaultWeight(float):
+    """The default weight, 10.0 (the WGAN-GP paper's lambda), told apart by identity from a
+    weight the caller passed, so that ``weight`` and ``gp_weight`` given together are refused
+    even when ``weight`` is 10.0. It prints as 10.0 in the signature."""
+    __slots__ = ()
+
+
+DEFAULT_GP_WEIGHT = _DefaultWeight(10.0)
+
+
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
-                     weight: float | torch.Tensor = 10.0, *, center: float = 1.0, mode: str = "two_sided",
+                     weight: float | torch.Tensor = DEFAULT_GP_WEIGHT, *, center: float = 1.0, mode: str = "two_sided",
                      alpha: torch.Tensor | None = None, generator: torch.Generator | None = None, scaler=None,
-                     impl: str = "auto") -> torch.Tensor:
+                     impl: str = "auto", gp_weight: float | torch.Tensor | None = None) -> torch.Tensor:
     """Weighted gradient penalty of ``critic`` at random interpolates of ``real`` and ``fake``.
 
     Returns a scalar (fp32; fp64 for fp64 inputs) ready to add to the critic loss.
     ``critic`` must return one value per sample: shape (N,), or (N,) followed by 1-sized
-    dims such as a DCGAN conv head's (N, 1, 1, 1). ``weight`` (positional or keyword): see
-    :func:`~pyfast_gan.ops.penalty_core.check_weight`. ``alpha``: the per-sample interpolation
-    weights, (N,), drawn from U[0, 1) when None, with ``generator`` when given (see
-    :func:`~pyfast_gan.interpolate` for which impls draw it how).
+    dims such as a DCGAN conv head's (N, 1, 1, 1). ``weight`` (positional or keyword; default
+    10, the WGAN-GP paper's lambda): see :func:`~pyfast_gan.ops.penalty_core.check_weight`.
+    ``gp_weight=``: the same argument under the trainer's name (``--gp-weight``); giving both
+    is a TypeError. ``alpha``: the per-sample interpolation weights, (N,), drawn from U[0, 1)
+    when None, with ``generator`` when given (see :func:`~pyfast_gan.interpolate` for which
+    impls draw it how). Inside ``torch.compile`` dynamo cannot pass a ``torch.Generator`` into
+    the graph: there ``generator=`` raises a ValueError that says to pass ``alpha=`` (drawn
+    outside the compiled function) instead.
     """
     if not isinstance(real, torch.Tensor) or not isinstance(fake, torch.Tensor):
         raise ValueError("real and fake must be tensors")
+    if weight is DEFAULT_GP_WEIGHT:
+        weight = 10.0 if gp_weight is None else check_weight(gp_weight, real.device, "gp_weight")
+    elif gp_weight is not None:
+        raise TypeError("gradient_penalty() got both weight and gp_weight; gp_weight is another name for "
+                        "weight (the trainer's --gp-weight): pass one of them")
     weight = check_weight(weight, real.device)
     check_drop_in_args(critic, mode, scaler, "gradient_penalty")
     x_hat = interpolate_leaf(real, fake, alpha, generator=generator, impl=impl)

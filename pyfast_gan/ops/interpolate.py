@@ -133,6 +133,15 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | No
                 generator: torch.Generator | None = None, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(x_hat, alpha)`` with one ``alpha`` per sample (drawn from U[0, 1) if not given)."""
     a = check_args(real, fake, alpha, generator)
+    if a is None and generator is not None and torch.compiler.is_compiling():
+        # Dynamo cannot pass a torch.Generator into a graph, as an argument of torch.rand or
+        # of a custom op (torch 2.14: "Failed to convert args/kwargs to proxy"). Under
+        # fullgraph=True this error is shown in the debug context of dynamo's "Observed
+        # exception"; without fullgraph the call runs eagerly, generator and all.
+        raise ValueError("pyfast_gan: generator= cannot be used inside torch.compile (dynamo cannot pass a "
+                         "torch.Generator into the graph); draw alpha outside the compiled function, "
+                         "alpha = torch.rand(N, generator=g), and pass alpha=alpha, or leave out generator= "
+                         "to draw from the global RNG")
     which = resolve_impl(impl, real.device.type)
     n = real.shape[0]
     if a is None and which in ("reference", "cpu"):

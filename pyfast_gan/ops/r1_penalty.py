@@ -30,14 +30,23 @@ from .interpolate import check_samples
 from .penalty_core import apply_weight, check_drop_in_args, check_scaler, check_weight, input_gradient, \
     scores_gradient
 
+# gamma = 10, in this module's convention gamma / 2 * E||grad||^2 (Mescheder et al. 2018, eq. 9):
+# the default of StyleGAN's and StyleGAN2's D_logistic_r1 (FFHQ at 1024x1024, same convention)
+# and of stylegan2-ada-pytorch's --cfg=stylegan2. Mescheder et al.'s own configs (GAN_stability,
+# CelebA-HQ, LSUN, ImageNet) set reg_param 10 but multiply E||grad||^2 by it without the 1/2,
+# so theirs is gamma 20 here. The best gamma depends on the data and the resolution:
+# stylegan2-ada's paper256 config uses 1, its --cfg=auto 0.0002 * res**2 / batch.
+DEFAULT_GAMMA = 10.0
 
-def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, gamma: float | torch.Tensor, *,
-               scaler=None, impl: str = "auto") -> torch.Tensor:
+
+def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+               gamma: float | torch.Tensor = DEFAULT_GAMMA, *, scaler=None, impl: str = "auto") -> torch.Tensor:
     """``gamma / 2 * E[||grad_x critic(x)||^2]`` at ``x = real``: a scalar (fp32; fp64 for fp64
     ``real``) to add to the critic loss.
 
     ``gamma``: a finite Python/numpy number or a one-element tensor (multiplied in without a
-    host sync). ``critic`` must return one value per sample, shape (N,) or (N, 1, ...).
+    host sync); default 10, StyleGAN2's (see ``DEFAULT_GAMMA`` for where it comes from; tune it
+    to the data). ``critic`` must return one value per sample, shape (N,) or (N, 1, ...).
     ``scaler``: the fp16 ``GradScaler``, as for ``gradient_penalty``. ``impl``: "auto" |
     "reference" | "cpu" | "cuda" | "triton".
     """
@@ -51,8 +60,8 @@ def r1_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tenso
     return _r1(input_gradient(critic, x.requires_grad_(True), scaler), gamma, impl)
 
 
-def r1_penalty_from_scores(scores: torch.Tensor, real: torch.Tensor, gamma: float | torch.Tensor, *,
-                           scaler=None, impl: str = "auto") -> torch.Tensor:
+def r1_penalty_from_scores(scores: torch.Tensor, real: torch.Tensor, gamma: float | torch.Tensor = DEFAULT_GAMMA,
+                           *, scaler=None, impl: str = "auto") -> torch.Tensor:
     """:func:`r1_penalty` from ``scores = critic(real)`` already computed, with ``real``
     requiring grad before that forward: no second forward of the critic.
 
