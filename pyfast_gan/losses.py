@@ -8,7 +8,7 @@ from a sigmoid.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ class Loss:
     """One adversarial loss. ``critic``/``generator`` return (0-d loss, stats of 0-d fp32
     tensors); stats are detached and always include "wasserstein" = E[D(x)] - E[D(G(z))]."""
 
+    stateful: ClassVar[bool] = False  # no state between steps (BEGANLoss has k_t)
     name: str
     uses_gp: bool
     uses_clipping: bool
@@ -161,15 +162,27 @@ class BEGANLoss:
         self.real.copy_(s["real"])
 
 
-def get_loss(name: str, **kw):
-    """The loss object for ``name``. Stateless losses are shared objects; "began" is a fresh
-    :class:`BEGANLoss` (``kw``: gamma, lambda_k, k0) since it carries k_t."""
+def get_loss(name: str, *, gamma: float = 0.5, lambda_k: float = 0.001, k0: float = 0.0):
+    """The loss object for ``name`` (one of :data:`LOSSES`). Stateless losses are shared
+    objects; "began" is a fresh :class:`BEGANLoss`, since it carries k_t, with its
+    hyperparameters ``gamma``, ``lambda_k`` and ``k0`` (the paper's defaults). The other losses
+    have no hyperparameters and ignore them, so a caller passes its settings for every loss and
+    never asks which one it has."""
     if name == "began":
-        return BEGANLoss(**kw)
+        return BEGANLoss(gamma=gamma, lambda_k=lambda_k, k0=k0)
     try:
         return _LOSS_OBJECTS[name]
     except KeyError:
         raise ValueError(f"loss must be one of {LOSSES}, got {name!r}") from None
+
+
+def check_loss(loss):
+    """``loss`` when it is a loss object; the training step and its objectives take the object
+    the run built (:func:`get_loss`), never a name to look up again."""
+    if isinstance(loss, str):
+        raise TypeError(f"expected a loss object, got the name {loss!r}: pass "
+                        f"pyfast_gan.losses.get_loss({loss!r})")
+    return loss
 
 
 # TrainConfig defaults per loss, as published:
@@ -197,4 +210,4 @@ PRESETS: dict[str, dict] = {
     "cogan": dict(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), n_critic=1, batch_size=128, critic_norm="batch"),
 }
 
-__all__ = ["LOSSES", "PRESETS", "BEGANLoss", "Loss", "get_loss"]
+__all__ = ["LOSSES", "PRESETS", "BEGANLoss", "Loss", "check_loss", "get_loss"]

@@ -88,8 +88,8 @@ def test_began_critic_is_the_per_sample_reconstruction_error():
 
 def test_began_step_moves_k_by_the_formula():
     G, D = build_models("began", image_size=32, channels=1, z_dim=8, base=4)
-    og, od, _ = build_optimizers(G, D, loss="began", optimizer="adam", lr=1e-4, betas=(0.5, 0.999))
     loss = get_loss("began", gamma=0.5, lambda_k=0.5)
+    og, od, _ = build_optimizers(G, D, loss=loss, optimizer="adam", lr=1e-4, betas=(0.5, 0.999))
     step = GANStep(G, D, og, od, loss, z_dim=8)
     assert step.objective.loss_fn is loss and step.gen_objective.loss_fn is loss
     k0 = loss.k.clone()

@@ -15,7 +15,7 @@ from pyfast_gan import _native
 from pyfast_gan.step.cuda_graphs import (GraphedStep, _restore, _snapshot, _training_state,
                                          cuda_graphs_unsupported_reason, graph_step, uses_triton_multi_tensor)
 from pyfast_gan.step.step import GANStep, build_optimizers
-from pyfast_gan.losses import PRESETS
+from pyfast_gan.losses import PRESETS, get_loss
 from pyfast_gan.models import EMA, build_models
 
 
@@ -24,7 +24,7 @@ def _step(device, loss="wgan-gp", amp="off", capturable=True, seed=0, ema=False,
     G, D = build_models("dcgan", image_size=32, channels=3, z_dim=16, base=8,
                         critic_norm="layer" if loss == "wgan-gp" else "batch")
     G, D = G.to(device), D.to(device)
-    p = PRESETS[loss]
+    p, loss = PRESETS[loss], get_loss(loss)
     opt_g, opt_d, clip = build_optimizers(G, D, loss=loss, optimizer=p["optimizer"], lr=p["lr"],
                                           betas=p.get("betas", (0.0, 0.9)), capturable=capturable, impl=impl)
     return GANStep(G, D, opt_g, opt_d, loss, z_dim=16, clip_after=clip, amp=amp, impl=impl,

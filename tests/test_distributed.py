@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pyfast_gan.step import distributed as fd
+from pyfast_gan.losses import get_loss
 from pyfast_gan.step.step import GANStep
 
 B = 3  # per-process batch (odd on purpose)
@@ -71,7 +72,7 @@ def _train_one_iteration(kind, real, z_d, z_g, alpha, sync):
     # into a full-size step of either sign. fused=True: it applies the step's skip flag.
     opt_d = torch.optim.SGD(D.parameters(), lr=0.1, fused=True)
     opt_g = torch.optim.SGD(G.parameters(), lr=0.1, fused=True)
-    step = GANStep(_Gen(G, kind), D, opt_g, opt_d, "wgan-gp", z_dim=4, impl="reference", grad_sync=sync)
+    step = GANStep(_Gen(G, kind), D, opt_g, opt_d, get_loss("wgan-gp"), z_dim=4, impl="reference", grad_sync=sync)
     stats = [step.critic_step(real, z=z_d, alpha=alpha), step.generator_step(real.shape[0], z=z_g)]
     assert step.health()["total"] == 0
     return ({k: v for s in stats for k, v in s.items() if k in ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")},

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pyfast_gan.step import objective as fc
+from pyfast_gan.losses import get_loss
 from pyfast_gan.step.objective import CriticObjective, critic_scores
 from pyfast_gan.models import DCGANCritic, MLPCritic
 
@@ -53,7 +54,7 @@ def test_compiled_wgan_gp_conv_critic_matches_eager():
     real, fake = torch.rand(n, 3, 32, 32) * 2 - 1, torch.randn(n, 3, 32, 32)
     alpha = torch.rand(n)
     # the project's kernels inside the compiled graph (compile_penalty="kernels", the default)
-    objective = CriticObjective("wgan-gp", gp_weight=10.0, compile=True)
+    objective = CriticObjective(get_loss("wgan-gp"), gp_weight=10.0, compile=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback allowed here
         loss, grads, stats = _grads_of(objective, critic, real, fake, alpha)
@@ -80,7 +81,7 @@ def test_compiled_reference_penalty_mlp_critic_matches_eager():
     critic = MLPCritic(in_dim=2, hidden=16, depth=2)
     n = 7
     real, fake, alpha = torch.randn(n, 2), torch.randn(n, 2), torch.rand(n)
-    objective = CriticObjective("wgan-gp", compile=True, compile_penalty="reference")
+    objective = CriticObjective(get_loss("wgan-gp"), compile=True, compile_penalty="reference")
     loss, grads, stats = _grads_of(objective, critic, real, fake, alpha)
     assert objective.mode == "compile", objective.fallback_reason
     ref_loss, ref_grads = _paper_grads(critic, real, fake, alpha)
@@ -106,7 +107,7 @@ def test_eager_penalty_stats_are_unweighted(impl):
     critic = DCGANCritic(32, 1, base=4, norm="layer")
     real, fake, alpha = torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32), torch.rand(4)
     for weight in (10.0, 0.5):
-        _, _, stats = _grads_of(CriticObjective("wgan-gp", gp_weight=weight, impl=impl),
+        _, _, stats = _grads_of(CriticObjective(get_loss("wgan-gp"), gp_weight=weight, impl=impl),
                                 critic, real, fake, alpha)
         _assert_penalty_stats(stats, critic, real, fake, alpha)
 
@@ -125,7 +126,7 @@ def test_real_and_fake_in_one_forward_equal_two_calls(norm, concat):
     else:
         assert not torch.allclose(one_r, two_r, atol=1e-4)
     # the objective decides by itself and its loss equals the two-call loss
-    eager = CriticObjective("wgan", impl="reference")
+    eager = CriticObjective(get_loss("wgan"), impl="reference")
     loss, _ = eager(critic, real, fake)
     torch.testing.assert_close(loss, (critic(fake).mean() - critic(real).mean()).detach(),
                                atol=1e-6, rtol=1e-5)
@@ -135,7 +136,7 @@ def test_plain_compile_for_losses_without_penalty():
     torch.manual_seed(5)
     critic = MLPCritic(in_dim=3, hidden=8, depth=1)
     real, fake = torch.randn(6, 3), torch.randn(6, 3)
-    objective = CriticObjective("hinge", compile=True)
+    objective = CriticObjective(get_loss("hinge"), compile=True)
     loss, grads, _ = _grads_of(objective, critic, real, fake, None)
     assert objective.mode == "compile", objective.fallback_reason
     ref = copy.deepcopy(critic)
@@ -150,13 +151,13 @@ def test_eager_objective_matches_paper_and_lazy_gp():
     critic = DCGANCritic(32, 1, base=4, norm="none")
     n = 3
     real, fake, alpha = torch.randn(n, 1, 32, 32), torch.randn(n, 1, 32, 32), torch.rand(n)
-    eager = CriticObjective("wgan-gp", impl="reference")
+    eager = CriticObjective(get_loss("wgan-gp"), impl="reference")
     loss, grads, stats = _grads_of(eager, critic, real, fake, alpha)
     ref_loss, ref_grads = _paper_grads(critic, real, fake, alpha)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
     _assert_grads_close(grads, ref_grads)
 
-    lazy = CriticObjective("wgan-gp", impl="reference", lazy_gp=4)
+    lazy = CriticObjective(get_loss("wgan-gp"), impl="reference", lazy_gp=4)
     loss0, grads0, st0 = _grads_of(lazy, critic, real, fake, alpha, step_index=8)
     ref0, ref_grads0 = _paper_grads(critic, real, fake, alpha, weight=40.0)
     torch.testing.assert_close(loss0, ref0, atol=1e-5, rtol=1e-4)
@@ -170,7 +171,7 @@ def test_eager_objective_matches_paper_and_lazy_gp():
 def test_fallback_when_trace_autograd_ops_is_missing(monkeypatch):
     monkeypatch.setattr(fc, "has_trace_autograd_ops", lambda: False)
     with pytest.warns(RuntimeWarning, match="trace_autograd_ops"):
-        objective = CriticObjective("wgan-gp", compile=True)
+        objective = CriticObjective(get_loss("wgan-gp"), compile=True)
     assert objective.mode == "eager" and "trace_autograd_ops" in objective.fallback_reason
 
 
@@ -185,7 +186,7 @@ def test_fallback_when_gradients_differ(monkeypatch):
         return fn
 
     monkeypatch.setattr(CriticObjective, "_get_compiled", wrong_compiled)
-    objective = CriticObjective("wgan-gp", compile=True)
+    objective = CriticObjective(get_loss("wgan-gp"), compile=True)
     before = [p.detach().clone() for p in critic.parameters()]
     with pytest.warns(RuntimeWarning, match="differ from eager"):
         loss, grads, _ = _grads_of(objective, critic, real, fake, alpha)
@@ -206,7 +207,7 @@ def test_fallback_when_compiling_fails(monkeypatch):
         return fn
 
     monkeypatch.setattr(CriticObjective, "_get_compiled", broken)
-    objective = CriticObjective("wgan-gp", compile=True)
+    objective = CriticObjective(get_loss("wgan-gp"), compile=True)
     with pytest.warns(RuntimeWarning, match="compiling failed"):
         loss, _ = objective(critic, torch.randn(3, 2), torch.randn(3, 2))
     assert objective.mode == "eager" and torch.isfinite(loss)
@@ -214,12 +215,12 @@ def test_fallback_when_compiling_fails(monkeypatch):
 
 def test_fp16_compiled_falls_back_and_bad_arguments():
     with pytest.warns(RuntimeWarning, match="fp16"):
-        assert CriticObjective("wgan-gp", compile=True, amp="fp16").mode == "eager"
+        assert CriticObjective(get_loss("wgan-gp"), compile=True, amp="fp16").mode == "eager"
     with pytest.raises(ValueError, match="compile_penalty"):
-        CriticObjective("wgan-gp", compile_penalty="jit")
+        CriticObjective(get_loss("wgan-gp"), compile_penalty="jit")
     with pytest.raises(ValueError, match="amp"):
-        CriticObjective("wgan-gp", amp="int8")
+        CriticObjective(get_loss("wgan-gp"), amp="int8")
     with pytest.raises(ValueError, match="lazy_gp"):
-        CriticObjective("wgan-gp", lazy_gp=-1)
+        CriticObjective(get_loss("wgan-gp"), lazy_gp=-1)
     with pytest.raises(ValueError, match="real and fake"):
-        CriticObjective("wgan-gp")(MLPCritic(2, 4, 1), torch.randn(3, 2), torch.randn(4, 2))
+        CriticObjective(get_loss("wgan-gp"))(MLPCritic(2, 4, 1), torch.randn(3, 2), torch.randn(4, 2))

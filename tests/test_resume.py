@@ -255,7 +255,7 @@ TORCH_FULL = RuntimeError("[enforce fail at inline_container.cc:664] . unexpecte
 def test_failed_writes_are_one_line_and_keep_the_last_checkpoint(tmp_path, capsys, monkeypatch, kind):
     import errno
 
-    from pyfast_gan.train import outputs
+    from pyfast_gan.artifacts import outputs
 
     run = tmp_path / "run"
     save, grid = torch.save, outputs.save_image_grid

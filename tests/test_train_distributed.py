@@ -104,6 +104,7 @@ def test_resume_two_process_checkpoint_on_one_process(two_process_run, tmp_path,
 
 def _skip_worker(rank, port, out_path):
     from pyfast_gan.step import distributed as fd
+    from pyfast_gan.losses import get_loss
     from pyfast_gan.step.step import GANStep
     from pyfast_gan.models import MLPCritic, MLPGenerator
 
@@ -116,7 +117,7 @@ def _skip_worker(rank, port, out_path):
         G, D = MLPGenerator(z_dim=2, hidden=8, depth=1), MLPCritic(in_dim=2, hidden=8, depth=1)
         opt_g = torch.optim.Adam(G.parameters(), lr=0.1, fused=True)
         opt_d = torch.optim.Adam(D.parameters(), lr=0.1, fused=True)
-        step = GANStep(G, D, opt_g, opt_d, "wgan-gp", z_dim=2, grad_sync=fd.allreduce_grads_)
+        step = GANStep(G, D, opt_g, opt_d, get_loss("wgan-gp"), z_dim=2, grad_sync=fd.allreduce_grads_)
         torch.manual_seed(100 + rank)
         skipped = []
         # step 0: only rank 1's batch is non-finite: both ranks must skip (the flag travels

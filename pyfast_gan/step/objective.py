@@ -33,7 +33,7 @@ import warnings
 import torch
 from torch import nn
 
-from pyfast_gan.losses import get_loss
+from pyfast_gan.losses import check_loss
 from pyfast_gan.ops.batchnorm_check import has_batch_norm
 from pyfast_gan.ops.penalty_core import penalty_at
 # x_hat = alpha*real + (1-alpha)*fake as a fresh leaf: the critic step never needs gradients
@@ -147,7 +147,7 @@ class CriticObjective:
     ``fake`` computed under ``no_grad``.
 
     Args:
-        loss: a name from ``pyfast_gan.losses.LOSSES`` or a loss object from ``get_loss``.
+        loss: the run's loss object (``pyfast_gan.losses.get_loss``).
         gp_weight, center: penalty weight lambda and target norm (WGAN-GP: 10, 1); used
             when the loss has the penalty.
         lazy_gp: penalty every K-th critic step (``step_index % K == 0``) with weight x K
@@ -175,7 +175,7 @@ class CriticObjective:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
         if compile_penalty not in COMPILE_PENALTIES:
             raise ValueError(f"compile_penalty must be one of {COMPILE_PENALTIES}, got {compile_penalty!r}")
-        self.loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+        self.loss_fn = check_loss(loss)
         self.gp_weight, self.center = float(gp_weight), float(center)
         self.every = max(int(lazy_gp), 1)
         self.use_gp = bool(self.loss_fn.uses_gp and gp_weight > 0)
@@ -326,7 +326,7 @@ class GeneratorObjective:
 
     def __init__(self, loss, *, compile: bool = False, amp="off",
                  memory_format: torch.memory_format = torch.contiguous_format):
-        self.loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+        self.loss_fn = check_loss(loss)
         self.dtype = amp_dtype(amp)
         self.memory_format = memory_format
         self.compiled = bool(compile)

@@ -5,8 +5,8 @@ eager fp32, ``--amp bf16|fp16``, ``--channels-last``, ``--compile``, ``--lazy-gp
 clipping, EMA and torchrun gradient sync, the CUDA-graph capture of ``--cuda-graphs``
 (cuda_graphs.py replays this same step) and ``benchmarks/bench_train.py``.
 
-What makes it faster than the textbook loop (shared/seeds/001), each measured by
-benchmarks/bench_train.py:
+What makes it faster than the textbook loop (the "naive" row of benchmarks/bench_train.py,
+which times each of these):
 
 * the generator runs under ``no_grad`` in critic steps (the textbook loop backpropagates the
   critic loss, penalty included, through the generator and throws those gradients away);
@@ -33,14 +33,18 @@ import torch
 from torch import nn
 
 import pyfast_gan
+from pyfast_gan.losses import check_loss
 
 from .objective import CriticObjective, GeneratorObjective, amp_dtype, autocast
 
 
-def build_optimizers(G: nn.Module, D: nn.Module, *, loss: str, optimizer: str, lr: float,
+def build_optimizers(G: nn.Module, D: nn.Module, *, loss, optimizer: str, lr: float,
                      lr_g: float = 0.0, betas=(0.0, 0.9), clip_value: float = 0.01,
                      impl: str = "auto", capturable: bool = False):
     """``(opt_g, opt_d, clip_after)`` for a run: the trainer's and the benchmark's one factory.
+
+    ``loss``: the run's loss object (:func:`pyfast_gan.losses.get_loss`); its
+    ``uses_clipping`` says whether the critic is clamped.
 
     Both optimizers apply a device-side skip flag (``found_inf``) in their kernels:
     ``optimizer="adam"``: torch's fused Adam (CPU and CUDA); ``"rmsprop"``:
@@ -50,10 +54,9 @@ def build_optimizers(G: nn.Module, D: nn.Module, *, loss: str, optimizer: str, l
     each step when the optimizer does not (WGAN with Adam), else None. ``capturable``: state
     on the device and a tensor lr, for CUDA graphs (``--lr-decay`` fills the tensor).
     """
-    from pyfast_gan.losses import get_loss
     from pyfast_gan.optim import RMSpropClip
 
-    clipping = get_loss(loss).uses_clipping
+    clipping = check_loss(loss).uses_clipping
     lr_g = lr_g or lr
     if optimizer == "rmsprop":
         opt_g = RMSpropClip(G.parameters(), lr=lr_g, clip_value=None, impl=impl, capturable=capturable)
@@ -96,7 +99,8 @@ class GANStep:
         G, D: generator and critic (on their device; channels_last is applied here).
         opt_g, opt_d: optimizers from :func:`build_optimizers` (or any optimizer whose
             ``step`` honours ``found_inf``, as torch's fused ones; others skip via the host).
-        loss: a loss name or object (pyfast_gan.losses).
+        loss: the run's loss object (:func:`pyfast_gan.losses.get_loss`), shared by both
+            objectives.
         z_dim: latent size.
         gp_weight, lazy_gp: WGAN-GP's lambda and lazy regularisation interval.
         clip_after: clamp the critic to [-c, c] after each critic step (WGAN with an
@@ -129,14 +133,10 @@ class GANStep:
         fp16 = self.dtype is torch.float16
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        if isinstance(loss, str):
-            from pyfast_gan.losses import get_loss
-
-            loss = get_loss(loss)
         # One loss object for both objectives: a stateful loss (BEGAN's k_t) is updated by
         # the step after each applied update (after_critic / after_generator, on the device)
         # and checkpointed with the run (loss_state_dict).
-        self.stateful_loss = getattr(loss, "stateful", False)
+        self.stateful_loss = check_loss(loss).stateful
         self.loss_fn = loss.to(self.device) if self.stateful_loss else loss
         self.objective = CriticObjective(loss, gp_weight=gp_weight, lazy_gp=lazy_gp, compile=compile,
                                          compile_penalty=compile_penalty, amp=amp,

@@ -1,4 +1,4 @@
-"""``python -m pyfast_gan.train``: DCGAN / WGAN / WGAN-GP / LSGAN / hinge training.
+"""``python -m pyfast_gan.train``: DCGAN / WGAN / WGAN-GP / LSGAN / hinge / BEGAN / CoGAN training.
 
 Programmatic use::
 

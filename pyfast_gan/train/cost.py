@@ -1,7 +1,12 @@
 """What a training step costs before it runs: a FLOP counter, and the start-up hint that a
-model is too wide for the CPU it is on (issue 24: with the image-data preset, DCGAN base 64
-and n_critic 5, a WGAN-GP step on 32x32 MNIST took 1.7-5.7 s on this project's shared 2-core
-CPU, ~10 s in the issue's run, and nothing said so)."""
+model is too wide for the CPU it is on.
+
+A step's cost is counted, not timed (a timing on a shared machine comes and goes with other
+people's load): the FLOPs of one forward of each network (torch's per-op formulas, on
+meta-device copies) scaled to n_critic critic steps and one generator step
+(:func:`step_flops`), at a fixed CPU rate (:data:`CPU_FLOPS_PER_S`). A step estimated above
+:data:`SLOW_STEP_S` gets one start-up line naming the flags that would make it quicker;
+nothing is changed for the user."""
 from __future__ import annotations
 
 import copy
@@ -12,8 +17,9 @@ from torch.utils.flop_counter import flop_registry
 
 # A step slower than this on a CPU gets one start-up line naming the flags that help.
 SLOW_STEP_S = 2.0
-# The training-step rate of that 2-core CPU: the base-64 step above is 155 GFLOP (counted
-# below), i.e. 27-90 GFLOP/s. Timing the step at start-up instead was tried and dropped: on
+# The training-step rate of a shared 2-core CPU: a WGAN-GP step of DCGAN base 64 with
+# n_critic 5 on 32x32 MNIST is 155 GFLOP (counted below) and took 1.7-5.7 s there, i.e.
+# 27-90 GFLOP/s. Timing the step at start-up instead was tried and dropped: on
 # the shared machine the same base-16 step timed 0.3 s and 22 s minutes apart, so the hint
 # came and went with other people's load; FLOPs give the same answer every time.
 CPU_FLOPS_PER_S = 50e9

@@ -39,7 +39,6 @@ def kept(out: Path) -> str:
     return f"the last good checkpoint is kept at {latest}" + (f" (step {step})" if step is not None else "")
 
 
-
 def stopped_by(run, e: BaseException) -> TrainingStopped | None:
     """The one-line TrainingStopped for a failed write (exit 1) or a Ctrl-C (130) that ended
     ``run``; None for any other error (raised as it is, with its traceback)."""
@@ -51,15 +50,17 @@ def stopped_by(run, e: BaseException) -> TrainingStopped | None:
     return TrainingStopped(f"stopped at step {run.generator_steps}: {why}; {kept(Path(run.cfg.out))}", code=1)
 
 
-def end_nonfinite(run, out: Path, bad: int, start: int, save, stopped: bool) -> None:
+def end_nonfinite(run, bad: int, stopped: bool) -> None:
     """Write the last good state and raise TrainingStopped. Skipped steps change no weights,
     optimizer state, EMA or batch-norm statistics (GANStep), so the current state holds the
-    weights of the last step with an applied update; a run that applied none keeps what it had."""
-    cfg, step = run.cfg, run.generator_steps
+    weights of the last step with an applied update; a run that applied none since it started
+    keeps what it had. ``bad``: the consecutive skipped steps; ``stopped``: at --max-nonfinite
+    (else the run reached --steps on skipped steps)."""
+    cfg, step, out, start = run.cfg, run.generator_steps, run.out, run.start_step
     good = int(run.last_applied) if run.last_applied is not None else start
     latest = out / "checkpoints" / "latest.pt"
     if good > start:
-        save(periodic=False)
+        run.save(periodic=False)
         held = (f"{latest} holds step {step}" + (f" (the weights of step {good}, the last with a finite update)"
                                                   if good < step else ""))
     else:

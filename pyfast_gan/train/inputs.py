@@ -55,7 +55,8 @@ def build_inputs(cfg: TrainConfig, device: torch.device, rank: int, world: int, 
         from pyfast_gan.data import TensorImageDataset, decode_all, open_dataset
         from pyfast_gan.data.cache import TrainingImages
 
-        # The decoded-dataset cache (issue 14) for one domain; CoGAN reads its two in memory.
+        # One domain is decoded once into the on-disk cache (pyfast_gan.data.cache) and mapped
+        # from it on later runs; CoGAN reads its two domains in memory.
         images = TrainingImages(cfg.data, data_format=cfg.data_format, image_size=cfg.image_size or None,
                                 channels=cfg.channels or None, crop=cfg.crop, max_images=cfg.max_images,
                                 cache="off" if cfg.loss == "cogan" else cfg.data_cache,

@@ -1,13 +1,15 @@
 """The training loop: ``train(cfg)`` builds a :class:`~pyfast_gan.train.run.Run` and steps it,
 logging, checking health, writing samples, evaluations and checkpoints, and stopping cleanly
-on Ctrl-C / SIGTERM. It never branches on the mode: eager, AMP, compile, CUDA graphs and
-torchrun are all settings of the run's one step (run.py)."""
+on Ctrl-C / SIGTERM. The loop decides *when*; the Run does each thing (run.py). It never
+branches on the mode: eager, AMP, compile, CUDA graphs and torchrun are all settings of the
+run's one step."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -18,11 +20,9 @@ import torch
 from pyfast_gan.data import DataError
 from pyfast_gan.step import distributed as dist_mod
 
-from pyfast_gan.artifacts import checkpoint as ckpt_mod
 from .config import TrainConfig
 from .endings import end_nonfinite, stopped_by
-from pyfast_gan.artifacts.outputs import MetricsWriter, plot_losses, plot_metrics
-from .run import Run, StopFlag, build
+from .run import Run, build
 from .rundir import check_out_dir, lock_run_dir
 
 WARMUP_STEPS = 5  # generator steps excluded from img_per_s (allocator, caches, compile)
@@ -74,66 +74,105 @@ def _train(run: Run, hooks: dict) -> dict:
         raise stop from None
 
 
-def _loop(run: Run, hooks: dict) -> dict:
-    cfg, out = run.cfg, Path(run.cfg.out)
-    evaluator, metrics = None, None
-    if cfg.eval_every > 0 and run.main:
-        from pyfast_gan.metrics.evaluator import Evaluator
+class StopFlag:
+    """SIGINT/SIGTERM set a flag checked between steps, so the checkpoint written on the
+    way out is taken at a step boundary (exact resume). A second Ctrl-C raises at once."""
 
-        # Its own noise generators: evaluating never moves the training RNG streams.
-        evaluator = Evaluator(cfg.data, metrics=cfg.eval_metrics, real=run.real_u8, n=cfg.eval_n,
-                              seed=cfg.seed + 13, inception_weights=cfg.inception_weights or None,
-                              device=run.device, progress=cfg.progress)
-        for m, why in evaluator.skipped.items():
-            run.say(f"--eval-every: {m} skipped: {why}")
-    run.real_u8 = None
-    if run.main:
-        for sub in ("samples", "plots", "checkpoints"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-        for p in ckpt_mod.remove_stale_temporaries(out):
-            run.say(f"removed {p}, left by an interrupted write")
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        shape = "toy 2-D" if run.toy else f"{cfg.channels}x{cfg.image_size}x{cfg.image_size}"
-        procs = f", {run.world} processes (global batch {cfg.batch_size * run.world})" if run.world > 1 else ""
-        config = "\n".join(f"  {k:<{max(map(len, cfg.to_dict()))}} = {v!r}" for k, v in cfg.to_dict().items())
-        print(f"pyfast_gan.train: {cfg.loss} on {cfg.data} ({shape}), device {run.device}{procs}, "
-              f"output {out}\nresolved config:\n{config}", flush=True)
-        metrics = MetricsWriter(out / "metrics.jsonl", out / "tensorboard" if cfg.tensorboard else None,
-                                run.generator_steps)
-    if run.generator_steps >= cfg.steps:
-        run.say(f"nothing to train: the run is at step {run.generator_steps} and --steps is {cfg.steps}; "
-                f"pass --steps N with N > {run.generator_steps} to continue it")
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+class Throughput:
+    """Images per second between log steps, all processes together, timed from the step after
+    this process's first WARMUP_STEPS, so compilation and capture are not in it. Steps are
+    asynchronous on CUDA: the device is synchronised at log steps and at the end of warm-up,
+    so a timed window holds exactly its own steps (and none of the warm-up's)."""
+
+    def __init__(self, run: Run):
+        self.run, self.seconds, self.steps = run, 0.0, 0
+
+    def add(self, since: float, logging: bool) -> None:
+        """Count the step that began at ``since`` (time.perf_counter())."""
+        run = self.run
+        done = run.generator_steps - run.start_step
+        if run.device.type == "cuda" and (logging or done == WARMUP_STEPS):
+            torch.cuda.synchronize(run.device)
+        if done > WARMUP_STEPS:
+            self.seconds += time.perf_counter() - since
+            self.steps += 1
+
+    def take(self) -> float | None:
+        """Images per second since the last call (None when no step was timed), and restart."""
+        run = self.run
+        rate = (self.steps * run.cfg.batch_size * run.world / self.seconds) if self.steps else None
+        self.seconds, self.steps = 0.0, 0
+        return rate
+
+
+class Progress:
+    """The progress bar (rank 0, --progress) and the headline numbers it shows."""
+
+    def __init__(self, run: Run):
+        from tqdm.auto import tqdm
+
+        cfg = run.cfg
+        self.bar = tqdm(total=cfg.steps, initial=run.generator_steps, disable=not (cfg.progress and run.main),
+                        dynamic_ncols=True, desc=cfg.loss, unit="step", file=sys.stderr)
+        self.fields: dict = {}
+
+    def logged(self, rec: dict) -> None:
+        """A log record: the losses, BEGAN's k_t and M_global, the throughput."""
+        f = self.fields
+        f.update(D=f"{rec.get('loss_d', float('nan')):.3g}", G=f"{rec.get('loss_g', float('nan')):.3g}")
+        if "m_global" in rec:
+            f.update(k=f"{rec['k_t']:.3g}", M=f"{rec['m_global']:.3g}")
+        if rec["img_per_s"]:
+            f["img/s"] = f"{rec['img_per_s']:.0f}"
+        self.bar.set_postfix(f, refresh=False)
+
+    def sampled(self, rec: dict) -> None:
+        """A sample grid's record: toy data's mode count."""
+        if rec:
+            self.fields["modes"] = f"{rec['modes_covered']}/{rec['num_modes']}"
+        self.bar.set_postfix(self.fields, refresh=False)
+
+    def scored(self, res: dict) -> None:
+        """An evaluation: its headline score."""
+        key = next((k for k in ("cfid", "fid", "toy_fd") if k in res), None)
+        if key:
+            self.fields[key] = f"{res[key]:.3g}"
+        self.bar.set_postfix(self.fields, refresh=False)
+
+
+def _loop(run: Run, hooks: dict) -> dict:
+    cfg = run.cfg
+    run.start()
     if "on_start" in hooks:
         hooks["on_start"](run)
-
-    def save(periodic: bool) -> Path:
-        latest = out / "checkpoints" / "latest.pt"
-        payload = run.checkpoint(time.perf_counter() - t0)
-        if payload is not None:
-            ckpt_mod.save_atomic(payload, latest)
-            if periodic:
-                ckpt_mod.save_atomic(payload, out / "checkpoints" / f"step_{run.generator_steps:06d}.pt")
-        return latest
-
-    def streak() -> int:
-        """Consecutive skipped steps (a host read: log and checkpoint steps only)."""
-        h = run.step.health()
-        return max(h["streak_d"], h["streak_g"])
-
-    from tqdm.auto import tqdm
-
     acc: dict[str, list] = defaultdict(list)
-    step_time, step_count, start = 0.0, 0, run.generator_steps
-    status, mid_step, timing_reported = "done", False, False
-    postfix: dict = {}
-    t0 = time.perf_counter()
-    pbar = tqdm(total=cfg.steps, initial=run.generator_steps, disable=not (cfg.progress and run.main),
-                dynamic_ncols=True, desc=cfg.loss, unit="step", file=sys.stderr)
+    speed, progress = Throughput(run), Progress(run)
+    status, mid_step = "done", False
     try:
         with StopFlag() as stop:
             while run.generator_steps < cfg.steps:
-                mid_step = True
-                ts = time.perf_counter()
+                mid_step, began = True, time.perf_counter()
                 for s in run.iteration():
                     for k, v in s.items():
                         acc[k].append(v)
@@ -141,68 +180,27 @@ def _loop(run: Run, hooks: dict) -> dict:
                 step = run.generator_steps
                 last = step == cfg.steps
                 logging = step % cfg.log_every == 0 or last
-                if run.device.type == "cuda" and (logging or step - start == WARMUP_STEPS):
-                    # Steps are asynchronous: wait for the queued work so the timed window
-                    # holds exactly its own steps (and none of the warm-up's).
-                    torch.cuda.synchronize(run.device)
-                if step - start > WARMUP_STEPS:
-                    step_time += time.perf_counter() - ts
-                    step_count += 1
-                pbar.update(1)
+                speed.add(began, logging)
+                progress.bar.update(1)
                 if logging:
-                    rec = {"step": step, **run.log_means(acc)}
-                    rec["skipped"] = int(rec.get("skipped", 0))
-                    # Images per second over the whole job (all processes), timed from the
-                    # step after warm-up, so compilation and capture are not in it.
-                    rec["img_per_s"] = (step_count * cfg.batch_size * run.world / step_time) if step_count else None
-                    rec["time"] = round(run.elapsed_before + time.perf_counter() - t0, 3)
-                    if not timing_reported and (cfg.compile or run.capture_time_s is not None):
-                        timing_reported = True
-                        if cfg.compile:
-                            rec["compile_time_s"] = round(run.step.objective.compile_time_s, 3)
-                            run.say(f"--compile: compile time {rec['compile_time_s']:.1f} s (start-up "
-                                    "verification included; not counted in img_per_s)")
-                        if run.capture_time_s is not None:
-                            rec["capture_time_s"] = round(run.capture_time_s, 3)
-                    if run.main:
-                        metrics.write(rec)
-                    postfix.update(D=f"{rec.get('loss_d', float('nan')):.3g}",
-                                   G=f"{rec.get('loss_g', float('nan')):.3g}")
-                    if "m_global" in rec:  # BEGAN's balance and convergence measure
-                        postfix.update(k=f"{rec['k_t']:.3g}", M=f"{rec['m_global']:.3g}")
-                    if rec["img_per_s"]:
-                        postfix["img/s"] = f"{rec['img_per_s']:.0f}"
-                    pbar.set_postfix(postfix, refresh=False)
+                    progress.logged(run.log(acc, speed.take()))
                     acc.clear()
-                    step_time, step_count = 0.0, 0
-                    if streak() >= cfg.max_nonfinite:
+                    if run.nonfinite_streak() >= cfg.max_nonfinite:
                         status = "nonfinite"
                         break
                 if (step % cfg.sample_every == 0 or last) and run.main:
-                    grid = out / "samples" / f"step_{step:06d}.png"
-                    ev = run.write_samples(grid)
-                    metrics.image(grid, step)
-                    if ev:
-                        metrics.write({"step": step, **ev})
-                        postfix["modes"] = f"{ev['modes_covered']}/{ev['num_modes']}"
-                    plot_losses(metrics.records, out / "plots" / "losses.png")
-                if evaluator is not None and (step % cfg.eval_every == 0 or last):
-                    res = run.evaluate(evaluator)
-                    metrics.write({"step": step, "eval": res})
-                    plot_metrics(metrics.records, out / "plots" / "metrics.png")
-                    key = next((k for k in ("cfid", "fid", "toy_fd") if k in res), None)
-                    if key:
-                        postfix[key] = f"{res[key]:.3g}"
-                pbar.set_postfix(postfix, refresh=False)
+                    progress.sampled(run.sample())
+                if run.evaluator is not None and (step % cfg.eval_every == 0 or last):
+                    progress.scored(run.evaluate())
                 # Only healthy states are checkpointed on the way (the counters agree on every
-                # rank); a run that ends on skipped steps writes its last good state below.
+                # rank); a run that ends on skipped steps writes its last good state in _end.
                 if step % cfg.checkpoint_every == 0 or last:
-                    skipped_now = streak()
+                    skipped_now = run.nonfinite_streak()
                     if skipped_now >= cfg.max_nonfinite:
                         status = "nonfinite"
                         break
                     if skipped_now == 0:
-                        save(periodic=step % cfg.checkpoint_every == 0)
+                        run.save(periodic=step % cfg.checkpoint_every == 0)
                 if "on_step" in hooks:
                     hooks["on_step"](run)
                 # Ranks agree on a signal at log steps (one all-reduce), a single process at once.
@@ -218,25 +216,31 @@ def _loop(run: Run, hooks: dict) -> dict:
         # a bad flag, so it must not be reported as a usage error.
         raise RuntimeError(f"training failed at step {run.generator_steps}: {e}") from e
     finally:
-        pbar.close()
-        if metrics is not None:
-            metrics.close()
+        progress.bar.close()
+        run.close()
+    return _end(run, status, mid_step)
 
+
+def _end(run: Run, status: str, mid_step: bool) -> dict:
+    """The run's last writes and message: an interrupted run checkpoints where it stopped; one
+    that stopped on (or reached --steps with) skipped steps keeps its last good state and
+    raises TrainingStopped (endings.py); a finished run says where its outputs are."""
+    out, step = run.out, run.generator_steps
     if status == "interrupted":
-        path = save(periodic=False)
+        path = run.save(periodic=False)
         if run.main:
-            run.write_samples(out / "samples" / f"step_{run.generator_steps:06d}.png")
-            plot_losses(metrics.records, out / "plots" / "losses.png")
+            run.write_samples(out / "samples" / f"step_{step:06d}.png")
+            run.plot_losses()
         note = "" if not mid_step else (" (interrupted inside a step: that step's partial update "
                                         "is in the checkpoint, so the resumed run is not bitwise exact)")
-        run.say(f"interrupted at step {run.generator_steps}: checkpoint written to {path}{note}. "
+        run.say(f"interrupted at step {step}: checkpoint written to {path}{note}. "
                 f"Continue with: python -m pyfast_gan.train --resume {out}")
-        return {"out": str(out), "step": run.generator_steps, "status": status, "run": run}
-    bad = streak()
+        return {"out": str(out), "step": step, "status": status, "run": run}
+    bad = run.nonfinite_streak()
     if bad:  # stopped at --max-nonfinite, or reached --steps on skipped steps
-        end_nonfinite(run, out, bad, start, save, stopped=status == "nonfinite")
+        end_nonfinite(run, bad, stopped=status == "nonfinite")
     if run.main:
-        plot_losses(metrics.records, out / "plots" / "losses.png")
-        print(f"done: {run.generator_steps} steps in {time.perf_counter() - t0:.1f} s; outputs in {out} "
-              f"(checkpoints/latest.pt holds step {run.generator_steps})", flush=True)
-    return {"out": str(out), "step": run.generator_steps, "status": status, "run": run}
+        run.plot_losses()
+        print(f"done: {step} steps in {time.perf_counter() - run.started:.1f} s; outputs in {out} "
+              f"(checkpoints/latest.pt holds step {step})", flush=True)
+    return {"out": str(out), "step": step, "status": status, "run": run}

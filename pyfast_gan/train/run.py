@@ -1,23 +1,26 @@
 """Build, then run: :func:`build` turns a resolved config into a :class:`Run` that holds
-everything training needs (device, batcher, models, optimizers, the one training step,
-EMA, resume state), and :meth:`Run.iteration` is what the loop (loop.py) and the benchmark
-(benchmarks/bench_train.py) both call: n_critic critic steps and one generator step.
+everything training needs (device, batcher, the loss, models, optimizers, the one training
+step, EMA, the evaluator, resume state), and :meth:`Run.iteration` is what the loop (loop.py)
+and the benchmark (benchmarks/bench_train.py) both call: n_critic critic steps and one
+generator step. The Run also does what the loop does at its log, sample, evaluation and
+checkpoint steps (:meth:`Run.log`, :meth:`Run.sample`, :meth:`Run.evaluate`, :meth:`Run.save`),
+so the loop only decides when.
 
 Every mode is decided here, once: AMP, channels_last, --compile and --lazy-gp are settings of
 the :class:`~pyfast_gan.step.step.GANStep`, --cuda-graphs wraps it in a
 :class:`~pyfast_gan.step.cuda_graphs.GraphedStep` with the same interface, torchrun gives it
-a gradient all-reduce. Nothing after build branches on the mode.
+a gradient all-reduce. Nothing after build branches on the mode. The loss is made once, here,
+from the config (its name and BEGAN's hyperparameters), and that one object is what the
+optimizers, the step and its objectives are given.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
+import json
 import random
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +33,13 @@ from pyfast_gan.losses import get_loss
 from pyfast_gan.models import EMA, build_models
 
 from pyfast_gan.artifacts import checkpoint as ckpt_mod
+from pyfast_gan.artifacts import outputs
 from . import cost
 from .config import LOSS_ARCH, TOY_DATASETS as TOY_DATA, TrainConfig
-from .rundir import resume_changes
 from .inputs import build_inputs
+from .modes import cuda_graphs_blocker, resolve_device, usable_amp
 from .plateau import PlateauDecay
+from .rundir import resume_changes
 
 CHECKPOINT_VERSION = 2
 
@@ -50,81 +55,10 @@ class Say:
             print(f"[pyfast_gan.train] {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: CUDA is not available on this machine")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def usable_amp(cfg: TrainConfig, device: torch.device, G, D, say) -> str:
-    """cfg.amp, or "off" (with one message) when the device cannot run it: a tiny forward and
-    backward on copies, so no RNG, BN statistics or parameters of the real models change."""
-    if cfg.amp == "off":
-        return "off"
-    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        say("--amp bf16: this GPU has no bf16 support; running in fp32")
-        return "off"
-    try:
-        g, d = copy.deepcopy(G), copy.deepcopy(D)
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            out = d(g(torch.zeros(2, cfg.z_dim, device=device))).float().sum()
-        out.backward()
-    except Exception as e:  # noqa: BLE001 - any unsupported-op error means "cannot"
-        say(f"--amp {cfg.amp}: autocast is not usable on {device.type} for these models "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); running in fp32")
-        return "off"
-    return cfg.amp
-
-
-def cuda_graphs_blocker(cfg: TrainConfig, device: torch.device, world: int) -> str | None:
-    """Why --cuda-graphs cannot be used for this run, or None."""
-    if device.type != "cuda":
-        return f"CUDA graphs need a CUDA device (running on {device.type})"
-    if cfg.amp == "fp16":
-        return "fp16 with GradScaler is not captured; use --amp bf16"
-    if cfg.lazy_gp > 1:
-        return "--lazy-gp changes the step from one critic iteration to the next"
-    if world > 1:
-        return "the multi-process gradient all-reduce is not captured"
-    if cfg.lr_decay != "none" and cfg.optimizer == "rmsprop":
-        return "--lr-decay with RMSprop is not captured (a graphed RMSprop step bakes in its lr)"
-    if getattr(get_loss(cfg.loss), "stateful", False):
-        return f"--loss {cfg.loss} keeps loss state (k_t) that the capture's warm-up would move"
-    return None
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag checked between steps, so the checkpoint written on the
-    way out is taken at a step boundary (exact resume). A second Ctrl-C raises at once."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
 
 
 @dataclass
@@ -147,19 +81,27 @@ class Run:
     say: Say
     toy: tuple | None = None           # (real points, modes, std) for toy evaluation
     plateau: PlateauDecay | None = None  # --lr-decay plateau (BEGAN)
-    real_u8: torch.Tensor | None = None  # decoded images, for the evaluator only
+    real_u8: torch.Tensor | None = None  # decoded images, until start() (benchmarks read them)
+    evaluator: object | None = None    # --eval-every's Evaluator (rank 0)
+    metrics: outputs.MetricsWriter | None = None  # metrics.jsonl, opened by start() (rank 0)
     generator_steps: int = 0
     # The generator step after which the weights last changed (a step with any applied
     # update), on the device: skipped steps leave the weights as they were.
     last_applied: torch.Tensor | None = None
-    elapsed_before: float = 0.0
+    elapsed_before: float = 0.0        # training seconds before a resume
+    started: float = 0.0               # time.perf_counter() at start()
+    start_step: int = 0                # the generator step this process started from
     resumed_from: Path | None = None
     capture_time_s: float | None = None
-    extra: dict = field(default_factory=dict)
+    timing_reported: bool = False      # the first log record after start-up holds its times
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
     def n_critic(self) -> int:
         cfg = self.cfg
@@ -191,9 +133,80 @@ class Run:
                          f"at step {self.generator_steps}")
         return stats
 
-    def evaluate(self, evaluator) -> dict:
-        """The scalar scores of the generator (EMA when on) for metrics.jsonl; CoGAN: each
-        domain and the pair correspondence (pyfast_gan.metrics.cogan, as evaluate scores it)."""
+    # -- outputs (rank 0 writes them) -----------------------------------------------------
+    def start(self) -> None:
+        """What a run does once before its first step. Rank 0 makes the output folders,
+        removes temporaries an interrupted write left, writes config.json, prints the resolved
+        config and opens metrics.jsonl (a resumed run's lines after its step are dropped). The
+        decoded images are let go: the evaluator built from them was their last user."""
+        cfg, out = self.cfg, self.out
+        self.real_u8 = None
+        if self.main:
+            for sub in ("samples", "plots", "checkpoints"):
+                (out / sub).mkdir(parents=True, exist_ok=True)
+            for p in ckpt_mod.remove_stale_temporaries(out):
+                self.say(f"removed {p}, left by an interrupted write")
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            shape = "toy 2-D" if self.toy else f"{cfg.channels}x{cfg.image_size}x{cfg.image_size}"
+            procs = f", {self.world} processes (global batch {cfg.batch_size * self.world})" if self.world > 1 else ""
+            config = "\n".join(f"  {k:<{max(map(len, cfg.to_dict()))}} = {v!r}" for k, v in cfg.to_dict().items())
+            print(f"pyfast_gan.train: {cfg.loss} on {cfg.data} ({shape}), device {self.device}{procs}, "
+                  f"output {out}\nresolved config:\n{config}", flush=True)
+            self.metrics = outputs.MetricsWriter(out / "metrics.jsonl",
+                                                 out / "tensorboard" if cfg.tensorboard else None,
+                                                 self.generator_steps)
+        if self.generator_steps >= cfg.steps:
+            self.say(f"nothing to train: the run is at step {self.generator_steps} and --steps is {cfg.steps}; "
+                     f"pass --steps N with N > {self.generator_steps} to continue it")
+        self.start_step, self.started = self.generator_steps, time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Training seconds: this process's since :meth:`start`, plus those before a resume."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def log(self, acc: dict, img_per_s: float | None) -> dict:
+        """The log record of the steps since the last log: the means of their stats ``acc``
+        (:meth:`log_means`, collective under torchrun), the throughput and the training time;
+        the first record after a compiled or captured start-up also holds how long that took.
+        Rank 0 writes it to metrics.jsonl."""
+        cfg = self.cfg
+        rec = {"step": self.generator_steps, **self.log_means(acc)}
+        rec["skipped"] = int(rec.get("skipped", 0))
+        rec["img_per_s"] = img_per_s
+        rec["time"] = round(self.elapsed(), 3)
+        if not self.timing_reported and (cfg.compile or self.capture_time_s is not None):
+            self.timing_reported = True
+            if cfg.compile:
+                rec["compile_time_s"] = round(self.step.objective.compile_time_s, 3)
+                self.say(f"--compile: compile time {rec['compile_time_s']:.1f} s (start-up "
+                         "verification included; not counted in img_per_s)")
+            if self.capture_time_s is not None:
+                rec["capture_time_s"] = round(self.capture_time_s, 3)
+        if self.main:
+            self.metrics.write(rec)
+        return rec
+
+    def sample(self) -> dict:
+        """Rank 0: this step's sample grid into samples/ (and TensorBoard), toy data's
+        mode-coverage record into metrics.jsonl, the loss curves redrawn. Returns that record
+        ({} for images)."""
+        step = self.generator_steps
+        grid = self.out / "samples" / f"step_{step:06d}.png"
+        rec = self.write_samples(grid)
+        self.metrics.image(grid, step)
+        if rec:
+            self.metrics.write({"step": step, **rec})
+        self.plot_losses()
+        return rec
+
+    def evaluate(self) -> dict:
+        """Rank 0: the scalar scores of the generator (EMA when on) by the run's evaluator,
+        written to metrics.jsonl and plots/metrics.png, and returned. CoGAN: each domain and
+        the pair correspondence (pyfast_gan.metrics.cogan, as evaluate scores it)."""
         from pyfast_gan.metrics.evaluator import scalar_items
 
         g = self.ema.module if self.ema is not None else self.G
@@ -201,15 +214,20 @@ class Run:
             from pyfast_gan.data.cogan import cogan_domain
             from pyfast_gan.metrics.cogan import flat_cogan_scores, score_cogan
 
-            return scalar_items(flat_cogan_scores(score_cogan(g, evaluator, cogan_domain(self.cfg.to_dict()))))
-        return scalar_items(evaluator(g, self.cfg.z_dim))
+            scores = flat_cogan_scores(score_cogan(g, self.evaluator, cogan_domain(self.cfg.to_dict())))
+        else:
+            scores = self.evaluator(g, self.cfg.z_dim)
+        res = scalar_items(scores)
+        self.metrics.write({"step": self.generator_steps, "eval": res})
+        outputs.plot_metrics(self.metrics.records, self.out / "plots" / "metrics.png")
+        return res
 
-    # -- outputs ------------------------------------------------------------------------
+    def plot_losses(self) -> None:
+        outputs.plot_losses(self.metrics.records, self.out / "plots" / "losses.png")
+
     def write_samples(self, path: Path) -> dict:
         """The fixed-noise sample grid (toy data: a scatter over real points, and the mode
         coverage it shows, returned as a metrics record)."""
-        from pyfast_gan.artifacts.outputs import save_image_grid, save_toy_scatter
-
         gm = self.ema.module if self.ema is not None else self.G
         was = gm.training
         gm.eval()
@@ -220,10 +238,10 @@ class Run:
         if self.cfg.arch == "cogan":  # pairs from the same z side by side, 8 pairs a row
             from pyfast_gan.models import pairs_side_by_side
 
-            save_image_grid(pairs_side_by_side(x, self.cfg.channels), path, nrow=16)
+            outputs.save_image_grid(pairs_side_by_side(x, self.cfg.channels), path, nrow=16)
             return {}
         if not self.toy:
-            save_image_grid(x, path)
+            outputs.save_image_grid(x, path)
             return {}
         real_pts, modes, std = self.toy
         rec, title = {}, f"{self.cfg.loss} {self.cfg.data} step {self.generator_steps}"
@@ -234,7 +252,7 @@ class Run:
             rec = {"modes_covered": int(cov["covered"]), "num_modes": int(cov["num_modes"]),
                    "high_quality_fraction": float(cov["high_quality_fraction"])}
             title += f": {rec['modes_covered']}/{rec['num_modes']} modes"
-        save_toy_scatter(x, real_pts, path, title=title, modes=modes)
+        outputs.save_toy_scatter(x, real_pts, path, title=title, modes=modes)
         return rec
 
     def log_means(self, acc: dict) -> dict:
@@ -256,7 +274,24 @@ class Run:
         return {k: float(v) for k, v in zip(keys, vals)}
 
     # -- checkpoints ----------------------------------------------------------------------
-    def checkpoint(self, elapsed: float) -> dict | None:
+    def nonfinite_streak(self) -> int:
+        """Consecutive skipped steps, critic or generator (a host read: call it at log and
+        checkpoint steps only)."""
+        h = self.step.health()
+        return max(h["streak_d"], h["streak_g"])
+
+    def save(self, periodic: bool) -> Path:
+        """Write checkpoints/latest.pt and, ``periodic``, checkpoints/step_NNNNNN.pt (rank 0;
+        collective under torchrun). Returns latest.pt's path."""
+        latest = self.out / "checkpoints" / "latest.pt"
+        payload = self.checkpoint()
+        if payload is not None:
+            ckpt_mod.save_atomic(payload, latest)
+            if periodic:
+                ckpt_mod.save_atomic(payload, self.out / "checkpoints" / f"step_{self.generator_steps:06d}.pt")
+        return latest
+
+    def checkpoint(self) -> dict | None:
         """The checkpoint payload (rank 0), None on other ranks. Collective under torchrun:
         every rank's RNG state is gathered; weights and optimizer state are identical on every
         rank, so rank 0's are the run's."""
@@ -280,7 +315,7 @@ class Run:
             "data": self.batcher.state_dict(),
             "fixed_noise": self.fixed_noise.cpu(),
             "config": self.cfg.to_dict(),
-            "elapsed": self.elapsed_before + elapsed,
+            "elapsed": self.elapsed(),
             "nonfinite_total": step.health()["total"],
             "loss_state": step.loss_state_dict(),
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
@@ -348,8 +383,8 @@ class Run:
 
 def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     """Everything a run needs, from a resolved config (pyfast_gan.train.config.resolve).
-    Writes nothing. Data first, so a bad path fails before any model is built; a resumed
-    run ends in the checkpoint's exact state."""
+    Writes nothing in the run directory (:meth:`Run.start` does). Data first, so a bad path
+    fails before any model is built; a resumed run ends in the checkpoint's exact state."""
     say = Say(quiet=rank != 0)
     device = resolve_device(cfg)
     is_toy = cfg.data in TOY_DATA
@@ -363,36 +398,35 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     cfg = dataclasses.replace(cfg, image_size=image_size, channels=channels,
                               arch="mlp" if is_toy else (auto_arch if cfg.arch == "auto" else cfg.arch))
 
-    # ---- models, optimizers, the step -------------------------------------------------
+    # ---- the loss, models, optimizers, the step ----------------------------------------
+    loss = get_loss(cfg.loss, gamma=cfg.began_gamma, lambda_k=cfg.began_lambda_k, k0=cfg.began_k0)
     G, D = build_models(cfg.arch, image_size=image_size, channels=channels, z_dim=cfg.z_dim,
                         base=cfg.base, critic_norm=cfg.critic_norm, embed=cfg.began_embed)
     G.to(device=device, memory_format=memory_format)
     D.to(device=device, memory_format=memory_format)
     dist_mod.broadcast_module(G)  # every rank starts from rank 0's weights and buffers
     dist_mod.broadcast_module(D)
-    blocker = cuda_graphs_blocker(cfg, device, world) if cfg.cuda_graphs else None
+    blocker = cuda_graphs_blocker(cfg, device, world, loss) if cfg.cuda_graphs else None
     if blocker:
         say(f"--cuda-graphs: {blocker}; running the step uncaptured")
     graphs = cfg.cuda_graphs and blocker is None
     opt_g, opt_d, clip_after = build_optimizers(
-        G, D, loss=cfg.loss, optimizer=cfg.optimizer, lr=cfg.lr, lr_g=cfg.lr_g, betas=cfg.betas,
+        G, D, loss=loss, optimizer=cfg.optimizer, lr=cfg.lr, lr_g=cfg.lr_g, betas=cfg.betas,
         clip_value=cfg.clip_value, impl=cfg.impl, capturable=graphs)
     amp = usable_amp(cfg, device, G, D, say)
     if device.type == "cpu" and not is_toy:
         hint = cost.slow_cpu_hint(cost.estimate_step_seconds(
             G, D, z_dim=cfg.z_dim, batch_size=cfg.batch_size, n_critic=cfg.n_critic,
-            uses_gp=get_loss(cfg.loss).uses_gp), base=cfg.base, fast=cfg.fast)
+            uses_gp=loss.uses_gp), base=cfg.base, fast=cfg.fast)
         if hint:
             say(hint)
     ema = EMA(G, decay=cfg.ema) if cfg.ema > 0 else None
-    if get_loss(cfg.loss).uses_clipping:
+    if loss.uses_clipping:
         import pyfast_gan
 
         # WGAN keeps the critic in [-c, c] from the first forward on (the reference code
         # clamps before each critic pass).
         pyfast_gan.clip_weights_(D.parameters(), cfg.clip_value, impl=cfg.impl)
-    loss = (get_loss("began", gamma=cfg.began_gamma, lambda_k=cfg.began_lambda_k, k0=cfg.began_k0)
-            if cfg.loss == "began" else cfg.loss)
     step = GANStep(G, D, opt_g, opt_d, loss, z_dim=cfg.z_dim, gp_weight=cfg.gp_weight,
                    lazy_gp=cfg.lazy_gp, clip_after=clip_after, amp=amp,
                    channels_last=memory_format is torch.channels_last, compile=cfg.compile,
@@ -414,7 +448,21 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
         say(f"resumed from {path} at step {run.generator_steps}")
     if graphs:
         _capture(run)
+    if cfg.eval_every > 0 and run.main:
+        run.evaluator = _evaluator(cfg, inputs.real_u8, device, say)
     return run
+
+
+def _evaluator(cfg: TrainConfig, real_u8: torch.Tensor | None, device: torch.device, say):
+    """--eval-every's scorer. Its own noise generators: evaluating never moves the training
+    RNG streams."""
+    from pyfast_gan.metrics.evaluator import Evaluator
+
+    evaluator = Evaluator(cfg.data, metrics=cfg.eval_metrics, real=real_u8, n=cfg.eval_n, seed=cfg.seed + 13,
+                          inception_weights=cfg.inception_weights or None, device=device, progress=cfg.progress)
+    for m, why in evaluator.skipped.items():
+        say(f"--eval-every: {m} skipped: {why}")
+    return evaluator
 
 
 def _capture(run: Run) -> None:
