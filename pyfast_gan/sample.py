@@ -1,7 +1,8 @@
 """``python -m pyfast_gan.sample --checkpoint PATH --n 64 --out grid.png``: draw samples from
-a training checkpoint (an image grid, or a scatter plot over real data for 2-D toy data), or
-write them as a tensor (``--out samples.npy`` or ``.pt``) for another judge. A run that kept a
-moving average of its generator (--ema) is sampled from that average unless --no-ema."""
+a training checkpoint (an image grid, or a scatter plot over real data for 2-D toy data). With
+``--out samples.npy`` (or ``.pt``) the samples themselves are written as a tensor, for another
+judge. A run that kept a moving average of its generator (--ema) is sampled from that average
+unless --no-ema."""
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,8 @@ def main(argv=None) -> int:
 
     suffix = out.suffix.lower()
     if suffix not in Image.registered_extensions() and suffix not in TENSOR_SUFFIXES:
-        parser.error(f"--out {out}: unknown suffix {out.suffix!r} (an image: .png, .jpg, .webp, ...; "
-                     f"the samples as a tensor: {', '.join(TENSOR_SUFFIXES)})")
+        parser.error(f"--out {out}: unknown image suffix {out.suffix!r} (use .png, .jpg, .webp, ...; "
+                     f"or {', '.join(TENSOR_SUFFIXES)} for the samples as a tensor)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     try:

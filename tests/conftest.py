@@ -12,6 +12,9 @@ except Exception:  # pragma: no cover
     _HAS_CUDA = False
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The trainer's tests pin eager fp32 runs: --fast auto would compile and train in bf16 on a CPU
+# that has it (the tests of auto say --fast auto, or set the variable themselves).
+os.environ["PYFAST_GAN_FAST"] = "off"
 
 
 def pytest_collection_modifyitems(config, items):

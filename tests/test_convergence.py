@@ -28,7 +28,7 @@ CASES = {
     # this test compares kernels, and rounding differences grow with the step size.
     "toy-8gaussians": ["--data", "8gaussians", "--base", "64", "--batch-size", "64",
                        "--lr", "2e-4", "--lr-decay", "none"],
-    "digits-dcgan": ["--base", "4", "--z-dim", "16", "--batch-size", "16"],
+    "digits-dcgan": ["--base", "4", "--z-dim", "16", "--batch-size", "16", "--lr", "1e-4", "--betas", "0", "0.9"],
 }
 
 

@@ -190,3 +190,27 @@ def test_ema_rampup_decay_follows_the_update_count_and_survives_a_reload():
     fixed.update(model)
     for b, e, p in zip(before, fixed.module.parameters(), model.parameters()):
         torch.testing.assert_close(e, 0.95 * b + 0.05 * p.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_best_checkpoint_holds_the_best_evaluation_and_is_read_like_latest(tmp_path, capsys):
+    from pyfast_gan.artifacts import checkpoint as ckpt_mod
+    from pyfast_gan.evaluate import main as evaluate_main
+    from pyfast_gan.train import main
+
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--steps", "5", "--eval-every", "1", "--eval-n", "200", *TINY]) == 0
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
+    assert [r["step"] for r in evals] == [1, 2, 3, 4, 5]
+    best = min(evals, key=lambda r: r["eval"]["cfid"])
+    ck = ckpt_mod.load(out / "checkpoints" / "best.pt")
+    assert ck["step"] == best["step"]
+    assert ck["best"] == {"metric": "cfid", "value": best["eval"]["cfid"], "step": best["step"]}
+    assert ckpt_mod.load(out / "checkpoints" / "latest.pt")["best"] == ck["best"]
+    # sample and evaluate take it as they take latest.pt
+    assert _sample(["--checkpoint", str(out / "checkpoints" / "best.pt"), "--n", "4",
+                    "--out", str(tmp_path / "b.npy")]) == 0
+    assert f"step {best['step']}" in capsys.readouterr().out
+    js = tmp_path / "b.json"
+    assert evaluate_main(["--checkpoint", str(out / "checkpoints" / "best.pt"), "--n", "200",
+                          "--json", str(js), "--no-progress"]) == 0
+    assert json.loads(js.read_text())["step"] == best["step"]

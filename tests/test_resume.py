@@ -201,7 +201,7 @@ def test_second_trainer_on_a_running_directory_is_refused(tmp_path, capsys):
 
 def test_resume_flags_replace_the_checkpoints_optimizer_settings(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main([*QQ, "--out", str(run), "--lr", "1e-4", "--lr-decay", "none"]) == 0
+    assert main([*QQ, "--out", str(run), "--lr", "1e-4", "--betas", "0", "0.9", "--lr-decay", "none"]) == 0
     capsys.readouterr()
     groups = {}
 

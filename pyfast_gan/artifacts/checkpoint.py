@@ -35,7 +35,7 @@ def set_rng_state(state: dict, data_gen: torch.Generator | None = None) -> None:
         data_gen.set_state(state["data_gen"])
 
 
-def save_atomic(obj, path: str | os.PathLike, writer=torch.save) -> None:
+def save_atomic(obj, path: str | os.PathLike, writer=None) -> None:
     """``writer(obj, file)`` (torch.save; numpy.save for an array) to a temp file in the same
     directory, fsync, then os.replace, so a crash mid-write never leaves a truncated file under
     the final name."""
@@ -44,7 +44,7 @@ def save_atomic(obj, path: str | os.PathLike, writer=torch.save) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            writer(obj, f)
+            (writer or torch.save)(obj, f)  # looked up at call time: tests replace torch.save
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

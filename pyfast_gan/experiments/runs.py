@@ -76,7 +76,9 @@ def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None
     cmd = [sys.executable, "-m", "pyfast_gan.train", "--loss", loss, "--data", data, "--steps", str(steps),
            "--batch-size", str(b["batch_size"]), "--seed", str(seed), "--out", str(run_dir),
            "--eval-every", str(args.eval_every or b["eval_every"]), "--eval-n", str(args.eval_n),
-           "--device", args.device, "--no-progress", *extra]
+           "--device", args.device, "--no-progress",
+           # eager unless the run says --fast: the study's runs do not change with the machine
+           *([] if "--fast" in extra else ["--no-fast"]), *extra]
     if done >= 0:
         cmd = [sys.executable, "-m", "pyfast_gan.train", "--resume", str(run_dir), "--steps", str(steps),
                "--no-progress"]
@@ -106,7 +108,7 @@ def score_run(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
     recs = read_metrics(run_dir / "metrics.jsonl")
     return {
         "data": data, "run": name, "dir": str(run_dir), "loss": cfg["loss"], "seed": cfg["seed"],
-        "fast": bool(cfg.get("fast")),
+        "fast": cfg.get("fast") in (True, "on"),  # a bool in runs from before --fast auto
         "n_critic": cfg["n_critic"],
         "optimizer": cfg["optimizer"], "lr": cfg["lr"], "betas": cfg["betas"], "batch_size": cfg["batch_size"],
         "steps": int(ck["step"]), "critic_steps": int(ck["critic_steps"]),

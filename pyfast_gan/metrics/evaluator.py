@@ -260,6 +260,16 @@ class Evaluator:
         return out
 
 
+# The headline score of a result: the first of these it holds (each lower-is-better).
+HEADLINE = ("cfid", "fid", "toy_fd")
+
+
+def headline(result: dict) -> tuple[str, float] | None:
+    """(name, value) of ``result``'s headline score, or None when it has none."""
+    key = next((k for k in HEADLINE if k in result), None)
+    return (key, float(result[key])) if key else None
+
+
 def scalar_items(result: dict) -> dict:
     """The scalar entries of a result (what goes into metrics.jsonl lines and tables)."""
     return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -93,6 +93,8 @@ def _training_state(step: GANStep) -> list[torch.Tensor]:
         for st in opt.state.values():
             tensors += [v for v in st.values() if torch.is_tensor(v)]
     tensors.append(step.nonfinite)
+    if step.ema is not None:  # the ramped decay's update count
+        tensors.append(step.ema.count)
     if step.stateful_loss:
         tensors += [v for v in vars(step.loss_fn).values() if torch.is_tensor(v)]
     return tensors

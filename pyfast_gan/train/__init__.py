@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from .checks import ignored_flags
-from .config import TrainConfig, build_parser, command_line_flags, parse_args, resolve
+from .config import TrainConfig, build_parser, command_line_flags, fast_note, parse_args, resolve
 from .endings import TrainingStopped
 from .loop import train
 from .run import Run, build
@@ -32,8 +32,9 @@ def main(argv=None, hooks: dict | None = None) -> int:
     parser = build_parser()
     try:
         resolved = resolve(cfg, explicit)
-        for msg in ignored_flags(resolved, command_line_flags(argv)):
-            print(f"[pyfast_gan.train] {msg}", file=sys.stderr, flush=True)
+        for msg in [fast_note(resolved, explicit), *ignored_flags(resolved, command_line_flags(argv))]:
+            if msg:
+                print(f"[pyfast_gan.train] {msg}", file=sys.stderr, flush=True)
         result = train(resolved, hooks=hooks)
     except TrainingStopped as e:
         print(f"pyfast_gan.train: {e}", file=sys.stderr, flush=True)

@@ -114,7 +114,10 @@ class TrainConfig:
     clip_value: float = _f(0.01, "WGAN weight clipping bound c.")
     gp_weight: float = _f(10.0, "WGAN-GP penalty weight lambda.")
     ema: float = _f(0.0, "Decay of an exponential moving average of the generator (0 = off, "
-                    "e.g. 0.999).")
+                    "e.g. 0.999). Sample grids, --eval-every, sample and evaluate then show the "
+                    "average (its batch-norm statistics measured for the averaged weights).")
+    ema_rampup: bool = _f(True, "Ramp the --ema decay up with the update count n, min(decay, "
+                          "(1 + n) / (10 + n)), so a short run forgets its first, formless generators.")
     # --- run bookkeeping -----------------------------------------------------------
     out: str = _f("", "Output directory, new or empty: an existing run is never overwritten "
                   "(continue it with --resume DIR). Default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>.")
@@ -166,8 +169,12 @@ class TrainConfig:
                    ("auto", "reference", "cpu", "cuda", "triton"))
     lazy_gp: int = _f(0, "Lazy penalty: compute the gradient penalty every K critic steps with "
                       "weight x K (0 or 1 = every step, the paper's setting).")
-    fast: bool = _f(False, "Turn on the best speed switches for the device (flags given "
-                    "explicitly still win).")
+    fast: str = _f("auto", "The best speed switches for the device (flags given explicitly still "
+                   "win): on, off, or auto = on where the device computes bf16 natively (a CPU with "
+                   "AMX or AVX512-BF16, a CUDA GPU of compute capability 8.0 or higher), where they "
+                   "pay for themselves, else off. --fast alone is --fast on, --no-fast is --fast off; "
+                   "the environment variable PYFAST_GAN_FAST sets the default.",
+                   ("auto", "on", "off"), nargs="?", const="on")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -207,6 +214,51 @@ TOY_LOSS_DEFAULTS = {"wgan-gp": dict(gp_weight=0.1, betas=(0.5, 0.9), lr=1e-3, l
 # The embedded digits and mnist (both 1 x 32 x 32, so one step costs the same): a narrow DCGAN
 # (base 16) so the no-argument run fits in minutes on a 2-core CPU.
 DIGITS_DEFAULTS = dict(base=16, z_dim=64, steps=1200, sample_every=200, checkpoint_every=600)
+# WGAN-GP there, the no-argument run: the recipe of python -m pyfast_gan.experiments.recipe
+# (docs/results/recipe/RESULTS.md), keyed by --fast, which pays for the width where bf16 is
+# native. Adam (0.5, 0.9) at 2e-4 are the WGAN-GP authors' own MNIST settings.
+DIGITS_LOSS_DEFAULTS = {
+    ("wgan-gp", "on"): dict(base=32, lr=2e-4, betas=(0.5, 0.9)),
+    ("wgan-gp", "off"): dict(base=16, lr=2e-4, betas=(0.5, 0.9)),
+}
+
+
+def fast_note(cfg: TrainConfig, explicit: set[str]) -> str | None:
+    """The line that says what --fast a new run got and why, when the user did not choose."""
+    if cfg.resume or "fast" in explicit or os.environ.get("PYFAST_GAN_FAST", "").strip():
+        return None  # chosen by the user: the flag, or the variable
+    device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
+    return f"--fast auto: {cfg.fast}, {fast_auto(device)[1]}" + (
+        "" if cfg.fast == "on" else "; --fast on forces the speed switches, --no-fast turns them off")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def fast_default() -> str:
+    """--fast when the command line and --config leave it out: $PYFAST_GAN_FAST, else auto."""
+    v = os.environ.get("PYFAST_GAN_FAST", "auto").strip().lower() or "auto"
+    if v not in FIELDS["fast"].metadata["choices"]:
+        raise ValueError(f"PYFAST_GAN_FAST={v!r}: choose from auto, on, off")
+    return v
+
+
+def fast_auto(device: str) -> tuple[bool, str]:
+    """--fast auto's choice for a device and why: on where bf16 is native, where the switches pay
+    for themselves (on a CPU without it bf16 is emulated and far slower than fp32)."""
+    import torch
+
+    if device == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        if major >= 8:
+            return True, f"this GPU (compute capability {major}.{minor}) computes bf16 natively"
+        return False, f"this GPU (compute capability {major}.{minor}) has no native bf16"
+    if cpu_has_fast_bf16():
+        return True, "this CPU computes bf16 natively (AMX or AVX512-BF16)"
+    return False, "this CPU has no native bf16 (no AMX, no AVX512-BF16)"
 
 
 def fast_settings(device: str) -> dict:
@@ -252,9 +304,12 @@ def _default_help(name: str, default) -> str:
     parts = [repr(default)]
     if name in _PRESET_FIELDS:
         parts[0] += ", or the loss preset's"
-    for label, table in (("digits/mnist", DIGITS_DEFAULTS), ("toy data", TOY_DEFAULTS)):
+    tables = [("digits/mnist", DIGITS_DEFAULTS), ("toy data", TOY_DEFAULTS)]
+    tables += [(f"{loss.upper()} on digits/mnist with --fast {fast}", t) for (loss, fast), t in DIGITS_LOSS_DEFAULTS.items()]
+    for label, table in tables:
         if name in table and table[name] != default:
-            parts.append(f"{label}: {table[name]!r}")
+            v = table[name]
+            parts.append(f"{label}: {' '.join(map(str, v)) if isinstance(v, tuple) else repr(v)}")
     return f" (default: {'; '.join(parts)})"
 
 
@@ -272,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file with any of the fields "
                    "below (names with _ or -); command-line flags override it.")
+    p.add_argument("--no-fast", dest="fast", action="store_const", const="off", help="Same as --fast off.")
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         meta = dict(f.metadata)
@@ -327,6 +383,8 @@ def _coerce(name: str, v, where: str):
         if not isinstance(v, (list, tuple)) or len(v) != 2:
             raise ValueError(f"{where}: expected two numbers, got {v!r}")
         return tuple(float(x) for x in v)
+    if name == "fast" and isinstance(v, bool):  # config.json of runs from before auto
+        return "on" if v else "off"
     if t is bool:
         if not isinstance(v, bool):
             raise ValueError(f"{where}: expected true/false, got {v!r}")
@@ -407,18 +465,26 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
         fill({"out": str(run_dir)})
     else:
         fill(PRESETS[values["loss"]])
+    if values["device"] == "cuda" and not cuda_available:
+        raise ValueError("--device cuda: CUDA is not available on this machine "
+                         "(use --device cpu or auto)")
+    device = values["device"] if values["device"] != "auto" else ("cuda" if cuda_available else "cpu")
+    # --fast: a resumed run's config holds what was chosen then (True/False before auto existed);
+    # a new run takes the flag, else $PYFAST_GAN_FAST, else auto, decided here for the device.
+    if isinstance(values["fast"], bool):
+        values["fast"] = "on" if values["fast"] else "off"
+    if not cfg.resume and "fast" not in explicit:
+        values["fast"] = fast_default()
+    if values["fast"] == "auto":
+        values["fast"] = "on" if fast_auto(device)[0] else "off"
+    if not cfg.resume:  # data defaults: the embedded digits' recipe depends on --fast (its width)
         if values["data"] in TOY_DATASETS:
             fill(TOY_DEFAULTS)
             fill(TOY_LOSS_DEFAULTS.get(values["loss"], {}))
         elif values["data"] in EMBEDDED_DATA:
             fill(DIGITS_DEFAULTS)
-    if values["device"] == "cuda" and not cuda_available:
-        raise ValueError("--device cuda: CUDA is not available on this machine "
-                         "(use --device cpu or auto)")
-    device = values["device"] if values["device"] != "auto" else ("cuda" if cuda_available else "cpu")
-    # A resumed run's config already holds what --fast chose then; only a --fast given now
-    # chooses again.
-    if values["fast"] and (not cfg.resume or "fast" in explicit):
+            fill(DIGITS_LOSS_DEFAULTS.get((values["loss"], values["fast"]), {}))
+    if values["fast"] == "on" and (not cfg.resume or "fast" in explicit):
         fill(fast_settings(device))
     if values["impl"] != "auto":  # an explicit kernel choice that cannot run is refused now
         from pyfast_gan.ops import check_impl

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from pyfast_gan.data import DataError
+from pyfast_gan.metrics.evaluator import headline
 from pyfast_gan.step import distributed as dist_mod
 
 from .config import TrainConfig
@@ -155,9 +156,9 @@ class Progress:
 
     def scored(self, res: dict) -> None:
         """An evaluation: its headline score."""
-        key = next((k for k in ("cfid", "fid", "toy_fd") if k in res), None)
-        if key:
-            self.fields[key] = f"{res[key]:.3g}"
+        h = headline(res)
+        if h:
+            self.fields[h[0]] = f"{h[1]:.3g}"
         self.bar.set_postfix(self.fields, refresh=False)
 
 
@@ -190,7 +191,7 @@ def _loop(run: Run, hooks: dict) -> dict:
                         break
                 if (step % cfg.sample_every == 0 or last) and run.main:
                     progress.sampled(run.sample())
-                if run.evaluator is not None and (step % cfg.eval_every == 0 or last):
+                if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                     progress.scored(run.evaluate())
                 # Only healthy states are checkpointed on the way (the counters agree on every
                 # rank); a run that ends on skipped steps writes its last good state in _end.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -94,6 +95,7 @@ class Run:
     resumed_from: Path | None = None
     capture_time_s: float | None = None
     timing_reported: bool = False      # the first log record after start-up holds its times
+    best: dict | None = None           # the best evaluation so far: metric, value, step (rank 0)
 
     @property
     def main(self) -> bool:
@@ -204,22 +206,27 @@ class Run:
         return rec
 
     def evaluate(self) -> dict:
-        """Rank 0: the scalar scores of the generator (EMA when on) by the run's evaluator,
-        written to metrics.jsonl and plots/metrics.png, and returned. CoGAN: each domain and
-        the pair correspondence (pyfast_gan.metrics.cogan, as evaluate scores it)."""
+        """The scalar scores of the generator (EMA when on) by the run's evaluator (rank 0; {}
+        elsewhere), written to metrics.jsonl and plots/metrics.png, and returned; a new best
+        headline score is kept as checkpoints/best.pt (collective under torchrun). CoGAN: each
+        domain and the pair correspondence (pyfast_gan.metrics.cogan, as evaluate scores it)."""
         from pyfast_gan.metrics.evaluator import scalar_items
 
-        g = self.ema.module if self.ema is not None else self.G
-        if self.cfg.arch == "cogan":
-            from pyfast_gan.data.cogan import cogan_domain
-            from pyfast_gan.metrics.cogan import flat_cogan_scores, score_cogan
+        res = {}
+        if self.evaluator is not None:
+            g = self.ema.ready(self.cfg.z_dim) if self.ema is not None else self.G
+            if self.cfg.arch == "cogan":
+                from pyfast_gan.data.cogan import cogan_domain
+                from pyfast_gan.metrics.cogan import flat_cogan_scores, score_cogan
 
-            scores = flat_cogan_scores(score_cogan(g, self.evaluator, cogan_domain(self.cfg.to_dict())))
-        else:
-            scores = self.evaluator(g, self.cfg.z_dim)
-        res = scalar_items(scores)
-        self.metrics.write({"step": self.generator_steps, "eval": res})
-        outputs.plot_metrics(self.metrics.records, self.out / "plots" / "metrics.png")
+                scores = flat_cogan_scores(score_cogan(g, self.evaluator, cogan_domain(self.cfg.to_dict())))
+            else:
+                scores = self.evaluator(g, self.cfg.z_dim)
+            res = scalar_items(scores)
+            self.metrics.write({"step": self.generator_steps, "eval": res})
+            outputs.plot_metrics(self.metrics.records, self.out / "plots" / "metrics.png")
+        if dist_mod.agreed(self.improved(res), self.world, self.device):
+            self.save_best()
         return res
 
     def plot_losses(self) -> None:
@@ -228,7 +235,7 @@ class Run:
     def write_samples(self, path: Path) -> dict:
         """The fixed-noise sample grid (toy data: a scatter over real points, and the mode
         coverage it shows, returned as a metrics record)."""
-        gm = self.ema.module if self.ema is not None else self.G
+        gm = self.ema.ready(self.cfg.z_dim) if self.ema is not None else self.G
         was = gm.training
         gm.eval()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.step.dtype or torch.float32,
@@ -291,6 +298,25 @@ class Run:
                 ckpt_mod.save_atomic(payload, self.out / "checkpoints" / f"step_{self.generator_steps:06d}.pt")
         return latest
 
+    def improved(self, res: dict) -> bool:
+        """Whether the evaluation ``res`` ({} off rank 0) beats the best headline score so far
+        (lower is better); if so it becomes the best."""
+        from pyfast_gan.metrics.evaluator import headline
+
+        h = headline(res)
+        if h is None or not math.isfinite(h[1]) or (self.best and self.best["metric"] == h[0]
+                                                     and h[1] >= self.best["value"]):
+            return False
+        self.best = {"metric": h[0], "value": h[1], "step": self.generator_steps}
+        return True
+
+    def save_best(self) -> None:
+        """checkpoints/best.pt: the whole state at the best evaluation so far, readable by sample
+        and evaluate like latest.pt (collective under torchrun, like :meth:`save`)."""
+        payload = self.checkpoint()
+        if payload is not None:
+            ckpt_mod.save_atomic(payload, self.out / "checkpoints" / "best.pt")
+
     def checkpoint(self) -> dict | None:
         """The checkpoint payload (rank 0), None on other ranks. Collective under torchrun:
         every rank's RNG state is gathered; weights and optimizer state are identical on every
@@ -319,6 +345,7 @@ class Run:
             "nonfinite_total": step.health()["total"],
             "loss_state": step.loss_state_dict(),
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "best": self.best,
         }
 
     def apply_lr_schedule(self) -> None:
@@ -337,6 +364,7 @@ class Run:
         step = self.step
         self.G.load_state_dict(ck["G"])
         self.D.load_state_dict(ck["D"])
+        self.best = ck.get("best")
         saved = ck["config"]
         for line in resume_changes(saved, self.cfg):
             self.say(line)
@@ -360,6 +388,7 @@ class Run:
             if ck.get("ema") is not None:
                 self.ema.load_state_dict(ck["ema"])
                 self.ema.decay = float(self.cfg.ema)  # --ema given now replaces the saved decay
+                self.ema.rampup = self.cfg.ema_rampup
             else:  # --ema turned on at resume: the average starts from the restored generator
                 self.ema.module.load_state_dict(self.G.state_dict())
         self.batcher.load_state_dict(ck["data"])
@@ -417,10 +446,10 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     if device.type == "cpu" and not is_toy:
         hint = cost.slow_cpu_hint(cost.estimate_step_seconds(
             G, D, z_dim=cfg.z_dim, batch_size=cfg.batch_size, n_critic=cfg.n_critic,
-            uses_gp=loss.uses_gp), base=cfg.base, fast=cfg.fast)
+            uses_gp=loss.uses_gp), base=cfg.base, fast=cfg.fast == "on")
         if hint:
             say(hint)
-    ema = EMA(G, decay=cfg.ema) if cfg.ema > 0 else None
+    ema = EMA(G, decay=cfg.ema, rampup=cfg.ema_rampup) if cfg.ema > 0 else None
     if loss.uses_clipping:
         import pyfast_gan
 

@@ -58,7 +58,7 @@ def lock_run_dir(out: Path) -> int:
 # What a --resume may change about the training (not the models or data, config.py's
 # FROZEN_ON_RESUME): each one given now is said once.
 RESUME_SETTINGS = ("optimizer", "lr", "lr_g", "betas", "clip_value", "gp_weight", "lazy_gp", "n_critic",
-                   "lr_decay", "plateau_steps", "ema", "began_gamma", "began_lambda_k")
+                   "lr_decay", "plateau_steps", "ema", "ema_rampup", "began_gamma", "began_lambda_k")
 
 
 def _show(v) -> str:
