@@ -224,3 +224,33 @@ def test_fp16_compiled_falls_back_and_bad_arguments():
         CriticObjective(get_loss("wgan-gp"), lazy_gp=-1)
     with pytest.raises(ValueError, match="real and fake"):
         CriticObjective(get_loss("wgan-gp"))(MLPCritic(2, 4, 1), torch.randn(3, 2), torch.randn(4, 2))
+
+
+class _Shaped(torch.nn.Module):
+    """An MLP critic whose (N,) scores come out as ``shape`` (N, 1), (N, 1, 1, 1)..."""
+
+    def __init__(self, inner, shape):
+        super().__init__()
+        self.inner, self.shape = inner, shape
+
+    def forward(self, x):
+        return self.inner(x).reshape(x.shape[0], *self.shape)
+
+
+@pytest.mark.parametrize("loss_name", ["wgan-gp", "dcgan", "began"])
+@pytest.mark.parametrize("shape", [(1,), (1, 1, 1)])
+def test_scores_shaped_as_the_drop_ins_accept_them(loss_name, shape):
+    # The drop-in penalties take (N,), (N, 1) and (N, 1, 1, 1) scores: so do the objectives,
+    # with the same loss and gradients as the (N,) critic.
+    torch.manual_seed(0)
+    inner = MLPCritic(2, hidden=16)
+    real, fake, alpha = torch.randn(6, 2), torch.randn(6, 2), torch.rand(6)
+    ref = _grads_of(CriticObjective(get_loss(loss_name)), inner, real, fake, alpha)
+    shaped = _Shaped(copy.deepcopy(inner), shape)
+    got = _grads_of(CriticObjective(get_loss(loss_name)), shaped, real, fake, alpha)
+    torch.testing.assert_close(got[0], ref[0])
+    _assert_grads_close(got[1], ref[1], rtol=1e-6)
+    g_loss, _ = fc.GeneratorObjective(get_loss(loss_name))(torch.nn.Identity(), shaped, fake)
+    torch.testing.assert_close(g_loss, fc.GeneratorObjective(get_loss(loss_name))(torch.nn.Identity(), inner, fake)[0])
+    with pytest.raises(ValueError, match=r"shape \(N,\), got \(6, 2\)"):
+        CriticObjective(get_loss(loss_name))(_Shaped(torch.nn.Linear(2, 2), (2,)), real, fake, alpha=alpha)

@@ -86,6 +86,16 @@ def quiet_cuda_home_note() -> None:
         log.addFilter(_NoCudaHomeNote())
 
 
+def flat_scores(out):
+    """A critic's scores as the losses take them, (M,): (M, 1, ...) with every dim after the
+    first of size 1 (a linear head's (N, 1), a DCGAN conv head's (N, 1, 1, 1)) is flattened,
+    as the drop-in penalties accept it (ops/penalty_core.py); any other shape goes to the loss
+    as it is, which refuses it with the shape in its message."""
+    if isinstance(out, torch.Tensor) and out.dim() > 1 and out.shape[0] > 0 and out.numel() == out.shape[0]:
+        return out.reshape(out.shape[0])
+    return out
+
+
 def critic_scores(critic, real, fake, concat: bool):
     if concat:
         # One forward of 2N instead of two of N: the same scores for a critic without batch
@@ -108,7 +118,7 @@ def critic_loss(critic, real, fake, x_hat, *, loss_fn, weight: float, center: fl
     """
     with autocast(real.device.type, dtype, cache):
         real_out, fake_out = critic_scores(critic, real, fake, concat)
-        loss, stats = loss_fn.critic(real_out, fake_out)
+        loss, stats = loss_fn.critic(flat_scores(real_out), flat_scores(fake_out))
         if x_hat is None:
             return loss, stats
         gp, gnorm = penalty_at(critic, x_hat, center=center, scaler=scaler, impl=impl)
@@ -317,7 +327,7 @@ def generator_loss(generator, critic, z, *, loss_fn, dtype, memory_format, cache
         fake = generator(z)
         if fake.dim() == 4:
             fake = fake.contiguous(memory_format=memory_format)
-        return loss_fn.generator(critic(fake))
+        return loss_fn.generator(flat_scores(critic(fake)))
 
 
 class GeneratorObjective:
