@@ -8,7 +8,7 @@ autograd-only version of the paper's formula, in one run.
 
 Two tables:
 
-* per-call (issue 23): the drop-in as other loops call it, each row a ratio to the
+* per-call: the drop-in as other loops call it, each row a ratio to the
   plain formula timed in the same rounds: the WGAN-GP paper's toy critic
   (``build_models("mlp")``: 3 hidden ReLU layers of 512, 2-D input) at batch 16 and
   256, penalty + backward; and a DCGAN-64 critic (``build_models("dcgan", image_size=64)``,

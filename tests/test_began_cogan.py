@@ -1,4 +1,4 @@
-"""BEGAN and CoGAN (issue 13): loss formulas, k_t update and clipping, weight sharing, pair
+"""BEGAN and CoGAN: loss formulas, k_t update and clipping, weight sharing, pair
 correspondence, unpaired domains, resume exactness and the command line."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The drop-in gradient penalty inside a user's torch.compile (issue 23): the README's critic
+"""The drop-in gradient penalty inside a user's torch.compile: the README's critic
 step, compiled with fullgraph=True, puts the project's kernels in the graph and matches the
 same step run eagerly (fp32 tolerance table)."""
 import copy

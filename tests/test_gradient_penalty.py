@@ -29,7 +29,7 @@ IMPLS = [
 ]
 
 
-# "head" returns (N, 1, 1, 1), a DCGAN conv head before its .view (issue 15).
+# "head" returns (N, 1, 1, 1), a DCGAN conv head before its .view.
 CRITICS = {"conv": (conv_critic, (4, 3, 11, 12)), "mlp": (SmoothMLPCritic, (5, 7)),
            "head": (conv_head_critic, (4, 3, 8, 8))}
 
@@ -347,7 +347,7 @@ def test_unavailable_impl_raises():
         pg.gradient_penalty(SmoothMLPCritic(), torch.randn(2, 7), torch.randn(2, 7), impl="cuda")
 
 
-# --- issue 23: the drop-in as other loops call it ---------------------------------------------
+# --- the drop-in as other loops call it ------------------------------------------------------
 
 def plain_loop_penalty(critic, real, fake, weight):
     """The penalty as PyTorch-GAN's and caogang's WGAN-GP loops write it, alpha from the global RNG."""

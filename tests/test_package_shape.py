@@ -121,7 +121,7 @@ def test_import_loads_no_native_library():
 
 def test_data_imports_nothing_above_it():
     # data/ sits below metrics/, models/ and train/: the data cache's root lives in
-    # pyfast_gan._paths, which the digits classifier reads too (issue 22).
+    # pyfast_gan._paths, which the digits classifier reads too.
     graph = _import_graph()
     data = [m for m in graph if m.startswith("pyfast_gan.data")]
     assert "pyfast_gan.data.cache" in data

@@ -149,7 +149,7 @@ def test_readme_example(readme_example):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ns["critic"].parameters())
 
 
-# --- issue 23: R1 from the scores a loop already has -----------------------------------------
+# --- R1 from the scores a loop already has --------------------------------------------------
 
 def bn_critic():
     return torch.nn.Sequential(torch.nn.Linear(7, 16), torch.nn.BatchNorm1d(16), torch.nn.Softplus(),
