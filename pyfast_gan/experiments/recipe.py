@@ -28,24 +28,37 @@ import sys
 import time
 from pathlib import Path
 
-# name -> trainer flags added to the no-argument run (which is WGAN-GP on --data mnist).
+def _flags(*, fast: bool, base: int = 16, lr: str = "1e-4", beta1: str = "0", n_critic: int = 2,
+           steps: int = 1200, extra: tuple = ()) -> list[str]:
+    """A candidate's whole recipe as trainer flags, so it means the same whatever the defaults."""
+    return ["--fast" if fast else "--no-fast", "--base", str(base), "--lr", lr, "--betas", beta1, "0.9",
+            "--n-critic", str(n_critic), "--steps", str(steps), *extra]
+
+
+# name -> the flags of one candidate (WGAN-GP on --data mnist, batch 64, z 64, --ema 0.999).
 CANDIDATES = {
-    "paper": ["--no-fast"],  # the WGAN-GP paper's Adam settings, base 16 (the no-argument run before this search)
-    "adam-0.5": ["--no-fast", "--lr", "2e-4", "--betas", "0.5", "0.9"],
-    "adam-0.5-2000": ["--no-fast", "--lr", "2e-4", "--betas", "0.5", "0.9", "--steps", "2000"],
-    "adam-0.5-lr4e-4": ["--no-fast", "--lr", "4e-4", "--betas", "0.5", "0.9"],
-    "adam-0.5-base24": ["--no-fast", "--base", "24", "--lr", "2e-4", "--betas", "0.5", "0.9", "--steps", "800"],
-    "fast-base32": ["--fast", "--base", "32", "--lr", "2e-4", "--betas", "0.5", "0.9"],
-    "bf16-base32": ["--no-fast", "--amp", "bf16", "--channels-last", "--base", "32", "--lr", "2e-4", "--betas", "0.5", "0.9"],
-    "fast-base32-beta0": ["--fast", "--base", "32", "--lr", "2e-4", "--betas", "0", "0.9"],
-    "fast-base32-lr4e-4": ["--fast", "--base", "32", "--lr", "4e-4", "--betas", "0.5", "0.9"],
-    "fast-base32-lr1e-4": ["--fast", "--base", "32", "--lr", "1e-4", "--betas", "0.5", "0.9"],
-    "fast-base32-nc2": ["--fast", "--base", "32", "--lr", "4e-4", "--betas", "0.5", "0.9", "--n-critic", "2",
-                        "--steps", "2400"],
-    "fast-base48": ["--fast", "--base", "48", "--lr", "2e-4", "--betas", "0.5", "0.9", "--steps", "700"],
+    "default": [],  # the no-argument run as it is now (--fast auto)
+    "default-no-fast": ["--no-fast"],  # the same where the CPU has no native bf16
+    # the no-argument run before this search: the WGAN-GP paper's Adam settings
+    "paper": _flags(fast=False, n_critic=5),
+    "adam-0.5": _flags(fast=False, lr="2e-4", beta1="0.5", n_critic=5),
+    "adam-0.5-2000": _flags(fast=False, lr="2e-4", beta1="0.5", n_critic=5, steps=2000),
+    "adam-0.5-lr4e-4-2000": _flags(fast=False, lr="4e-4", beta1="0.5", n_critic=5, steps=2000),
+    "adam-nc2-lr4e-4-3600": _flags(fast=False, lr="4e-4", beta1="0.5", steps=3600),
+    "fast-base32": _flags(fast=True, base=32, lr="2e-4", beta1="0.5", n_critic=5),
+    "fast-base32-beta0": _flags(fast=True, base=32, lr="2e-4", n_critic=5),
+    "fast-base32-lr1e-4": _flags(fast=True, base=32, beta1="0.5", n_critic=5),
+    "fast-base32-lr4e-4": _flags(fast=True, base=32, lr="4e-4", beta1="0.5", n_critic=5),
+    "fast-base32-lr8e-4": _flags(fast=True, base=32, lr="8e-4", beta1="0.5", n_critic=5),
     # the moving average over a shorter window (the flags given last win over --ema 0.999)
-    "fast-base32-ema0.99": ["--fast", "--base", "32", "--lr", "2e-4", "--betas", "0.5", "0.9", "--ema", "0.99"],
-    "fast-base32-1600": ["--fast", "--base", "32", "--lr", "2e-4", "--betas", "0.5", "0.9", "--steps", "1600"],
+    "fast-base32-ema0.99": _flags(fast=True, base=32, lr="2e-4", beta1="0.5", n_critic=5, extra=("--ema", "0.99")),
+    "fast-base32-nc2": _flags(fast=True, base=32, lr="4e-4", beta1="0.5", steps=2400),
+    "fast-base32-nc2-3600": _flags(fast=True, base=32, lr="4e-4", beta1="0.5", steps=3600),
+    "fast-base32-nc2-lr6e-4-3600": _flags(fast=True, base=32, lr="6e-4", beta1="0.5", steps=3600),
+    "fast-base16-lr4e-4-3000": _flags(fast=True, lr="4e-4", beta1="0.5", n_critic=5, steps=3000),
+    "fast-base48": _flags(fast=True, base=48, lr="2e-4", beta1="0.5", n_critic=5, steps=700),
+    "bf16-base32": _flags(fast=False, base=32, lr="2e-4", beta1="0.5", n_critic=5,
+                          extra=("--amp", "bf16", "--channels-last")),
 }
 KEYS = ("cfid", "classes_covered", "kl_uniform")
 BUDGET_S = 300.0
@@ -101,12 +114,15 @@ def score(run_dir: Path, evaluator) -> dict:
     return out
 
 
-def summary(rows: list[dict]) -> dict:
-    """Per candidate: the median over its seeds of the wall time and of each score, per generator."""
+def summary(rows: list[dict], threads: int) -> dict:
+    """Per candidate: the median over its seeds of the wall time and of each score, per generator;
+    ``fits`` is judged only on runs that had all ``threads`` (None otherwise)."""
     out = {}
     for name in dict.fromkeys(r["candidate"] for r in rows):
         rs = [r for r in rows if r["candidate"] == name]
-        s = {"seeds": [r["seed"] for r in rs], "wall_s": statistics.median(r["wall_s"] for r in rs)}
+        s = {"seeds": [r["seed"] for r in rs], "wall_s": statistics.median(r["wall_s"] for r in rs),
+             "threads": sorted({r.get("threads", 0) for r in rs})}
+        s["full"] = s["threads"] == [threads]
         for g in ("raw", "ema"):
             s[g] = {k: statistics.median(r[g][k] for r in rs) for k in KEYS}
         out[name] = s
@@ -115,12 +131,13 @@ def summary(rows: list[dict]) -> dict:
 
 def best(summ: dict, budget: float) -> tuple[str, str] | None:
     """(candidate, generator) with the lowest median cFID among those whose median wall fits."""
-    fits = [(s[g]["cfid"], name, g) for name, s in summ.items() if s["wall_s"] <= budget for g in ("raw", "ema")]
+    fits = [(s[g]["cfid"], name, g) for name, s in summ.items() if s["full"] and s["wall_s"] <= budget
+            for g in ("raw", "ema")]
     return min(fits)[1:] if fits else None
 
 
 def report(rows: list[dict], meta: dict) -> str:
-    summ = summary(rows)
+    summ = summary(rows, meta["threads"])
     pick = best(summ, meta["budget_s"])
     lines = [
         "# The no-argument run's recipe: candidates on real MNIST",
@@ -129,9 +146,10 @@ def report(rows: list[dict], meta: dict) -> str:
         f"{meta['date']}.",
         "",
         "Regenerate: `python -m pyfast_gan.experiments.recipe` (add `--candidates NAME ...` and `--seeds ...` "
-        "for part of it). Each run: `python -m pyfast_gan.train --seed S --ema 0.999 FLAGS` on top of the "
-        "no-argument run (WGAN-GP, `--data mnist`, 1,200 generator steps, batch 64, base 16, Adam 1e-4 with "
-        "betas (0, 0.9) unless the flags say otherwise), timed from start to exit. Scores: the real-MNIST "
+        "for part of it; `--threads 1` runs each candidate on one thread, to screen recipes beside other work: "
+        "such rows say so and are not judged against the budget). Each run: `python -m pyfast_gan.train "
+        "--seed S --ema 0.999 FLAGS` (WGAN-GP on `--data mnist`, batch 64), timed from start to exit; "
+        "`default` is the no-argument run itself. Scores: the real-MNIST "
         "judge on 10,000 samples of the final checkpoint, as `python -m pyfast_gan.evaluate` gives them "
         "(cFID: lower is better, real digits score about 3.6; classes: of 10; KL to uniform: 0 is "
         "balanced). raw: the generator; ema: its moving average (ramped decay, batch-norm statistics "
@@ -139,20 +157,22 @@ def report(rows: list[dict], meta: dict) -> str:
         "",
         "## Every run",
         "",
-        "| candidate | flags | seed | wall s | steps | raw cFID | raw classes | raw KL | ema cFID | ema classes | ema KL |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | flags | seed | threads | wall s | steps | raw cFID | raw classes | raw KL | ema cFID | ema classes | ema KL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['candidate']} | `{' '.join(CANDIDATES.get(r['candidate'], r.get('flags', [])))}` | "
-                     f"{r['seed']} | {r['wall_s']:.0f} | {r['steps']} | {r['raw']['cfid']:.1f} | "
+        flags = " ".join(CANDIDATES.get(r["candidate"], r.get("flags", [])))
+        lines.append(f"| {r['candidate']} | {f'`{flags}`' if flags else '(none)'} | "
+                     f"{r['seed']} | {r.get('threads', '?')} | {r['wall_s']:.0f} | {r['steps']} | {r['raw']['cfid']:.1f} | "
                      f"{r['raw']['classes_covered']} | {r['raw']['kl_uniform']:.3f} | {r['ema']['cfid']:.1f} | "
                      f"{r['ema']['classes_covered']} | {r['ema']['kl_uniform']:.3f} |")
     lines += ["", f"## Medians over seeds (budget: {meta['budget_s']:.0f} s of wall time)", "",
-              "| candidate | seeds | wall s | fits | raw cFID | raw classes | ema cFID | ema classes |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| candidate | seeds | threads | wall s | fits | raw cFID | raw classes | ema cFID | ema classes |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, s in sorted(summ.items(), key=lambda kv: min(kv[1]["raw"]["cfid"], kv[1]["ema"]["cfid"])):
-        lines.append(f"| {name} | {', '.join(map(str, s['seeds']))} | {s['wall_s']:.0f} | "
-                     f"{'yes' if s['wall_s'] <= meta['budget_s'] else 'no'} | {s['raw']['cfid']:.1f} | "
+        fits = ("yes" if s["wall_s"] <= meta["budget_s"] else "no") if s["full"] else "not timed"
+        lines.append(f"| {name} | {', '.join(map(str, s['seeds']))} | {', '.join(map(str, s['threads']))} | "
+                     f"{s['wall_s']:.0f} | {fits} | {s['raw']['cfid']:.1f} | "
                      f"{s['raw']['classes_covered']:g} | {s['ema']['cfid']:.1f} | {s['ema']['classes_covered']:g} |")
     if pick:
         lines += ["", f"Best within the budget: **{pick[0]}**, sampled from the {'moving average' if pick[1] == 'ema' else 'raw generator'} "
@@ -193,13 +213,14 @@ def main(argv=None) -> int:
             print(f"[recipe] {name} seed {seed}: training", flush=True)
             wall = train(name, seed, run_dir, args.threads)
             row = {"candidate": name, "flags": CANDIDATES[name], "seed": seed, "wall_s": round(wall, 1),
+                   "threads": args.threads,
                    "run": str(run_dir), **score(run_dir, evaluator)}
             rows.append(row)
             print(f"[recipe] {name} seed {seed}: {wall:.0f} s, raw cFID {row['raw']['cfid']:.1f}, "
                   f"ema cFID {row['ema']['cfid']:.1f}", flush=True)
             res_path.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"machine": cpu_name(), "threads": args.threads,
+    meta = {"machine": cpu_name(), "threads": os.cpu_count() or 1,
             "torch": torch.__version__, "commit": commit or "unknown", "budget_s": args.budget,
             "date": time.strftime("%Y-%m-%d")}
     (out / "RESULTS.md").write_text(report(rows, meta))

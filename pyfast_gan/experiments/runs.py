@@ -43,7 +43,7 @@ IMAGE_DATA = ("mnist", "digits")  # the embedded labelled sets, scored by their 
 DATA = (*IMAGE_DATA, "25gaussians")
 # Per-data budget: the trainer's own defaults for that data (pyfast_gan.train.config), the
 # batch size every run shares, and how often the metrics are taken during training.
-_IMAGE_BUDGET = dict(steps=1200, batch_size=64, eval_every=100)
+_IMAGE_BUDGET = dict(steps=1200, batch_size=64, eval_every=100, base=16)
 BUDGET = {**{d: _IMAGE_BUDGET for d in IMAGE_DATA}, "25gaussians": dict(steps=3000, batch_size=256, eval_every=250)}
 DATA_TITLE = {"mnist": "real MNIST", "digits": "the 8x8 digits", "25gaussians": "25 Gaussians"}
 
@@ -63,6 +63,18 @@ def _checkpoint_step(run_dir: Path) -> int:
         return -1
 
 
+def paper_flags(loss: str, data: str) -> list[str]:
+    """On the image sets, each loss's paper settings and the budget's width, spelled out: the
+    no-argument run's recipe for WGAN-GP on the embedded digits is not the study's subject."""
+    if data not in IMAGE_DATA:
+        return []
+    from pyfast_gan.losses import PRESETS
+
+    p = PRESETS[loss]
+    out = ["--base", str(BUDGET[data]["base"]), "--lr", str(p["lr"]), "--n-critic", str(p["n_critic"]), "--ema", "0"]
+    return out + (["--betas", *map(str, p["betas"])] if "betas" in p else [])
+
+
 def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None) -> dict:
     """Train (or resume, or reuse) one run (``seed``: default the study's) in its own process;
     returns its record."""
@@ -74,6 +86,7 @@ def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None
     if done >= steps:
         return {"data": data, "run": name, "reused": True}
     cmd = [sys.executable, "-m", "pyfast_gan.train", "--loss", loss, "--data", data, "--steps", str(steps),
+           *paper_flags(loss, data),
            "--batch-size", str(b["batch_size"]), "--seed", str(seed), "--out", str(run_dir),
            "--eval-every", str(args.eval_every or b["eval_every"]), "--eval-n", str(args.eval_n),
            "--device", args.device, "--no-progress",
