@@ -51,10 +51,18 @@ def save_atomic(obj, path: str | os.PathLike, writer=None) -> None:
     except RuntimeError as e:
         # torch's zip writer reports a failed write (a full disk, a quota) as "[enforce fail
         # at inline_container.cc ...] unexpected pos" or "PytorchStreamWriter failed writing":
-        # an OSError like any other failed write, so callers handle one kind.
+        # an OSError like any other failed write, so callers handle one kind. What made the
+        # write fail is the error it happened in, when there is one: a Ctrl-C (raised again as
+        # itself) or the file's own OSError (EFBIG under `ulimit -f`, ENOSPC...).
         if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
             raise
         tmp.unlink(missing_ok=True)
+        cause = underlying(e)
+        if isinstance(cause, KeyboardInterrupt):
+            raise cause from None
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, f"torch.save could not write the file ({cause.strerror or cause})",
+                          str(path)) from None
         free = shutil.disk_usage(path.parent).free
         raise OSError(errno.ENOSPC if free < 64 << 20 else errno.EIO,
                       f"torch.save could not write the file ({first_sentences(str(e), 120)}; "
@@ -62,6 +70,18 @@ def save_atomic(obj, path: str | os.PathLike, writer=None) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def underlying(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or errno-carrying OSError that ``e`` was raised while handling
+    (its ``__context__`` chain), or None."""
+    seen, c = set(), e.__context__
+    while c is not None and id(c) not in seen:
+        if isinstance(c, KeyboardInterrupt) or (isinstance(c, OSError) and c.errno is not None):
+            return c
+        seen.add(id(c))
+        c = c.__context__
+    return None
 
 
 def first_sentences(text: str, limit: int = 200) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,19 +90,30 @@ def save_toy_scatter(fake: torch.Tensor, real: torch.Tensor, path: str | os.Path
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
+    """The records of a metrics.jsonl; a line cut by a crash is left out."""
+    return _read_metrics(Path(path))[0]
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
+    """(records, the lines that do not parse, whether the file ends without a newline: a run
+    killed mid-write leaves its last line torn)."""
     if not path.is_file():
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a crash: ignore it
-                    pass
-    return out
+        return [], [], False
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    out, bad = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(line)
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+            else:
+                bad.append(line)
+    return out, bad, bool(text) and not text.endswith("\n")
 
 
 def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
@@ -183,15 +195,32 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _say(msg: str) -> None:
+    print(f"[pyfast_gan.train] {msg}", file=sys.stderr, flush=True)
+
+
 class MetricsWriter:
     """metrics.jsonl, and the same scalars (plus sample grids) as TensorBoard events when
     ``tensorboard`` names a folder (``torch.utils.tensorboard``). ``step``: the run's step at
     start; on resume, lines and events logged after it are dropped (they will be redone)."""
 
-    def __init__(self, path: str | os.PathLike, tensorboard: str | os.PathLike | None = None, step: int = 0):
+    def __init__(self, path: str | os.PathLike, tensorboard: str | os.PathLike | None = None, step: int = 0,
+                 say=None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records = read_metrics(self.path)
+        self.records, bad, torn = _read_metrics(self.path)
+        if bad or torn:
+            # A line torn by a killed run would swallow the next line appended to it (both
+            # lost): the file is rewritten from the lines that parse, before anything is added.
+            last = self.path.read_bytes().decode("utf-8", errors="replace").rstrip().rsplit("\n", 1)[-1].strip()
+            if torn and bad and bad[-1] == last:
+                what = f"dropped its last line, cut mid-write by a stopped run ({last[:60]!r}...)"
+                if len(bad) > 1:
+                    what += f", and {len(bad) - 1} other unreadable line(s)"
+            else:
+                what = f"dropped {len(bad)} unreadable line(s)" if bad else "ended its last line with a newline"
+            (say or _say)(f"{self.path}: {what}; its {len(self.records)} other records are kept")
+            self._rewrite(self.records)
         self.truncate_after(step)
         self.tb = None
         if tensorboard is not None:
@@ -215,11 +244,14 @@ class MetricsWriter:
         keep = [r for r in self.records if r.get("step", 0) <= step]
         if len(keep) != len(self.records):
             self.records = keep
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w") as f:
-                for r in keep:
-                    f.write(json.dumps(r) + "\n")
-            os.replace(tmp, self.path)
+            self._rewrite(keep)
+
+    def _rewrite(self, records: list[dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         self.records.append(record)

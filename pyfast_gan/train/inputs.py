@@ -89,8 +89,10 @@ def build_inputs(cfg: TrainConfig, device: torch.device, rank: int, world: int, 
             batcher = PairBatcher(ImageBatcher(a_u8, device, data_gen, memory_format, rank, world, say=say),
                                   ImageBatcher(b_u8, device, data_gen, memory_format, rank, world, say=say))
         else:
+            # batch_size: files that turn out unreadable while decoding can leave fewer images
+            # than one batch; that is a one-line DataError here, before the run writes anything.
             real_u8, rows = images.load(num_workers=cfg.num_workers, progress=progress,
-                                        say=say, rank=rank, world=world)
+                                        say=say, rank=rank, world=world, batch_size=cfg.batch_size)
             if rows is None:
                 batcher = ImageBatcher(real_u8, device, data_gen, memory_format, rank, world, say=say)
             else:

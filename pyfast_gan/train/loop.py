@@ -22,7 +22,7 @@ from pyfast_gan.metrics.evaluator import headline
 from pyfast_gan.step import distributed as dist_mod
 
 from .config import TrainConfig
-from .endings import end_nonfinite, stopped_by
+from .endings import end_failure, end_held, end_nonfinite, stopped_by
 from .run import Run, build
 from .rundir import check_out_dir, lock_run_dir
 
@@ -169,15 +169,15 @@ def _loop(run: Run, hooks: dict) -> dict:
         hooks["on_start"](run)
     acc: dict[str, list] = defaultdict(list)
     speed, progress = Throughput(run), Progress(run)
-    status, mid_step = "done", False
+    status, mid_step, failed = "done", None, None  # mid_step: critic steps when the step began
     try:
         with StopFlag() as stop:
             while run.generator_steps < cfg.steps:
-                mid_step, began = True, time.perf_counter()
+                mid_step, began = run.step.critic_steps, time.perf_counter()
                 for s in run.iteration():
                     for k, v in s.items():
                         acc[k].append(v)
-                mid_step = False
+                mid_step = None
                 step = run.generator_steps
                 last = step == cfg.steps
                 logging = step % cfg.log_every == 0 or last
@@ -210,8 +210,8 @@ def _loop(run: Run, hooks: dict) -> dict:
                     break
     except KeyboardInterrupt:
         status = "interrupted"
-    except DataError:  # the data going bad under the run (a damaged cache file): one line
-        raise
+    except (DataError, OSError) as e:  # the data going bad under the run, a failed write
+        status, failed = "failed", e
     except ValueError as e:
         # Inputs were validated during set-up; a ValueError now is a failure of the run, not
         # a bad flag, so it must not be reported as a usage error.
@@ -219,29 +219,32 @@ def _loop(run: Run, hooks: dict) -> dict:
     finally:
         progress.bar.close()
         run.close()
-    return _end(run, status, mid_step)
+    return _end(run, status, mid_step, failed)
 
 
-def _end(run: Run, status: str, mid_step: bool) -> dict:
+def _end(run: Run, status: str, mid_step: int | None, failed: BaseException | None = None) -> dict:
     """The run's last writes and message: an interrupted run checkpoints where it stopped; one
-    that stopped on (or reached --steps with) skipped steps keeps its last good state and
-    raises TrainingStopped (endings.py); a finished run says where its outputs are."""
+    that stopped on skipped steps, its data or a failed write writes its state (if the disk
+    allows) and raises (endings.py); a finished run says where its outputs are."""
     out, step = run.out, run.generator_steps
+    if failed is not None:
+        end_failure(run, failed, mid_step)
     if status == "interrupted":
         path = run.save(periodic=False)
         if run.main:
             run.write_samples(out / "samples" / f"step_{step:06d}.png")
             run.plot_losses()
-        note = "" if not mid_step else (" (interrupted inside a step: that step's partial update "
+        note = "" if mid_step is None else (" (interrupted inside a step: that step's partial update "
                                         "is in the checkpoint, so the resumed run is not bitwise exact)")
         run.say(f"interrupted at step {step}: checkpoint written to {path}{note}. "
                 f"Continue with: python -m pyfast_gan.train --resume {out}")
         return {"out": str(out), "step": step, "status": status, "run": run}
     bad = run.nonfinite_streak()
-    if bad:  # stopped at --max-nonfinite, or reached --steps on skipped steps
+    if bad:  # stopped at --max-nonfinite, or reached --steps on skipped steps (fp16 warm-up returns)
         end_nonfinite(run, bad, stopped=status == "nonfinite")
+    held = end_held(run)
     if run.main:
         run.plot_losses()
-        print(f"done: {step} steps in {time.perf_counter() - run.started:.1f} s; outputs in {out} "
-              f"(checkpoints/latest.pt holds step {step})", flush=True)
+        print(f"done: {step} steps in {time.perf_counter() - run.started:.1f} s; outputs in {out} ({held})",
+              flush=True)
     return {"out": str(out), "step": step, "status": status, "run": run}
