@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 import os
-import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,9 @@ from pyfast_gan.losses import LOSSES
 from pyfast_gan.models import CRITIC_NORMS, IMAGE_SIZES
 
 from .checks import ARCH_CHOICES, LOSS_ARCH, validate  # noqa: F401 - LOSS_ARCH is for train.run
+# What a --resume may change, where it writes and the default run directory: rundir.py.
+from .rundir import FIXED_ON_RESUME, FROZEN_ON_RESUME, check_resume, default_out_dir  # noqa: F401
+from .rundir import resume_checkpoint, resume_dir
 
 
 def _f(default, help: str, choices=None, **kw):
@@ -120,13 +122,17 @@ class TrainConfig:
                           "(1 + n) / (10 + n)), so a short run forgets its first, formless generators.")
     # --- run bookkeeping -----------------------------------------------------------
     out: str = _f("", "Output directory, new or empty: an existing run is never overwritten "
-                  "(continue it with --resume DIR). Default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>.")
+                  "(continue it with --resume DIR). Default: runs/<loss>-<data>-<YYYYmmdd-HHMMSS>, with "
+                  "-2, -3... when another run took that name.")
     resume: str = _f("", "Resume from DIR (a run directory or a checkpoint file); continues "
-                     "exactly where it stopped, writing to the same directory unless --out. Flags "
+                     "exactly where it stopped, writing to the same directory unless --out names a new or "
+                     "empty one (never another run's). A directory with no checkpoint yet trains from "
+                     "step 0 with its config.json. Flags "
                      "given with it replace the checkpoint's training settings (lr, betas, clip "
                      "value, gp weight...; --lr-decay scales the lr given now); a new --optimizer "
-                     "keeps the networks and starts fresh optimizer state. One trainer per run "
-                     "directory: a second one is refused.")
+                     "keeps the networks and starts fresh optimizer state; --seed and --n-samples "
+                     "cannot change, and --data only to a path holding the same data. One trainer "
+                     "per run directory: a second one is refused.")
     seed: int = _f(0, "Random seed (models, noise, data order).")
     device: str = _f("auto", "Device (auto = cuda when available).", ("auto", "cpu", "cuda"))
     sample_every: int = _f(500, "Write samples/step_XXXXXX.png every this many steps.")
@@ -214,12 +220,16 @@ TOY_LOSS_DEFAULTS = {"wgan-gp": dict(gp_weight=0.1, betas=(0.5, 0.9), lr=1e-3, l
 # The embedded digits and mnist (both 1 x 32 x 32, so one step costs the same): a narrow DCGAN
 # (base 16) so the no-argument run fits in minutes on a 2-core CPU.
 DIGITS_DEFAULTS = dict(base=16, z_dim=64, steps=1200, sample_every=200, checkpoint_every=600)
-# WGAN-GP there, the no-argument run: the recipe of python -m pyfast_gan.experiments.recipe
-# (docs/results/recipe/RESULTS.md), keyed by --fast, which pays for the width where bf16 is
-# native. Adam (0.5, 0.9) at 2e-4 are the WGAN-GP authors' own MNIST settings.
+# WGAN-GP there, the no-argument run: the best recipe of python -m pyfast_gan.experiments.recipe
+# within five minutes (docs/results/recipe/RESULTS.md), keyed by --fast, which pays for the
+# width where bf16 is native: Adam at 4e-4 with beta1 0.5 (the WGAN-GP authors' MNIST code
+# uses 0.5), 2 critic steps per generator step and 3x the steps, and the generator's moving
+# average (ramped), against the paper's 1e-4, (0, 0.9), n_critic 5.
+_RECIPE = dict(lr=4e-4, betas=(0.5, 0.9), n_critic=2, steps=3600, ema=0.999, sample_every=400,
+               checkpoint_every=1200)
 DIGITS_LOSS_DEFAULTS = {
-    ("wgan-gp", "on"): dict(base=32, lr=2e-4, betas=(0.5, 0.9)),
-    ("wgan-gp", "off"): dict(base=16, lr=2e-4, betas=(0.5, 0.9)),
+    ("wgan-gp", "on"): dict(_RECIPE, base=32),
+    ("wgan-gp", "off"): dict(_RECIPE, base=16),
 }
 
 
@@ -305,7 +315,11 @@ def _default_help(name: str, default) -> str:
     if name in _PRESET_FIELDS:
         parts[0] += ", or the loss preset's"
     tables = [("digits/mnist", DIGITS_DEFAULTS), ("toy data", TOY_DEFAULTS)]
-    tables += [(f"{loss.upper()} on digits/mnist with --fast {fast}", t) for (loss, fast), t in DIGITS_LOSS_DEFAULTS.items()]
+    recipe = {(loss, fast): t for (loss, fast), t in DIGITS_LOSS_DEFAULTS.items() if name in t}
+    for (loss, fast), t in recipe.items():  # one entry when --fast on and off agree
+        same = all(u[name] == t[name] for (lo, _), u in recipe.items() if lo == loss)
+        if fast == "on" or not same:
+            tables.append((f"{loss.upper()} on digits/mnist" + ("" if same else f" with --fast {fast}"), t))
     for label, table in tables:
         if name in table and table[name] != default:
             v = table[name]
@@ -429,11 +443,6 @@ def _check_choices(values: dict) -> str | None:
     return None
 
 
-# Fields that define the models and data; a resumed run cannot change them.
-FROZEN_ON_RESUME = ("loss", "data", "data_format", "image_size", "channels", "arch", "base",
-                    "z_dim", "critic_norm", "began_embed", "cogan_domain", "data_b", "crop", "max_images")
-
-
 def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None = None) -> TrainConfig:
     """The run's config: fill the fields the user did not set from the loss preset and data
     defaults (or, with ``resume``, from the checkpoint's config), apply --fast, and validate.
@@ -456,11 +465,9 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
                 values[k] = tuple(v) if k == "betas" else v
 
     if cfg.resume:
-        saved, run_dir = _resume_source(cfg.resume)
-        for k in explicit & set(FROZEN_ON_RESUME):
-            if _norm(values[k]) != _norm(saved.get(k)):
-                raise ValueError(f"--{k.replace('_', '-')}: cannot change from {saved.get(k)!r} to "
-                                 f"{values[k]!r} when resuming (the checkpoint's models and data depend on it)")
+        saved, run_dir, data_fps = _resume_source(cfg.resume)
+        if data_fps is not None:  # None: a run with no checkpoint yet, trained from step 0
+            check_resume(values, explicit, saved, data_fps)
         fill({k: v for k, v in saved.items() if k not in ("resume", "out")})
         fill({"out": str(run_dir)})
     else:
@@ -499,21 +506,23 @@ def resolve(cfg: TrainConfig, explicit: set[str], *, cuda_available: bool | None
     return out
 
 
-def _resume_source(resume: str) -> tuple[dict, Path]:
-    """(the checkpoint's saved config, its run directory) for --resume."""
+def _resume_source(resume: str) -> tuple[dict, Path, dict | None]:
+    """(the checkpoint's saved config, its run directory, the fingerprints it keeps of its data
+    PATHs) for --resume. A run directory with a config.json and no checkpoint (the run stopped
+    before its first) gives that config.json and None: it trains from step 0."""
     from pyfast_gan.artifacts import checkpoint as ckpt_mod
 
     if not os.path.exists(resume):
         raise ValueError(f"--resume: not found: {resume!r}")
-    path = ckpt_mod.find_checkpoint(resume)
-    saved = ckpt_mod.load(path)["config"]
-    return saved, (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def default_out_dir(cfg: TrainConfig) -> str:
-    data = cfg.data if cfg.data in TOY_DATASETS + EMBEDDED_DATA else Path(cfg.data.rstrip("/\\")).name
-    return os.path.join("runs", f"{cfg.loss}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path, run_dir = resume_checkpoint(resume), resume_dir(resume)
+    if path is not None:
+        ck = ckpt_mod.load(path)
+        return ck["config"], run_dir, dict(ck.get("data_fingerprint") or {})
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume {resume}: no checkpoint there, and its config.json cannot be read "
+                         f"({e}); start a new run with --out {run_dir}") from None
+    return {k: tuple(v) if k == "betas" else v for k, v in saved.items() if k in FIELDS}, run_dir, None

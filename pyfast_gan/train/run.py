@@ -40,7 +40,7 @@ from .config import LOSS_ARCH, TOY_DATASETS as TOY_DATA, TrainConfig
 from .inputs import build_inputs
 from .modes import cuda_graphs_blocker, resolve_device, usable_amp
 from .plateau import PlateauDecay
-from .rundir import resume_changes
+from .rundir import resume_changes, resume_checkpoint, resume_dir, run_data_fingerprints, same_dir
 
 CHECKPOINT_VERSION = 2
 
@@ -96,6 +96,7 @@ class Run:
     capture_time_s: float | None = None
     timing_reported: bool = False      # the first log record after start-up holds its times
     best: dict | None = None           # the best evaluation so far: metric, value, step (rank 0)
+    data_fingerprints: dict | None = None  # of the data PATHs, kept in checkpoints (rundir.other_data)
 
     @property
     def main(self) -> bool:
@@ -144,6 +145,7 @@ class Run:
         cfg, out = self.cfg, self.out
         self.real_u8 = None
         if self.main:
+            self._start_over()
             for sub in ("samples", "plots", "checkpoints"):
                 (out / sub).mkdir(parents=True, exist_ok=True)
             for p in ckpt_mod.remove_stale_temporaries(out):
@@ -161,6 +163,25 @@ class Run:
             self.say(f"nothing to train: the run is at step {self.generator_steps} and --steps is {cfg.steps}; "
                      f"pass --steps N with N > {self.generator_steps} to continue it")
         self.start_step, self.started = self.generator_steps, time.perf_counter()
+
+    def _start_over(self) -> None:
+        """A folder that held a run without a checkpoint (one that stopped before its first:
+        rundir.check_out_dir lets a run reuse it) loses that run's metrics lines and
+        TensorBoard events, so they never mix with this run's, and says so. The run a
+        --resume continues in its own folder keeps them (the metrics writer drops only those
+        after its step)."""
+        out, cfg = self.out, self.cfg
+        old = [n for n in ("config.json", "metrics.jsonl") if (out / n).exists()]
+        continuing = bool(cfg.resume) and same_dir(resume_dir(cfg.resume), out)
+        if not old or (continuing and self.resumed_from is not None):
+            return  # a new folder, or the run being continued from its checkpoint
+        tb = out / "tensorboard"
+        for p in [out / "metrics.jsonl", *(sorted(tb.glob("events.out.tfevents.*")) if tb.is_dir() else [])]:
+            p.unlink(missing_ok=True)
+        if not continuing:  # (a --resume of it from step 0 said so in build)
+            gone = " (that run's metrics are removed)" if "metrics.jsonl" in old else ""
+            self.say(f"{out} held a run that stopped before its first checkpoint ({', '.join(old)}): "
+                     f"reusing the folder for this run{gone}")
 
     def elapsed(self) -> float:
         """Training seconds: this process's since :meth:`start`, plus those before a resume."""
@@ -346,6 +367,7 @@ class Run:
             "loss_state": step.loss_state_dict(),
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "best": self.best,
+            "data_fingerprint": self.data_fingerprints,
         }
 
     def apply_lr_schedule(self) -> None:
@@ -470,11 +492,17 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
               G=G, D=D, opt_g=opt_g, opt_d=opt_d, ema=ema, step=step, fixed_noise=fixed_noise.to(device),
               say=say, toy=inputs.toy, real_u8=inputs.real_u8,
               plateau=PlateauDecay(cfg.plateau_steps, device) if cfg.lr_decay == "plateau" else None)
+    run.data_fingerprints = run_data_fingerprints(cfg) if run.main else None
     if cfg.resume:
-        path = ckpt_mod.find_checkpoint(cfg.resume)
-        run.load(ckpt_mod.load(path, map_location=device))
-        run.resumed_from = path
-        say(f"resumed from {path} at step {run.generator_steps}")
+        path, src = resume_checkpoint(cfg.resume), resume_dir(cfg.resume)
+        into = "" if same_dir(src, run.out) else f" into {run.out}, a new run directory ({src} is not changed)"
+        if path is None:
+            say(f"{src} holds no checkpoint (the run stopped before its first): training it from step 0 "
+                f"with its config.json{into}")
+        else:
+            run.load(ckpt_mod.load(path, map_location=device))
+            run.resumed_from = path
+            say(f"resumed from {path} at step {run.generator_steps}{into}")
     if graphs:
         _capture(run)
     if cfg.eval_every > 0 and run.main:
