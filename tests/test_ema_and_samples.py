@@ -132,7 +132,7 @@ def test_sample_errors_and_a_run_without_average(ema_run, tmp_path, capsys):
     from pyfast_gan.train import main
 
     plain = tmp_path / "plain"
-    assert main(["--out", str(plain), "--steps", "2", *TINY]) == 0
+    assert main(["--out", str(plain), "--steps", "2", "--ema", "0", *TINY]) == 0
     capsys.readouterr()
     assert _sample(["--checkpoint", str(plain), "--n", "4", "--out", str(tmp_path / "a.pt")]) == 0
     assert "raw generator" in capsys.readouterr().out

@@ -225,8 +225,7 @@ DIGITS_DEFAULTS = dict(base=16, z_dim=64, steps=1200, sample_every=200, checkpoi
 # width where bf16 is native: Adam at 4e-4 with beta1 0.5 (the WGAN-GP authors' MNIST code
 # uses 0.5), 2 critic steps per generator step and 3x the steps, and the generator's moving
 # average (ramped), against the paper's 1e-4, (0, 0.9), n_critic 5.
-_RECIPE = dict(lr=4e-4, betas=(0.5, 0.9), n_critic=2, steps=3600, ema=0.999, sample_every=400,
-               checkpoint_every=1200)
+_RECIPE = dict(lr=4e-4, betas=(0.5, 0.9), n_critic=2, steps=3600, ema=0.999)
 DIGITS_LOSS_DEFAULTS = {
     ("wgan-gp", "on"): dict(_RECIPE, base=32),
     ("wgan-gp", "off"): dict(_RECIPE, base=16),
