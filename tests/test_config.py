@@ -193,7 +193,7 @@ def test_fast_fills_unset_switches_only():
 
 
 def test_fast_on_cpu_compiles_with_the_reference_penalty_and_bf16_only_with_native_support(monkeypatch):
-    from pyfast_gan.train import config as C
+    from pyfast_gan.train import speed as C
 
     r = resolve(*parse_args(["--fast", "--device", "cpu"]), cuda_available=False)
     assert r.channels_last and r.compile and r.compile_penalty == "reference"

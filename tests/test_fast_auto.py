@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pyfast_gan.train import config as config_mod
+from pyfast_gan.train import speed as speed_mod
 from pyfast_gan.train.config import DIGITS_LOSS_DEFAULTS, fast_note, fast_settings, parse_args, resolve
 
 
@@ -17,7 +18,7 @@ def _resolve(argv, **kw):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_follows_native_bf16_and_says_why(monkeypatch, native):
     monkeypatch.delenv("PYFAST_GAN_FAST")
-    monkeypatch.setattr(config_mod, "cpu_has_fast_bf16", lambda: native)
+    monkeypatch.setattr(speed_mod, "cpu_has_fast_bf16", lambda: native)
     r, explicit = _resolve([])
     assert r.fast == ("on" if native else "off")
     recipe = DIGITS_LOSS_DEFAULTS[("wgan-gp", r.fast)]
@@ -34,7 +35,7 @@ def test_auto_follows_native_bf16_and_says_why(monkeypatch, native):
 
 
 def test_flags_env_and_old_configs(monkeypatch):
-    monkeypatch.setattr(config_mod, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(speed_mod, "cpu_has_fast_bf16", lambda: False)
     r, explicit = _resolve(["--fast"])  # --fast alone forces the switches on
     assert r.fast == "on" and r.compile and fast_note(r, explicit) is None
     assert _resolve(["--fast", "off"])[0].fast == "off"
@@ -64,7 +65,7 @@ def test_the_trainer_prints_the_choice(tmp_path, monkeypatch, capsys):
     from pyfast_gan.train import main
 
     monkeypatch.delenv("PYFAST_GAN_FAST")
-    monkeypatch.setattr(config_mod, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(speed_mod, "cpu_has_fast_bf16", lambda: False)
     assert main(["--data", "digits", "--steps", "1", "--base", "4", "--z-dim", "8", "--batch-size", "8",
                  "--n-critic", "1", "--no-progress", "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err

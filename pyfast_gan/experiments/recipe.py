@@ -79,11 +79,14 @@ def cpu_name() -> str:
     return f"{name} ({', '.join(native) if native else 'no native bf16'})"
 
 
-def train(name: str, seed: int, run_dir: Path, threads: int) -> float:
-    """Train one candidate on one seed in its own process; its wall time in seconds."""
+def train(name: str, seed: int, run_dir: Path, threads: int, cold: bool = False) -> float:
+    """Train one candidate on one seed in its own process; its wall time in seconds. ``cold``:
+    with an empty torch.compile cache, as a new user's first run compiles."""
     cmd = [sys.executable, "-m", "pyfast_gan.train", "--seed", str(seed), "--out", str(run_dir),
            "--ema", "0.999", "--no-progress", *CANDIDATES[name]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if cold:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(run_dir.with_name(run_dir.name + ".inductor-cache"))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = run_dir.with_suffix(".log")
     t0 = time.perf_counter()
@@ -115,14 +118,15 @@ def score(run_dir: Path, evaluator) -> dict:
 
 
 def summary(rows: list[dict], threads: int) -> dict:
-    """Per candidate: the median over its seeds of the wall time and of each score, per generator;
-    ``fits`` is judged only on runs that had all ``threads`` (None otherwise)."""
+    """Per candidate and thread count: the median over its seeds of the wall time and of each
+    score, per generator; ``full``: run on all ``threads``, the only rows judged against the
+    budget (a one-thread screening row is named "NAME (1 thread)")."""
     out = {}
-    for name in dict.fromkeys(r["candidate"] for r in rows):
-        rs = [r for r in rows if r["candidate"] == name]
+    for name, t in dict.fromkeys((r["candidate"], r.get("threads", 0)) for r in rows):
+        rs = [r for r in rows if r["candidate"] == name and r.get("threads", 0) == t]
         s = {"seeds": [r["seed"] for r in rs], "wall_s": statistics.median(r["wall_s"] for r in rs),
-             "threads": sorted({r.get("threads", 0) for r in rs})}
-        s["full"] = s["threads"] == [threads]
+             "threads": [t], "full": t == threads}
+        name = name if t == threads else f"{name} ({t} thread{'s' if t > 1 else ''})"
         for g in ("raw", "ema"):
             s[g] = {k: statistics.median(r[g][k] for r in rs) for k in KEYS}
         out[name] = s
@@ -149,7 +153,8 @@ def report(rows: list[dict], meta: dict) -> str:
         "for part of it; `--threads 1` runs each candidate on one thread, to screen recipes beside other work: "
         "such rows say so and are not judged against the budget). Each run: `python -m pyfast_gan.train "
         "--seed S --ema 0.999 FLAGS` (WGAN-GP on `--data mnist`, batch 64), timed from start to exit; "
-        "`default` is the no-argument run itself. Scores: the real-MNIST "
+        "`default` is the no-argument run itself; (cold): run with an empty torch.compile cache, as a new "
+        "user's first run compiles (`--cold`). Scores: the real-MNIST "
         "judge on 10,000 samples of the final checkpoint, as `python -m pyfast_gan.evaluate` gives them "
         "(cFID: lower is better, real digits score about 3.6; classes: of 10; KL to uniform: 0 is "
         "balanced). raw: the generator; ema: its moving average (ramped decay, batch-norm statistics "
@@ -163,7 +168,8 @@ def report(rows: list[dict], meta: dict) -> str:
     for r in rows:
         flags = " ".join(CANDIDATES.get(r["candidate"], r.get("flags", [])))
         lines.append(f"| {r['candidate']} | {f'`{flags}`' if flags else '(none)'} | "
-                     f"{r['seed']} | {r.get('threads', '?')} | {r['wall_s']:.0f} | {r['steps']} | {r['raw']['cfid']:.1f} | "
+                     f"{r['seed']} | {r.get('threads', '?')} | {r['wall_s']:.0f}{' (cold)' if r.get('cold_compile') else ''} | "
+                     f"{r['steps']} | {r['raw']['cfid']:.1f} | "
                      f"{r['raw']['classes_covered']} | {r['raw']['kl_uniform']:.3f} | {r['ema']['cfid']:.1f} | "
                      f"{r['ema']['classes_covered']} | {r['ema']['kl_uniform']:.3f} |")
     lines += ["", f"## Medians over seeds (budget: {meta['budget_s']:.0f} s of wall time)", "",
@@ -193,6 +199,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads per run (default: all cores)")
     p.add_argument("--n", type=int, default=10000, help="samples scored per generator (default: 10000)")
     p.add_argument("--budget", type=float, default=BUDGET_S, help="wall-time budget in seconds (default: 300)")
+    p.add_argument("--cold", action="store_true",
+                   help="each run compiles with an empty torch.compile cache, as a new user's first run does")
     args = p.parse_args(argv)
     import torch
 
@@ -211,9 +219,9 @@ def main(argv=None) -> int:
             if run_dir.exists():
                 run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
             print(f"[recipe] {name} seed {seed}: training", flush=True)
-            wall = train(name, seed, run_dir, args.threads)
+            wall = train(name, seed, run_dir, args.threads, args.cold)
             row = {"candidate": name, "flags": CANDIDATES[name], "seed": seed, "wall_s": round(wall, 1),
-                   "threads": args.threads,
+                   "threads": args.threads, "cold_compile": args.cold,
                    "run": str(run_dir), **score(run_dir, evaluator)}
             rows.append(row)
             print(f"[recipe] {name} seed {seed}: {wall:.0f} s, raw cFID {row['raw']['cfid']:.1f}, "
