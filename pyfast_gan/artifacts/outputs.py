@@ -2,6 +2,7 @@
 metrics.jsonl."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -54,17 +55,25 @@ def save_samples(x: torch.Tensor, path: str | os.PathLike) -> None:
         save_atomic(x, path)
 
 
-def _atomic_pil_save(img, path) -> None:
-    # The temporary keeps the target's suffix: pillow picks the format from it (x.jpg is a
-    # JPEG, not PNG bytes under a .jpg name), and an unknown suffix fails before any write.
+@contextlib.contextmanager
+def _atomic_path(path):
+    """A temporary path beside ``path`` to write, renamed onto ``path`` if the block succeeds and
+    removed either way. It keeps the target's suffix: pillow and matplotlib pick the format
+    from it (x.jpg is a JPEG, not PNG bytes under a .jpg name), and an unknown suffix fails
+    before any write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        img.save(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _atomic_pil_save(img, path) -> None:
+    with _atomic_path(path) as tmp:
+        img.save(tmp)
 
 
 def save_toy_scatter(fake: torch.Tensor, real: torch.Tensor, path: str | os.PathLike,
@@ -183,16 +192,12 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     """tight_layout, then write the PNG atomically (a crash never leaves half a file) and close."""
     plt = pyplot()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with _atomic_path(path) as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _say(msg: str) -> None:
