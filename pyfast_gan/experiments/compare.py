@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from .budget import BUDGET_RUNS, budget_lines, run_budget
 from .extension import extension_lines, score_extension
 from .fast_vs_eager import fast_jobs, fast_lines, score_fast
 from .runs import ALL_RUNS, DATA, DATA_TITLE, EXTENSION, IMAGE_DATA, RUNS, SECTIONS, classifier_cells, \
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs to compare (default: all)")
     c.add_argument("--section", default="all", choices=SECTIONS,
                    help="main: the DCGAN/WGAN/WGAN-GP study; extension: LSGAN, BEGAN and CoGAN on --ext-data; "
-                        "fast: --fast vs eager WGAN-GP on --ext-data (a part run alone keeps the others from "
+                        "fast: --fast vs eager WGAN-GP on --ext-data; budget: DCGAN, WGAN and WGAN-GP at equal "
+                        "training time, paper and swept settings, on --ext-data (a part run alone keeps the others from "
                         "OUT/results.json); all: every part (default)")
     c.add_argument("--ext-runs", nargs="+", default=list(EXTENSION), choices=list(EXTENSION),
                    help="extension runs (default: all)")
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image set of the extension and --fast sections (default: mnist)")
     c.add_argument("--fast-seeds", nargs="+", type=int, default=[0, 1],
                    help="seeds of the --fast vs eager WGAN-GP runs (default: 0 1)")
+    c.add_argument("--budget-s", type=float, default=120.0,
+                   help="budget section: seconds of training every run gets (default: 120)")
+    c.add_argument("--budget-seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="budget section: the sweep runs on the first seed, the finalists on all (default: 0 1 2)")
+    c.add_argument("--budget-runs", nargs="+", default=list(BUDGET_RUNS), choices=list(BUDGET_RUNS),
+                   help="budget section: the sweep (default: all; each loss's -paper run is required)")
+    c.add_argument("--budget-calib-steps", type=int, default=40,
+                   help="budget section: generator steps of each calibration run (default: 40)")
     c.add_argument("--steps", type=int, default=0,
                    help="generator steps of every run (default: per data, mnist/digits 1200, 25gaussians 3000)")
     c.add_argument("--eval-every", type=int, default=0,
@@ -148,6 +158,7 @@ JUDGE_TEXT = {
 def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
     ext = results.get("extension")
     fast = results.get("fast")
+    budget = results.get("budget")
     # The main section's own command and settings: with --section extension it is the one kept
     # from results.json, run earlier (maybe on another commit).
     args = argparse.Namespace(**{**vars(args), **results.get("settings", {})})
@@ -242,6 +253,8 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
         lines += extension_lines(ext, title=not results["data"])
     if fast is not None:
         lines += fast_lines(fast)
+    if budget is not None:
+        lines += budget_lines(budget)
     notes = out / "NOTES.md"  # what the images show, written by whoever looked at them
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
@@ -252,7 +265,7 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
     return path
 
 
-SETTINGS = ("jobs", "threads", "eval_n", "final_n", "seed", "fast_seeds")
+SETTINGS = ("jobs", "threads", "eval_n", "final_n", "seed", "fast_seeds", "budget_s", "budget_seeds")
 
 
 def compare(args, argv: list[str]) -> dict:
@@ -263,6 +276,7 @@ def compare(args, argv: list[str]) -> dict:
     main_part = args.section in ("all", "main")
     ext_part = args.section in ("all", "extension")
     fast_part = args.section in ("all", "fast")
+    budget_part = args.section in ("all", "budget")
     jobs = [(d, r, args.seed) for d in args.data for r in args.runs] if main_part else []
     jobs += [(args.ext_data, r, args.seed) for r in args.ext_runs] if ext_part else []
     jobs += [j for j in fast_jobs(args.ext_data, args.fast_seeds) if j not in jobs] if fast_part else []
@@ -270,7 +284,7 @@ def compare(args, argv: list[str]) -> dict:
          f"{args.jobs} at a time; runs in {out / 'runs'}")
     from pyfast_gan.metrics.digits_classifier import load_digits_classifier
 
-    for d in dict.fromkeys(d for d, _, _ in jobs if d in IMAGE_DATA):
+    for d in dict.fromkeys([d for d, _, _ in jobs if d in IMAGE_DATA] + ([args.ext_data] if budget_part else [])):
         load_digits_classifier(progress=True, data=d)  # trained once here, not in every run at the same time
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
@@ -328,6 +342,8 @@ def compare(args, argv: list[str]) -> dict:
                                 **score_extension(out, args, evaluator(args.ext_data), args.ext_data)}
     if fast_part:
         results["fast"] = {**part, **score_fast(out, args, evaluator(args.ext_data), args.ext_data)}
+    if budget_part:
+        results["budget"] = {**part, **run_budget(out, args, evaluator(args.ext_data), args.ext_data, _say)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = write_report(out, results, args, argv)
     _say(f"report: {report}")
@@ -345,8 +361,12 @@ def main(argv=None) -> int:
         parser.error("--eval-n and --final-n must be >= 2")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
-    if len(set(args.fast_seeds)) != len(args.fast_seeds) or min(args.fast_seeds) < 0:
-        parser.error(f"--fast-seeds must be distinct seeds >= 0, got {' '.join(map(str, args.fast_seeds))}")
+    for name in ("fast_seeds", "budget_seeds"):
+        seeds = getattr(args, name)
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be distinct seeds >= 0, got {' '.join(map(str, seeds))}")
+    if args.budget_s <= 0 or args.budget_calib_steps < 2:
+        parser.error("--budget-s must be > 0 and --budget-calib-steps >= 2")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     if args.command == "compare":

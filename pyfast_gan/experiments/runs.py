@@ -38,7 +38,7 @@ EXTENSION = {
 # switches, beside the eager "wgan-gp" run, each on several seeds.
 FAST = {"wgan-gp-fast": ("wgan-gp", ["--fast"])}
 ALL_RUNS = {**RUNS, **EXTENSION, **FAST}  # run name -> (loss, flags), every section
-SECTIONS = ("all", "main", "extension", "fast")
+SECTIONS = ("all", "main", "extension", "fast", "budget")
 IMAGE_DATA = ("mnist", "digits")  # the embedded labelled sets, scored by their digit classifier
 DATA = (*IMAGE_DATA, "25gaussians")
 # Per-data budget: the trainer's own defaults for that data (pyfast_gan.train.config), the
@@ -75,23 +75,27 @@ def paper_flags(loss: str, data: str) -> list[str]:
     return out + (["--betas", *map(str, p["betas"])] if "betas" in p else [])
 
 
-def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None) -> dict:
+def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None, *, spec=None,
+              steps: int | None = None, eval_every: int | None = None, extra_flags: tuple = ()) -> dict:
     """Train (or resume, or reuse) one run (``seed``: default the study's) in its own process;
-    returns its record."""
-    loss, extra = ALL_RUNS[name]
+    returns its record. ``spec``: its (loss, flags), default the run table's entry for ``name``;
+    ``steps``/``eval_every``: default the study's (``args``, else the data's budget);
+    ``extra_flags``: more trainer flags (given last)."""
+    loss, extra = spec or ALL_RUNS[name]
     seed = args.seed if seed is None else seed
     b = BUDGET[data]
-    steps = args.steps or b["steps"]
+    steps = steps or args.steps or b["steps"]
+    eval_every = args.eval_every or b["eval_every"] if eval_every is None else eval_every
     done = _checkpoint_step(run_dir)
     if done >= steps:
         return {"data": data, "run": name, "reused": True}
     cmd = [sys.executable, "-m", "pyfast_gan.train", "--loss", loss, "--data", data, "--steps", str(steps),
            *paper_flags(loss, data),
            "--batch-size", str(b["batch_size"]), "--seed", str(seed), "--out", str(run_dir),
-           "--eval-every", str(args.eval_every or b["eval_every"]), "--eval-n", str(args.eval_n),
+           "--eval-every", str(eval_every), "--eval-n", str(args.eval_n),
            "--device", args.device, "--no-progress",
            # eager unless the run says --fast: the study's runs do not change with the machine
-           *([] if "--fast" in extra else ["--no-fast"]), *extra]
+           *([] if "--fast" in extra else ["--no-fast"]), *extra, *extra_flags]
     if done >= 0:
         cmd = [sys.executable, "-m", "pyfast_gan.train", "--resume", str(run_dir), "--steps", str(steps),
                "--no-progress"]
@@ -129,7 +133,7 @@ def score_run(data: str, name: str, run_dir: Path, args, evaluator) -> dict:
         "scores": scalar_items(res),
         "counts": res.get("class_counts") or res.get("mode_counts"),
         "history": [{"step": r["step"], **r["eval"]} for r in recs if isinstance(r.get("eval"), dict)],
-        "losses": [{k: r[k] for k in ("step", "loss_d", "loss_g", "wasserstein", "m_global", "k_t") if k in r}
+        "losses": [{k: r[k] for k in ("step", "time", "loss_d", "loss_g", "wasserstein", "m_global", "k_t") if k in r}
                    for r in recs if "loss_d" in r],
     }
 
