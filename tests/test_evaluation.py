@@ -481,3 +481,83 @@ def test_mnist_runs_are_judged_by_the_mnist_classifier(tmp_path, monkeypatch):
     np.testing.assert_allclose(ev.classifier.ref_mu, feats.mean(0).numpy(), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="no digit classifier"):
         load_digits_classifier(data="cifar10")
+
+
+def test_budget_steps_come_from_the_calibrated_seconds_per_step():
+    from pyfast_gan.experiments.budget import cost_key, seconds_per_step, steps_for
+
+    recs = [{"step": 5, "time": 2.0, "loss_d": 0.1}, {"step": 5, "eval": {}}, {"step": 10, "time": 2.5, "loss_d": 0.1},
+            {"step": 45, "time": 6.0, "loss_d": 0.1}]
+    assert seconds_per_step(recs) == pytest.approx(0.1)  # start-up before the first record left out
+    with pytest.raises(RuntimeError, match="fewer than two records"):
+        seconds_per_step(recs[:1])
+    # the optimizer's settings do not change the cost; n_critic and the loss do
+    assert cost_key("wgan-gp-paper") == cost_key("wgan-gp-lr4e-4") == "wgan-gp-nc5"
+    assert cost_key("wgan-gp-nc2-lr4e-4") == "wgan-gp-nc2" and cost_key("wgan-nc1") == "wgan-nc1"
+    rates = {"wgan-gp-nc5": 0.25, "wgan-gp-nc2": 0.1}
+    assert steps_for("wgan-gp-paper", rates, 120) == 480 and steps_for("wgan-gp-nc2-lr4e-4", rates, 120) == 1200
+
+
+def _budget_row(run, loss, seed, cfid, tracking=None, history=()):
+    return {"run": run, "loss": loss, "seed": seed, "scores": {"cfid": cfid}, "tracking": tracking,
+            "history": [{"step": s, "cfid": c} for s, c in history],
+            "losses": [{"step": s, "time": float(s)} for s in range(0, 101, 10)]}
+
+
+def test_budget_claims_verdicts_follow_the_numbers():
+    from pyfast_gan.experiments.budget import claims, time_to_reach
+
+    seeds = [0, 1, 2]
+    best = {"dcgan": "dcgan-lr4e-4", "wgan": "wgan-paper", "wgan-gp": "wgan-gp-nc2-lr4e-4"}
+    rows = []
+    for s in seeds:
+        rows += [_budget_row("dcgan-paper", "dcgan", s, 300 + s, tracking=0.2),
+                 _budget_row("dcgan-lr4e-4", "dcgan", s, 200 + s, tracking=0.1,
+                             history=[(50, 600), (100, 200 + s)]),
+                 _budget_row("wgan-paper", "wgan", s, 500 + s, tracking=0.9),
+                 _budget_row("wgan-nc1", "wgan", s, 400 + s, tracking=0.8),
+                 _budget_row("wgan-gp-paper", "wgan-gp", s, 350 + s, tracking=0.95),
+                 _budget_row("wgan-gp-nc2-lr4e-4", "wgan-gp", s, 50 + s, tracking=0.99,
+                             history=[(20, 800), (30, 450), (100, 50 + s)])]
+    c = {x["claim"]: x for x in claims(rows, best, seeds)}
+    # WGAN-GP beats DCGAN at its best settings (51 < 201) but not at the paper ones (351 > 301)
+    assert c["WGAN-GP beats DCGAN on sample quality"]["verdict"] == "holds at the best settings, not at the paper ones"
+    assert "lower on 0/3 seeds" in c["WGAN-GP beats DCGAN on sample quality"]["numbers"]
+    # WGAN's best (501) ends worst; WGAN-GP's best passed 500 at step 30 of 100
+    slow = c["weight clipping learns slowly"]
+    assert slow["verdict"] == "holds" and "wgan-gp-nc2-lr4e-4 reached WGAN's final cFID after a median 30%" in slow["numbers"]
+    assert time_to_reach(rows[5], 450) == 30.0 and time_to_reach(rows[5], 10) is None
+    # n_critic 5 (501) is worse than n_critic 1 (401): the claim does not hold here
+    assert c["n_critic helps WGAN"]["verdict"] == "does not hold"
+    assert c["the critic's value tracks quality"]["verdict"] == "holds"
+    for r in rows:
+        if r["loss"] == "wgan":
+            r["tracking"] = 0.3
+    assert c and claims(rows, best, seeds)[3]["verdict"] == "holds for WGAN-GP only"
+
+
+@pytest.mark.slow
+def test_compare_budget_section_tiny_end_to_end(tmp_path):
+    """--section budget: calibration, the sweep, the finalists on a second seed, steps that
+    follow the calibrated cost (more generator steps for the cheaper losses), the claims table."""
+    from pyfast_gan.experiments.compare import main
+
+    out = tmp_path / "budget"
+    argv = ["compare", "--section", "budget", "--budget-s", "0.5", "--budget-calib-steps", "4", "--budget-seeds",
+            "0", "1", "--budget-runs", "dcgan-paper", "wgan-paper", "wgan-nc1", "wgan-gp-paper", "--eval-n", "64",
+            "--final-n", "200", "--jobs", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())["budget"]
+    assert sorted(res["rates"]) == ["dcgan-nc1", "wgan-gp-nc5", "wgan-nc1", "wgan-nc5"]
+    assert all(v > 0 for v in res["rates"].values())
+    runs = {(r["run"], r["seed"]): r for r in res["runs"]}
+    assert set(runs) == {(n, s) for n in ("dcgan-paper", "wgan-paper", "wgan-nc1", "wgan-gp-paper") for s in (0, 1)}
+    for (name, _), r in runs.items():
+        key = f"{r['loss']}-nc{r['n_critic']}"
+        assert r["steps"] == max(1, round(0.5 / res["rates"][key]))
+    assert runs[("wgan-gp-paper", 0)]["n_critic"] == 5 and runs[("wgan-nc1", 0)]["n_critic"] == 1
+    report = (out / "README.md").read_text()
+    assert "## Equal training time" in report and "| weight clipping learns slowly |" in report
+    assert [c["claim"] for c in res["claims"]] == ["WGAN-GP beats DCGAN on sample quality", "weight clipping learns slowly",
+                                                   "n_critic helps WGAN", "the critic's value tracks quality"]
+    assert (out / "mnist_budget_samples.png").stat().st_size > 1000
