@@ -231,3 +231,99 @@ def test_ema_update_math():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="decay"):
         EMA(model, decay=1.5)
+
+
+# ---- the critic's activation: nn.LeakyReLU eagerly, mask-free when compiled for the CPU ----
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_leaky_relu_is_nn_leaky_relu_eagerly(dtype):
+    from pyfast_gan.models._common import LeakyReLU
+
+    x = torch.randn(4, 8, 5, 5, dtype=dtype)
+    for slope in (0.2, 0.01):
+        assert torch.equal(LeakyReLU(slope)(x.clone()), nn.LeakyReLU(slope)(x.clone()))
+        y = x.clone()
+        LeakyReLU(slope, inplace=True)(y)
+        assert torch.equal(y, nn.functional.leaky_relu(x, slope))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 4, 6, 6), (2, 16, 8, 8), (5, 7)])
+def test_leaky_relu_compiled_matches_eager_to_the_double_backward(dtype, shape):
+    """Values, input gradient and the gradient of that gradient's norm (the WGAN-GP critic's
+    double backward) of the compiled activation against nn.LeakyReLU, within the dtype's
+    tolerance; random inputs (no exact zeros, where the two slopes' mean is taken)."""
+    from pyfast_gan.models._common import LeakyReLU
+    from pyfast_gan.testing import tol
+
+    torch._dynamo.reset()
+    w = torch.randn(shape[-1], dtype=dtype)
+
+    def value_and_penalty(act, x):
+        y = act(x * w)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        return y, g.square().sum()
+
+    def run(fn, x):
+        x = x.clone().requires_grad_()
+        y, pen = fn(x)
+        return y, pen, torch.autograd.grad(pen, x)[0]  # the backward through the input gradient
+
+    x = torch.randn(shape, dtype=dtype)
+    # as the trainer compiles its critic loss: dynamo traces the inner autograd.grad
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        got = run(torch.compile(lambda x: value_and_penalty(LeakyReLU(0.2), x), fullgraph=True), x)
+    want = run(lambda x: value_and_penalty(nn.LeakyReLU(0.2), x), x)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol(dtype))
+
+
+def test_leaky_relu_compiled_float64_gradcheck():
+    """float64 gradcheck of the compiled activation and of a penalty on its input gradient
+    (what the WGAN-GP critic differentiates), both compiled as the trainer compiles them."""
+    from pyfast_gan.models._common import LeakyReLU
+
+    torch._dynamo.reset()
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    x = (x + 0.1 * x.sign()).requires_grad_()  # away from the kink at 0, where finite differences mislead
+
+    def penalty(x):
+        (g,) = torch.autograd.grad(LeakyReLU(0.2)(x * x).sum(), x, create_graph=True)
+        return g.square().sum()
+
+    assert torch.autograd.gradcheck(torch.compile(LeakyReLU(0.2)), (x,))
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        assert torch.autograd.gradcheck(torch.compile(penalty, fullgraph=True), (x,))
+
+
+def test_compiled_critic_step_stores_no_bool_mask():
+    """The DCGAN critic's forward and backward, compiled for the CPU, keep no bool tensor for
+    the backward (inductor's CPU kernels write bool masks an order of magnitude slower than
+    the arithmetic around them); with nn.LeakyReLU they do, so the check can fail."""
+    from torch._inductor.utils import run_and_get_code
+
+    def kernels_with_bool(D):
+        torch._dynamo.reset()
+        x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+        D = D.to(memory_format=torch.channels_last)
+
+        def loss(x):  # a critic value and a penalty on its input gradient, as WGAN-GP's critic step
+            with torch.autocast("cpu", torch.bfloat16):
+                out = D(x).float()
+            (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+            return out.mean() + g.square().sum()
+
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            compiled = torch.compile(loss, fullgraph=True)
+            _, codes = run_and_get_code(lambda: compiled(x).backward())
+        return sum(code.count("bool*") for code in codes)
+
+    torch.manual_seed(0)
+    D = DCGANCritic(32, 3, base=8, norm="layer")
+    plain = copy.deepcopy(D)
+    for i, m in enumerate(plain.net):
+        if type(m).__name__ == "LeakyReLU":
+            plain.net[i] = nn.LeakyReLU(0.2, inplace=True)
+    assert kernels_with_bool(plain) > 0  # the check sees masks where they exist
+    assert kernels_with_bool(D) == 0
