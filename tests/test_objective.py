@@ -254,3 +254,64 @@ def test_scores_shaped_as_the_drop_ins_accept_them(loss_name, shape):
     torch.testing.assert_close(g_loss, fc.GeneratorObjective(get_loss(loss_name))(torch.nn.Identity(), inner, fake)[0])
     with pytest.raises(ValueError, match=r"shape \(N,\), got \(6, 2\)"):
         CriticObjective(get_loss(loss_name))(_Shaped(torch.nn.Linear(2, 2), (2,)), real, fake, alpha=alpha)
+
+
+# ---- conversions in one bf16 channels_last critic step ----
+
+_COPIES = (torch.ops.aten.clone.default, torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default)
+
+
+def _count_conversions(critic, n: int, concat: bool) -> dict:
+    """Dtype casts and layout copies in one WGAN-GP critic step (the objective's forward,
+    penalty and the backward through it) under bf16 autocast, channels_last; activations are
+    the 4-D tensors of N or 2N samples (N differs from every channel count here)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in _COPIES:
+                src, dst = (args[1], args[0]) if func is torch.ops.aten.copy_.default else (args[0], out)
+                if isinstance(src, torch.nn.Parameter):
+                    counts["weight casts"] += src.dtype != dst.dtype
+                elif dst.dim() == 4 and dst.shape[0] in (n, 2 * n):
+                    where = "input" if dst.shape[1] == 3 else "hidden"
+                    counts[f"{where} casts"] += src.dtype != dst.dtype
+                    counts[f"{where} layout copies"] += not dst.is_contiguous(memory_format=torch.channels_last)
+            return out
+
+    cl = torch.channels_last
+    real, fake = (torch.randn(n, 3, 32, 32).contiguous(memory_format=cl) for _ in range(2))
+    x_hat = torch.randn(n, 3, 32, 32).contiguous(memory_format=cl).requires_grad_()
+    with Count():
+        loss, _ = fc.critic_loss(critic, real, fake, x_hat, loss_fn=get_loss("wgan-gp"), weight=10.0, concat=concat,
+                                 dtype=torch.bfloat16)
+        loss.backward()
+    return {k: v for k, v in counts.items() if v}
+
+
+@pytest.mark.parametrize("norm", ["layer", "none", "batch"])
+def test_bf16_channels_last_critic_step_conversion_count(norm):
+    """The count of conversions in one critic step, pinned. Every conv weight and bias is cast
+    to bf16 once (autocast's cache: the forward of real and fake and the penalty's forward
+    share it); the images are cast on the way in (real+fake, x_hat) and x_hat's gradient on the
+    way out; no activation leaves channels_last except where a norm layer makes it: CPU
+    autocast runs the norms in fp32 (their outputs are cast back to bf16), batch norm's fp32
+    output comes back NCHW, and GroupNorm's double backward is a composite that reshapes its
+    input to (N, groups, -1) (NCHW copies) and casts its pieces. A new cast or layout copy in
+    the step fails this test."""
+    torch.manual_seed(0)
+    critic = DCGANCritic(32, 3, base=8, norm=norm).to(memory_format=torch.channels_last)
+    n_norm = sum(1 for m in critic.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d)))
+    params = [p for m in critic.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters(recurse=False)]
+    got = _count_conversions(critic, n=6, concat=norm != "batch")
+    # per norm layer: (casts, layout copies) of hidden activations, as measured on torch 2.14
+    per_norm = {"layer": (7, 3), "batch": (2, 1), "none": (0, 0)}[norm]
+    want = {"weight casts": len(params), "input casts": 5 if norm != "batch" else 6,
+            "hidden casts": per_norm[0] * n_norm, "hidden layout copies": per_norm[1] * n_norm}
+    assert n_norm == (0 if norm == "none" else 2)
+    assert got == {k: v for k, v in want.items() if v}, got
