@@ -327,3 +327,83 @@ def test_compiled_critic_step_stores_no_bool_mask():
             plain.net[i] = nn.LeakyReLU(0.2, inplace=True)
     assert kernels_with_bool(plain) > 0  # the check sees masks where they exist
     assert kernels_with_bool(D) == 0
+
+
+# ---- the critic's Conv2d: nn.Conv2d eagerly; im2col + GEMM for small bf16 layers when compiled ----
+
+
+@pytest.mark.parametrize("k,stride,pad,size,bias", [(4, 2, 1, 8, False), (4, 2, 1, 9, True), (3, 1, 1, 5, True),
+                                                     (4, 1, 0, 4, True), (2, 2, 0, 6, False)])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_conv2d_gemm_is_conv2d_to_the_double_backward(k, stride, pad, size, bias, layout):
+    """float64: values against F.conv2d, gradcheck and gradgradcheck (the penalty differentiates
+    the critic's input gradient)."""
+    from pyfast_gan.models._common import conv2d_gemm
+
+    mf = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 5, size, size, dtype=torch.float64).contiguous(memory_format=mf).requires_grad_()
+    w = torch.randn(6, 5, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+    want = nn.functional.conv2d(x, w, b, stride, pad)
+    got = conv2d_gemm(x, w, b, stride, pad)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    args = (x, w) if b is None else (x, w, b)
+    f = (lambda x, w: conv2d_gemm(x, w, None, stride, pad)) if b is None else \
+        (lambda x, w, b: conv2d_gemm(x, w, b, stride, pad))
+    assert torch.autograd.gradcheck(f, args) and torch.autograd.gradgradcheck(f, args)
+
+
+def test_conv2d_chooses_gemm_only_for_small_bf16_layers():
+    from pyfast_gan.models._common import Conv2d
+
+    small, wide = Conv2d(256, 512, 4, 2, 1), Conv2d(128, 256, 4, 2, 1)
+    x8, x16 = torch.randn(2, 256, 8, 8), torch.randn(2, 128, 16, 16)
+    assert not small.uses_gemm(x8)  # fp32 keeps the convolution
+    with torch.autocast("cpu", torch.bfloat16):
+        assert small.uses_gemm(x8)
+        assert not wide.uses_gemm(x16)  # 8x8 output: oneDNN is faster there
+        assert not small.uses_gemm(torch.randn(2, 256, 16, 16))
+    assert Conv2d(256, 1, 4, 1, 0).uses_gemm(torch.randn(2, 256, 4, 4, dtype=torch.bfloat16))
+    eager = Conv2d(256, 512, 4, 2, 1)
+    plain = nn.Conv2d(256, 512, 4, 2, 1)
+    plain.load_state_dict(eager.state_dict())
+    with torch.autocast("cpu", torch.bfloat16):  # eagerly it is nn.Conv2d, bit for bit
+        assert torch.equal(eager(x8), plain(x8))
+
+
+def test_compiled_bf16_conv2d_runs_as_a_gemm_and_matches_eager():
+    """Compiled under bf16 autocast, the small layer has no convolution left in its generated
+    code (a matrix product instead), and its value, input gradient and the penalty's
+    parameter gradients match the eager convolution within the bf16 tolerance."""
+    from torch._inductor.utils import run_and_get_code
+
+    from pyfast_gan.models._common import Conv2d
+    from pyfast_gan.testing import tol
+
+    torch.manual_seed(0)
+    conv = Conv2d(256, 32, 4, 2, 1).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 256, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def loss(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            y = conv(x)
+        (g,) = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)
+        return y, g.square().sum()
+
+    def run(fn):
+        conv.zero_grad()
+        xx = x.clone().requires_grad_()
+        y, pen = fn(xx)
+        pen.backward()
+        return y.float(), pen, conv.weight.grad.clone(), conv.bias.grad.clone()
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        compiled = torch.compile(loss, fullgraph=True)
+        got, codes = run_and_get_code(lambda: run(compiled))
+    code = "\n".join(codes)
+    assert "convolution" not in code and "mm" in code
+    want = run(loss)
+    for a, b in zip(got, want):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a / scale, b / scale, **tol(torch.bfloat16))

@@ -89,6 +89,70 @@ class LeakyReLU(nn.LeakyReLU):
         return super().forward(x)
 
 
+def conv2d_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` as im2col and one matrix product, in
+    channels_last order: the zero-padded input seen as (N, H, W, C), its k*k strided windows
+    stacked into an (N*Ho*Wo, k*k*C) matrix, times the weight as (k*k*C, C_out). Built from
+    differentiable ops only (pad, slices, stack, matmul), so autograd gives the backward and the
+    double backward; compiled, the windows' backward is one fused gather, not k*k scatters."""
+    n, c, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    xp = nn.functional.pad(x, (padding,) * 4).permute(0, 2, 3, 1)
+    windows = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+               for i in range(kh) for j in range(kw)]
+    cols = torch.stack(windows, dim=3).reshape(n * ho * wo, kh * kw * c)
+    out = cols @ weight.permute(0, 2, 3, 1).reshape(cout, kh * kw * c).t()
+    if bias is not None:
+        out = out + bias
+    return out.reshape(n, ho, wo, cout).permute(0, 3, 1, 2)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a CPU convolution of ``x`` computes in here (autocast's, when it is on)."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d``; compiled for the CPU in bf16, a layer with a small output (at most 4x4)
+    and a long reduction (``C_in * k * k`` of at least 4,096) runs as :func:`conv2d_gemm`.
+
+    Eager it is ``nn.Conv2d`` itself (same op, same bits). The reason is speed: oneDNN's bf16
+    convolution backward is slow on such layers (the DCGAN-64 critic's 256 -> 512 layer, 8x8 ->
+    4x4: its weight gradient at about 115 GFLOP/s where a matrix product of the same size runs
+    near 1,000 on a 2-core AMX Xeon), and the WGAN-GP critic step differentiates it twice; as
+    im2col and a GEMM, that layer's compiled step with the penalty's double backward took half
+    the time (121 ms against 244 ms at batch 128, one thread). Wider maps lose (16x16: 178 ms
+    against 158), so they keep oneDNN. The matrix product accumulates in fp32 like the
+    convolution; the sums run in another order (bf16 rounding, within the bf16 tolerance)."""
+
+    GEMM_MAX_OUT = 16       # output pixels (Ho * Wo)
+    GEMM_MIN_REDUCTION = 4096  # C_in * kh * kw
+
+    def uses_gemm(self, x: torch.Tensor) -> bool:
+        kh, kw = self.kernel_size
+        h, w = x.shape[-2:]
+        ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        return (x.device.type == "cpu" and x.dim() == 4 and _compute_dtype(x) == torch.bfloat16
+                and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
+                and self.stride[0] == self.stride[1] and self.padding[0] == self.padding[1]
+                and not isinstance(self.padding, str)
+                and ho * wo <= self.GEMM_MAX_OUT and self.in_channels * kh * kw >= self.GEMM_MIN_REDUCTION)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and self.uses_gemm(x):
+            w, b = self.weight, self.bias
+            if torch.is_autocast_enabled("cpu"):  # as autocast casts a convolution's operands
+                x, w = x.to(torch.bfloat16), w.to(torch.bfloat16)
+                b = None if b is None else b.to(torch.bfloat16)
+            return conv2d_gemm(x, w, b, self.stride[0], self.padding[0])
+        return super().forward(x)
+
+
 @torch.no_grad()
 def init_dcgan_weights(module: nn.Module) -> nn.Module:
     """DCGAN paper init (Radford et al. 2016, sec. 4): weights N(0, 0.02); norm scales

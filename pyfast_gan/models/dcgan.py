@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import LeakyReLU, check_model_args, critic_norm, init_dcgan_weights, spatial_plan
+from ._common import Conv2d, LeakyReLU, check_model_args, critic_norm, init_dcgan_weights, spatial_plan
 
 # Widest layer = base * this; without a cap 128 px would start at base*16 (1024 at base 64)
 # for little gain, doubling the generator's parameters.
@@ -61,15 +61,15 @@ class DCGANCritic(nn.Module):
         self.image_size, self.channels, self.norm = image_size, channels, norm
         start, n = spatial_plan(image_size)
         widths = _widths(base, n)[::-1]
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [Conv2d(channels, widths[0], 4, 2, 1), LeakyReLU(0.2, inplace=True)]
         for cin, cout in zip(widths[:-1], widths[1:]):
             layers += [
                 # A bias right before a norm with its own shift is redundant.
-                nn.Conv2d(cin, cout, 4, 2, 1, bias=norm == "none"),
+                Conv2d(cin, cout, 4, 2, 1, bias=norm == "none"),
                 critic_norm(norm, cout),
                 LeakyReLU(0.2, inplace=True),
             ]
-        layers.append(nn.Conv2d(widths[-1], 1, start, 1, 0))
+        layers.append(Conv2d(widths[-1], 1, start, 1, 0))
         self.net = nn.Sequential(*layers)
         init_dcgan_weights(self)
 
