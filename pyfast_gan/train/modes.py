@@ -19,6 +19,33 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep the memory a CPU run frees for its next allocation instead of handing it
+    back to the kernel. A training step frees and reallocates the same large activations
+    every time, and each page the kernel hands out again costs a page fault: on the project's
+    2-core VM a fresh 8 MB tensor took 717 faults and 1.6 ms to fill, a reused one 0 and
+    0.4 ms, and a --fast WGAN-GP iteration (DCGAN-64) took 127,000 faults. Tensors larger than
+    32 MB (glibc's ceiling for this setting) are still mapped fresh. The process keeps its peak
+    memory for its lifetime. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def usable_amp(cfg: TrainConfig, device: torch.device, G, D, say) -> str:
     """cfg.amp, or "off" (with one message) when the device cannot run it: a tiny forward and
     backward on copies, so no RNG, BN statistics or parameters of the real models change."""

@@ -37,7 +37,7 @@ from pyfast_gan.artifacts import outputs
 from . import cost
 from .config import LOSS_ARCH, TOY_DATASETS as TOY_DATA, TrainConfig
 from .inputs import build_inputs
-from .modes import cuda_graphs_blocker, resolve_device, usable_amp
+from .modes import cuda_graphs_blocker, keep_freed_memory, resolve_device, usable_amp
 from .plateau import PlateauDecay
 from .rundir import resume_checkpoint, resume_dir, run_data_fingerprints, same_dir
 from .state import RunState
@@ -317,6 +317,8 @@ def build(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Run:
     fails before any model is built; a resumed run ends in the checkpoint's exact state."""
     say = Say(quiet=rank != 0)
     device = resolve_device(cfg)
+    if device.type == "cpu":
+        keep_freed_memory()
     is_toy = cfg.data in TOY_DATA
     seed_everything(cfg.seed)
 
