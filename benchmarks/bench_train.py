@@ -61,11 +61,13 @@ CONFIGS = ("naive", "reference", "fused", "channels_last", "bf16", "fast", "fast
 # The CLI flags of each pyfast_gan row. The first four are cumulative; the compile rows add
 # --compile to what --fast picks for the device (on CUDA: bf16, channels_last, CUDA graphs,
 # compile already; on a CPU: channels_last, and bf16 only where the CPU has it natively).
+# Rows without --fast say --no-fast: the trainer's default (--fast auto) would otherwise turn
+# every switch on where the device computes bf16 natively.
 FLAGS = {
-    "reference": ["--impl", "reference"],
-    "fused": ["--impl", "auto"],
-    "channels_last": ["--impl", "auto", "--channels-last"],
-    "bf16": ["--impl", "auto", "--channels-last", "--amp", "bf16"],
+    "reference": ["--no-fast", "--impl", "reference"],
+    "fused": ["--no-fast", "--impl", "auto"],
+    "channels_last": ["--no-fast", "--impl", "auto", "--channels-last"],
+    "bf16": ["--no-fast", "--impl", "auto", "--channels-last", "--amp", "bf16"],
     "fast": ["--fast"],
     # --fast captures CUDA graphs on a GPU; this row shows what the graphs add
     "fast_no_graphs": ["--fast", "--no-cuda-graphs"],

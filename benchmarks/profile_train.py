@@ -75,7 +75,9 @@ def profile(flags: list[str], args) -> dict:
         argv = ["--loss", args.loss, "--data", folder, "--data-format", "folder", "--image-size",
                 str(args.image_size), "--channels", "3", "--arch", "dcgan", "--base", str(args.base),
                 "--z-dim", str(Z_DIM), "--batch-size", str(args.batch_size), "--steps", "1000000",
-                "--device", "cpu", "--no-progress", "--out", os.path.join(tmp, "run"), *flags]
+                "--device", "cpu", "--no-progress", "--out", os.path.join(tmp, "run"),
+                # the flags alone: the trainer's default (--fast auto) would add its switches
+                *([] if "--fast" in flags else ["--no-fast"]), *flags]
         cfg, explicit = train_args(argv)
         run = build(resolve(cfg, explicit))
         for _ in range(args.warmup):

@@ -27,3 +27,18 @@ def test_cpu_rows_report_achieved_gflops_and_fraction_of_the_measured_peak(capsy
     # one measurement per (precision, layout), the same for every row that shares it
     assert rows[0]["peak_gflop_s"] == rows[1]["peak_gflop_s"]
     assert bench_train.measured_conv_peak("fp32", True) / 1e9 == rows[2]["peak_gflop_s"]
+
+
+def test_rows_without_fast_turn_the_default_fast_off(monkeypatch):
+    """The trainer's default is --fast auto (on where bf16 is native): a row that names only
+    some switches must say --no-fast, or it would time --fast under another label."""
+    import bench_train
+
+    from pyfast_gan.train import parse_args, resolve
+
+    monkeypatch.setenv("PYFAST_GAN_FAST", "on")  # as on a CPU with native bf16
+    for config, flags in bench_train.FLAGS.items():
+        cfg = resolve(*parse_args(["--data", "25gaussians", *flags]))
+        assert (cfg.fast == "on") == ("--fast" in flags), config
+        if "--fast" not in flags:
+            assert cfg.compile is False and (cfg.amp == "bf16") == ("bf16" in flags), config
