@@ -292,10 +292,9 @@ def run_setting(loss, args, device, rows, folder):
                 notes[c] = " | ".join(m[:160] for m in msgs)
         print(f"[{loss}] prepared {c} in {prep[c]:.1f}s", flush=True)
 
-    # FLOPs per generator iteration: the pyfast_gan step's (the useful work) in fp32 eager.
-    useful = None
-    if "reference" in configs:
-        useful = count_flops(lambda: PyfastLoop(loss, args, device, folder, "reference"), None)
+    # FLOPs per generator iteration: the pyfast_gan step's (the useful work) in fp32 eager,
+    # counted whichever rows run, so every row gets its GFLOP/s and fraction of the peak.
+    useful = count_flops(lambda: PyfastLoop(loss, args, device, folder, "reference"), None)
     naive_flops = None
     if "naive" in configs:
         naive_flops = count_flops(lambda: NaiveLoop(*naive_models(loss, args, device), loss, s, device),

@@ -42,3 +42,14 @@ def test_rows_without_fast_turn_the_default_fast_off(monkeypatch):
         assert (cfg.fast == "on") == ("--fast" in flags), config
         if "--fast" not in flags:
             assert cfg.compile is False and (cfg.amp == "bf16") == ("bf16" in flags), config
+
+
+def test_every_row_gets_its_gflops_whichever_rows_run():
+    """The useful FLOPs are counted even when the reference row is not among the rows run."""
+    import bench_train
+
+    rows = bench_train.main(["--losses", "wgan-gp", "--image-size", "32", "--base", "8", "--batch-size", "8",
+                             "--steps", "1", "--rounds", "1", "--dataset-size", "16", "--device", "cpu",
+                             "--configs", "channels_last"])
+    assert len(rows) == 1 and rows[0]["gflop_s"] > 0
+    assert rows[0]["frac_peak"] == pytest.approx(rows[0]["gflop_s"] / rows[0]["peak_gflop_s"])
