@@ -219,10 +219,22 @@ def run_budget(out: Path, args, evaluator, data: str, say) -> dict:
     rows += [scored(n, s) for n, s in more]
     seeds = list(args.budget_seeds)
     fig_rows = [_row(rows, n, seed0) for n in finalists if n != "wgan-nc1"]
-    return {"data": data, "budget_s": args.budget_s, "seeds": seeds, "rates": rates, "best": best,
+    part = {"data": data, "budget_s": args.budget_s, "seeds": seeds, "rates": rates, "best": best,
             "finalists": finalists, "runs": rows, "claims": claims(rows, best, seeds),
             "figures": {"samples": figure_samples(data, fig_rows, out, seed0, f"{data}_budget_samples.png").name,
                         "metric": figure_cfid_vs_time(fig_rows, out, f"{data}_budget_cfid_vs_time.png").name}}
+    return lean(part)
+
+
+def lean(part: dict) -> dict:
+    """The section as results.json keeps it: each evaluation with its training time, and not
+    the per-log loss records the claims and figures were made from (thousands per run)."""
+    for row in part["runs"]:
+        if "losses" in row:
+            for h in row["history"]:
+                h["time"] = time_at(row, h["step"])
+            del row["losses"]
+    return part
 
 
 def figure_cfid_vs_time(rows: list[dict], out: Path, name: str) -> Path:

@@ -14,8 +14,11 @@ The extension (``--section extension``): LSGAN and BEGAN beside them on the imag
 digits/edges), scored per domain and by the correspondence of its pairs against shuffled pairs.
 BEGAN is not run on 25 Gaussians: its critic is an auto-encoder, and auto-encoding a 2-D point
 through a bottleneck of its own size has nothing to compress. The --fast check (``--section
-fast``): WGAN-GP eager and with ``--fast`` on ``--ext-data``, on each of ``--fast-seeds``.
-``--section extension`` or ``fast`` trains and scores only those runs and rewrites the report
+fast``): WGAN-GP eager and with ``--fast`` on ``--ext-data``, on each of ``--fast-seeds``. The
+equal-time section (``--section budget``, pyfast_gan.experiments.budget): DCGAN, WGAN and
+WGAN-GP on ``--ext-data``, each given ``--budget-s`` seconds of training, at their paper
+settings and a small sweep, with a verdict on each of the papers' claims.
+``--section extension``, ``fast`` or ``budget`` trains and scores only those runs and rewrites the report
 with the other sections kept as they are in results.json. The 8x8 digits stay available
 (``--data digits``, ``--ext-data digits``).
 
@@ -253,11 +256,14 @@ def write_report(out: Path, results: dict, args, argv: list[str]) -> Path:
         lines += extension_lines(ext, title=not results["data"])
     if fast is not None:
         lines += fast_lines(fast)
-    if budget is not None:
-        lines += budget_lines(budget)
     notes = out / "NOTES.md"  # what the images show, written by whoever looked at them
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
+    if budget is not None:
+        lines += budget_lines(budget)
+        notes = out / "NOTES_budget.md"  # the same for the equal-time section
+        if notes.is_file():
+            lines += [notes.read_text().rstrip(), ""]
     lines += ["Numbers: `results.json` next to this report. Runs (checkpoints, metrics.jsonl, logs) are not "
               "committed; the commands above recreate them.", ""]
     path = out / "README.md"
