@@ -315,3 +315,36 @@ def test_bf16_channels_last_critic_step_conversion_count(norm):
             "hidden casts": per_norm[0] * n_norm, "hidden layout copies": per_norm[1] * n_norm}
     assert n_norm == (0 if norm == "none" else 2)
     assert got == {k: v for k, v in want.items() if v}, got
+
+
+@pytest.mark.skipif(not fc.has_trace_autograd_ops(), reason="torch lacks trace_autograd_ops")
+def test_fast_cpu_bf16_objective_stays_within_the_bf16_tolerance(monkeypatch):
+    """The objective as --fast builds it on a CPU with native bf16 (compiled through the penalty,
+    inductor's penalty formula, bf16 autocast, channels_last), with small layers on the GEMM
+    path and the mask-free activation, keeps the documented bf16 tolerance: its loss and
+    parameter gradients differ from the paper's fp32 ones by no more than twice what eager bf16
+    autocast differs by (flash-attention's criterion), measured here apart from the objective's
+    own start-up check."""
+    from pyfast_gan.models._common import Conv2d
+
+    monkeypatch.setattr(Conv2d, "GEMM_MIN_REDUCTION", 256)  # this small critic's last two convs
+    torch.manual_seed(5)
+    critic = DCGANCritic(32, 3, base=16, norm="layer").to(memory_format=torch.channels_last)
+    n = 6
+    cl = torch.channels_last
+    real = (torch.rand(n, 3, 32, 32) * 2 - 1).contiguous(memory_format=cl)
+    fake = torch.randn(n, 3, 32, 32).contiguous(memory_format=cl)
+    alpha = torch.rand(n)
+    with torch.autocast("cpu", torch.bfloat16):
+        gemm = [m for m in critic.net if isinstance(m, Conv2d) and m.uses_gemm(torch.randn(1, m.in_channels, 8, 8))]
+    assert len(gemm) >= 1
+    ref_loss, ref_grads = _paper_grads(critic, real, fake, alpha)
+    eager = CriticObjective(get_loss("wgan-gp"), gp_weight=10.0, amp="bf16")
+    e_loss, e_grads, _ = _grads_of(eager, critic, real, fake, alpha)
+    fast = CriticObjective(get_loss("wgan-gp"), gp_weight=10.0, compile=True, compile_penalty="reference",
+                           amp="bf16")
+    f_loss, f_grads, _ = _grads_of(fast, critic, real, fake, alpha)
+    assert fast.mode == "compile", fast.fallback_reason
+    eager_err = fc._rel_diff(e_grads, e_loss.float(), ref_grads, ref_loss)
+    fast_err = fc._rel_diff(f_grads, f_loss.float(), ref_grads, ref_loss)
+    assert 0 < eager_err and fast_err <= max(2 * eager_err, 1e-3), (fast_err, eager_err)
