@@ -44,6 +44,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, print_table, save_results, sync  # noqa: E402
 
+from pyfast_gan._cli import flags_alone  # noqa: E402
 from pyfast_gan.losses import PRESETS  # noqa: E402
 from pyfast_gan.models import build_models  # noqa: E402
 from pyfast_gan.train import build, parse_args as train_args, resolve  # noqa: E402
@@ -61,19 +62,19 @@ CONFIGS = ("naive", "reference", "fused", "channels_last", "bf16", "fast", "fast
 # The CLI flags of each pyfast_gan row. The first four are cumulative; the compile rows add
 # --compile to what --fast picks for the device (on CUDA: bf16, channels_last, CUDA graphs,
 # compile already; on a CPU: channels_last, and bf16 only where the CPU has it natively).
-# Rows without --fast say --no-fast: the trainer's default (--fast auto) would otherwise turn
-# every switch on where the device computes bf16 natively.
-FLAGS = {
-    "reference": ["--no-fast", "--impl", "reference"],
-    "fused": ["--no-fast", "--impl", "auto"],
-    "channels_last": ["--no-fast", "--impl", "auto", "--channels-last"],
-    "bf16": ["--no-fast", "--impl", "auto", "--channels-last", "--amp", "bf16"],
+# Rows without --fast get --no-fast (flags_alone): the trainer's default (--fast auto) would
+# otherwise turn every switch on where the device computes bf16 natively.
+FLAGS = {name: flags_alone(flags) for name, flags in {
+    "reference": ["--impl", "reference"],
+    "fused": ["--impl", "auto"],
+    "channels_last": ["--impl", "auto", "--channels-last"],
+    "bf16": ["--impl", "auto", "--channels-last", "--amp", "bf16"],
     "fast": ["--fast"],
     # --fast captures CUDA graphs on a GPU; this row shows what the graphs add
     "fast_no_graphs": ["--fast", "--no-cuda-graphs"],
     "compile": ["--fast", "--compile"],
     "compile_ref": ["--fast", "--compile", "--compile-penalty", "reference"],
-}
+}.items()}
 LABELS = {
     "naive": "naive loop (seed)",
     "reference": "pyfast_gan --impl reference",

@@ -31,6 +31,7 @@ from _common import environment  # noqa: E402
 from bench_train import Z_DIM, make_image_folder  # noqa: E402
 
 from pyfast_gan.train import build, parse_args as train_args, resolve  # noqa: E402
+from pyfast_gan._cli import flags_alone  # noqa: E402
 
 PHASES = ("forward", "backward", "double backward")
 # (class, name fragments); the first class whose fragment is in the op's name wins.
@@ -77,7 +78,7 @@ def profile(flags: list[str], args) -> dict:
                 "--z-dim", str(Z_DIM), "--batch-size", str(args.batch_size), "--steps", "1000000",
                 "--device", "cpu", "--no-progress", "--out", os.path.join(tmp, "run"),
                 # the flags alone: the trainer's default (--fast auto) would add its switches
-                *([] if "--fast" in flags else ["--no-fast"]), *flags]
+                *flags_alone(flags)]
         cfg, explicit = train_args(argv)
         run = build(resolve(cfg, explicit))
         for _ in range(args.warmup):

@@ -1,6 +1,7 @@
 """What every pyfast_gan command line shares: an ArgumentParser whose errors are one line
 (not the whole usage block) with a pointer to --help and exit code 2, and negative numbers
-accepted as flag values (``--lr -1e-4`` reaches validation, which names the flag)."""
+accepted as flag values (``--lr -1e-4`` reaches validation, which names the flag); and
+:func:`flags_alone`, the trainer flags of a run that names its own switches."""
 from __future__ import annotations
 
 import argparse
@@ -41,3 +42,10 @@ def join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> li
         out.append(tok)
         i += 1
     return out
+
+
+def flags_alone(flags: list[str]) -> list[str]:
+    """``flags`` with ``--no-fast`` in front unless they say ``--fast``: a trainer run (a study's,
+    a benchmark row) that names its switches gets those and no others, whatever --fast auto would
+    add on this machine."""
+    return list(flags) if "--fast" in flags else ["--no-fast", *flags]

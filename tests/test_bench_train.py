@@ -10,14 +10,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# a tiny WGAN-GP setting: rows in seconds
+TINY = ["--losses", "wgan-gp", "--image-size", "32", "--base", "8", "--batch-size", "8", "--steps", "1",
+        "--rounds", "1", "--dataset-size", "16", "--device", "cpu"]
 
 
 def test_cpu_rows_report_achieved_gflops_and_fraction_of_the_measured_peak(capsys):
     import bench_train
 
-    rows = bench_train.main(["--losses", "wgan-gp", "--image-size", "32", "--base", "8", "--batch-size", "8",
-                             "--steps", "1", "--rounds", "1", "--dataset-size", "16", "--device", "cpu",
-                             "--configs", "naive", "reference", "channels_last"])
+    rows = bench_train.main([*TINY, "--configs", "naive", "reference", "channels_last"])
     assert "convolution peak (fp32 NCHW" in capsys.readouterr().out
     assert [r["config"] for r in rows] == [bench_train.LABELS[c] for c in ("naive", "reference", "channels_last")]
     for r in rows:
@@ -48,8 +49,6 @@ def test_every_row_gets_its_gflops_whichever_rows_run():
     """The useful FLOPs are counted even when the reference row is not among the rows run."""
     import bench_train
 
-    rows = bench_train.main(["--losses", "wgan-gp", "--image-size", "32", "--base", "8", "--batch-size", "8",
-                             "--steps", "1", "--rounds", "1", "--dataset-size", "16", "--device", "cpu",
-                             "--configs", "channels_last"])
+    rows = bench_train.main([*TINY, "--configs", "channels_last"])
     assert len(rows) == 1 and rows[0]["gflop_s"] > 0
     assert rows[0]["frac_peak"] == pytest.approx(rows[0]["gflop_s"] / rows[0]["peak_gflop_s"])

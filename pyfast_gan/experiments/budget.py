@@ -111,8 +111,8 @@ def time_to_reach(row: dict, target: float) -> float | None:
     until the run's cFID first fell to ``target`` or below; None if it never did."""
     for h in row["history"]:
         if h.get("cfid") is not None and h["cfid"] <= target:
-            times = [r["time"] for r in row["losses"] if r.get("time") is not None and r["step"] <= h["step"]]
-            return times[-1] if times else 0.0
+            t = time_at(row, h["step"])
+            return 0.0 if t is None else t
     return None
 
 
@@ -124,8 +124,7 @@ def claims(rows: list[dict], best: dict, seeds: list[int]) -> list[dict]:
     out = []
     # 1. WGAN-GP beats DCGAN on sample quality.
     pairs = {"paper": ("wgan-gp-paper", "dcgan-paper"), "best": (best["wgan-gp"], best["dcgan"])}
-    wins = {k: sum(1 for s in seeds if _cfid(rows, a, s) is not None and _cfid(rows, b, s) is not None
-                   and _cfid(rows, a, s) < _cfid(rows, b, s)) for k, (a, b) in pairs.items()}
+    wins = {k: _wins(rows, a, b, seeds) for k, (a, b) in pairs.items()}
     beats = {k: med(a) is not None and med(b) is not None and med(a) < med(b) for k, (a, b) in pairs.items()}
     out.append({"claim": "WGAN-GP beats DCGAN on sample quality",
                 "numbers": "; ".join(f"{k} settings: WGAN-GP ({a}) median cFID {fmt_or_na(med(a), '.1f')} vs DCGAN "
@@ -154,8 +153,7 @@ def claims(rows: list[dict], best: dict, seeds: list[int]) -> list[dict]:
                 "verdict": "holds" if slowest else "does not hold"})
     # 3. n_critic helps WGAN (at equal time, fewer critic steps buy more generator steps).
     nc5, nc1 = med("wgan-paper"), med("wgan-nc1")
-    wins = sum(1 for s in seeds if _cfid(rows, "wgan-paper", s) is not None and _cfid(rows, "wgan-nc1", s) is not None
-               and _cfid(rows, "wgan-paper", s) < _cfid(rows, "wgan-nc1", s))
+    wins = _wins(rows, "wgan-paper", "wgan-nc1", seeds)
     nc2 = med("wgan-nc2")
     out.append({"claim": "n_critic helps WGAN",
                 "numbers": f"n_critic 5 (paper) median cFID {fmt_or_na(nc5, '.1f')} vs n_critic 1 {fmt_or_na(nc1, '.1f')}"
@@ -184,6 +182,12 @@ def _row(rows, name, seed):
 def _cfid(rows, name, seed):
     r = _row(rows, name, seed)
     return None if r is None else r["scores"]["cfid"]
+
+
+def _wins(rows, a, b, seeds) -> int:
+    """On how many seeds run ``a`` scored a lower cFID than run ``b`` (seeds with both)."""
+    pairs = [(_cfid(rows, a, s), _cfid(rows, b, s)) for s in seeds]
+    return sum(1 for x, y in pairs if x is not None and y is not None and x < y)
 
 
 def _both(paper: bool, best: bool) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from pyfast_gan.artifacts.outputs import pyplot, read_metrics, save_figure
+from pyfast_gan._cli import flags_alone
 
 # name -> (loss, extra trainer flags)
 RUNS = {
@@ -85,7 +86,7 @@ def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None
     seed = args.seed if seed is None else seed
     b = BUDGET[data]
     steps = steps or args.steps or b["steps"]
-    eval_every = args.eval_every or b["eval_every"] if eval_every is None else eval_every
+    eval_every = (args.eval_every or b["eval_every"]) if eval_every is None else eval_every
     done = _checkpoint_step(run_dir)
     if done >= steps:
         return {"data": data, "run": name, "reused": True}
@@ -95,7 +96,7 @@ def train_run(data: str, name: str, args, run_dir: Path, seed: int | None = None
            "--eval-every", str(eval_every), "--eval-n", str(args.eval_n),
            "--device", args.device, "--no-progress",
            # eager unless the run says --fast: the study's runs do not change with the machine
-           *([] if "--fast" in extra else ["--no-fast"]), *extra, *extra_flags]
+           *flags_alone(extra), *extra_flags]
     if done >= 0:
         cmd = [sys.executable, "-m", "pyfast_gan.train", "--resume", str(run_dir), "--steps", str(steps),
                "--no-progress"]

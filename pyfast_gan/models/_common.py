@@ -133,15 +133,16 @@ class Conv2d(nn.Conv2d):
     GEMM_MIN_REDUCTION = 4096  # C_in * kh * kw
 
     def uses_gemm(self, x: torch.Tensor) -> bool:
+        if (isinstance(self.padding, str) or x.device.type != "cpu" or x.dim() != 4
+                or _compute_dtype(x) != torch.bfloat16 or self.groups != 1 or self.dilation != (1, 1)
+                or self.padding_mode != "zeros" or self.stride[0] != self.stride[1]
+                or self.padding[0] != self.padding[1]):
+            return False
         kh, kw = self.kernel_size
         h, w = x.shape[-2:]
         ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
         wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
-        return (x.device.type == "cpu" and x.dim() == 4 and _compute_dtype(x) == torch.bfloat16
-                and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros"
-                and self.stride[0] == self.stride[1] and self.padding[0] == self.padding[1]
-                and not isinstance(self.padding, str)
-                and ho * wo <= self.GEMM_MAX_OUT and self.in_channels * kh * kw >= self.GEMM_MIN_REDUCTION)
+        return ho * wo <= self.GEMM_MAX_OUT and self.in_channels * kh * kw >= self.GEMM_MIN_REDUCTION
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling() and self.uses_gemm(x):
