@@ -17,6 +17,7 @@ from pyfast_gan.step import objective as fc
 from pyfast_gan.losses import get_loss
 from pyfast_gan.step.objective import CriticObjective, critic_scores
 from pyfast_gan.models import DCGANCritic, MLPCritic
+from pyfast_gan.step.graph_passes import ConvWeightGradPass
 
 
 def _paper_grads(critic, real, fake, alpha, weight=10.0):
@@ -47,18 +48,34 @@ def _assert_grads_close(got, ref, rtol=1e-4):
 
 @pytest.mark.skipif(not fc.has_trace_autograd_ops(), reason="torch lacks trace_autograd_ops")
 @pytest.mark.slow  # ~30 s of inductor compilation of a conv critic's double backward on 2 cores
-def test_compiled_wgan_gp_conv_critic_matches_eager():
+def test_compiled_wgan_gp_conv_critic_matches_eager(monkeypatch):
     torch.manual_seed(3)
     critic = DCGANCritic(32, 3, base=4, norm="layer")
     n = 5
     real, fake = torch.rand(n, 3, 32, 32) * 2 - 1, torch.randn(n, 3, 32, 32)
     alpha = torch.rand(n)
+
+    class CountingPass(ConvWeightGradPass):
+        """The objective's graph pass, counting its rewrites (no cache key: it always runs)."""
+        rewritten = 0
+
+        def __call__(self, graph):
+            before = sum(n.target is torch.ops.aten.convolution_backward.default for n in graph.nodes)
+            super().__call__(graph)
+            CountingPass.rewritten += sum(n.target is torch.ops.aten.convolution_backward.default
+                                          for n in graph.nodes) - before
+
+        def uuid(self):
+            return None
+    monkeypatch.setattr(fc, "COMPILE_OPTIONS", {"post_grad_custom_post_pass": CountingPass()})
     # the project's kernels inside the compiled graph (compile_penalty="kernels", the default)
     objective = CriticObjective(get_loss("wgan-gp"), gp_weight=10.0, compile=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback allowed here
         loss, grads, stats = _grads_of(objective, critic, real, fake, alpha)
     assert objective.mode == "compile", objective.fallback_reason
+    # the double backward's weight gradients of the four convolutions ran as convolution_backward
+    assert CountingPass.rewritten >= 4
     assert objective.verify_max_rel_diff is not None and objective.verify_max_rel_diff < 1e-3
     assert objective.compile_time_s > 0
     ref_loss, ref_grads = _paper_grads(critic, real, fake, alpha)

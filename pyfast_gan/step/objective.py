@@ -36,12 +36,16 @@ from torch import nn
 from pyfast_gan.losses import check_loss
 from pyfast_gan.ops.batchnorm_check import has_batch_norm
 from pyfast_gan.ops.penalty_core import penalty_at
+from pyfast_gan.step.graph_passes import CONV_WEIGHT_GRAD_PASS
 # x_hat = alpha*real + (1-alpha)*fake as a fresh leaf: the critic step never needs gradients
 # through x_hat to real/fake, and a leaf is what lets the compiled objective take it as a plain
 # graph input. alpha=None: the kernel draws it.
 from pyfast_gan.ops.interpolate import interpolate_leaf
 
 MODES = ("eager", "compile")
+# inductor options of the compiled critic objective: the double backward's weight gradients
+# as oneDNN's weight-gradient kernel, not a dilated convolution (graph_passes.py)
+COMPILE_OPTIONS = {"post_grad_custom_post_pass": CONV_WEIGHT_GRAD_PASS}
 COMPILE_PENALTIES = ("kernels", "reference")
 
 
@@ -239,7 +243,8 @@ class CriticObjective:
                 # autograd.grad inside a compiled region is handled.
                 torch._dynamo.config.trace_autograd_ops = True
             quiet_cuda_home_note()
-            self._compiled = torch.compile(own_copy(critic_loss), fullgraph=True, dynamic=False)
+            self._compiled = torch.compile(own_copy(critic_loss), fullgraph=True, dynamic=False,
+                                           options=COMPILE_OPTIONS)
         return self._compiled
 
     def __call__(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
