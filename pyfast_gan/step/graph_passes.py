@@ -22,7 +22,11 @@ import contextlib
 import operator
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+try:
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+except ImportError:  # a torch without inductor's custom-pass interface: compile without the rewrite
+    CustomGraphPass, get_hash_for_files = object, None
 
 aten = torch.ops.aten
 _BATCH_TRANSPOSE = [1, 0, 2, 3]
@@ -104,4 +108,4 @@ def _fill_meta(w, grads, gw, new, x, g, stride, padding, w_shape) -> None:
         new.meta["val"] = gr[1].permute(_BATCH_TRANSPOSE)
 
 
-CONV_WEIGHT_GRAD_PASS = ConvWeightGradPass()
+CONV_WEIGHT_GRAD_PASS = ConvWeightGradPass() if get_hash_for_files is not None else None

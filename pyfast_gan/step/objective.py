@@ -45,7 +45,7 @@ from pyfast_gan.ops.interpolate import interpolate_leaf
 MODES = ("eager", "compile")
 # inductor options of the compiled critic objective: the double backward's weight gradients
 # as oneDNN's weight-gradient kernel, not a dilated convolution (graph_passes.py)
-COMPILE_OPTIONS = {"post_grad_custom_post_pass": CONV_WEIGHT_GRAD_PASS}
+COMPILE_OPTIONS = {"post_grad_custom_post_pass": CONV_WEIGHT_GRAD_PASS} if CONV_WEIGHT_GRAD_PASS else {}
 COMPILE_PENALTIES = ("kernels", "reference")
 
 
