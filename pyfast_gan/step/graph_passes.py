@@ -41,8 +41,8 @@ def _batch_transposed(node) -> torch.fx.Node | None:
 
 
 def _as_weight_grad(node: torch.fx.Node) -> tuple | None:
-    """``(X, G, stride, padding, kernel)`` when ``node`` is the dilated weight-gradient
-    convolution of a 2-d convolution on the CPU, else None."""
+    """``(X, G.permute(1, 0, 2, 3), stride, padding, kernel)`` when ``node`` is the dilated
+    weight-gradient convolution of a 2-d convolution on the CPU, else None."""
     if node.op != "call_function" or node.target is not aten.convolution.default or len(node.args) != 9:
         return None
     inp, wt, bias, stride, padding, dilation, transposed, _, groups = node.args
