@@ -12,7 +12,9 @@ which is the weight gradient of ``conv2d(X, stride=s, padding=p)`` for the outpu
 ``G``, transposed. oneDNN runs that dilated convolution (a 16x16 or 32x32 "kernel", the batch
 as channels) 3-10x slower than its own weight-gradient kernel on the same operands, and the
 two transposes cost a copy each (measured on a 2-core AMX Xeon, bf16 channels_last, DCGAN-64
-critic at batch 64: 23.8 ms against 3.8 ms for the 64 -> 128 layer). :class:`ConvWeightGradPass`
+critic at batch 64: 23.8 ms against 3.8 ms for the 64 -> 128 layer;
+``benchmarks/bench_weight_grad_pass.py`` times both per layer and the compiled step with and
+without the rewrite). :class:`ConvWeightGradPass`
 puts ``convolution_backward`` (weight gradient only) back in its place: the same sum, taken by
 the kernel made for it.
 """
@@ -30,6 +32,11 @@ except ImportError:  # a torch without inductor's custom-pass interface: compile
 
 aten = torch.ops.aten
 _BATCH_TRANSPOSE = [1, 0, 2, 3]
+# Rewrite only layers whose output map has at least this many pixels. oneDNN's weight-gradient
+# kernel wins from 8x8 up (bf16, batch 64, 2-core AMX Xeon: 2.0x at 8x8, 6.6x at 16x16, 10x at
+# 32x32) and loses on smaller maps, where the formula's dilated kernel is small (0.92x at 6x6,
+# 0.49x at 5x5, 0.29x at 4x4, 0.19x at 3x3): benchmarks/bench_weight_grad_pass.py.
+MIN_OUTPUT_PIXELS = 64
 
 
 def _batch_transposed(node) -> torch.fx.Node | None:
@@ -42,7 +49,8 @@ def _batch_transposed(node) -> torch.fx.Node | None:
 
 def _as_weight_grad(node: torch.fx.Node) -> tuple | None:
     """``(X, G.permute(1, 0, 2, 3), stride, padding, kernel)`` when ``node`` is the dilated
-    weight-gradient convolution of a 2-d convolution on the CPU, else None."""
+    weight-gradient convolution of a 2-d convolution on the CPU with an output map of at least
+    ``MIN_OUTPUT_PIXELS``, else None."""
     if node.op != "call_function" or node.target is not aten.convolution.default or len(node.args) != 9:
         return None
     inp, wt, bias, stride, padding, dilation, transposed, _, groups = node.args
@@ -52,8 +60,9 @@ def _as_weight_grad(node: torch.fx.Node) -> tuple | None:
     if x is None or not isinstance(wt, torch.fx.Node) or bias is not None or transposed or groups != 1 \
             or list(stride) != [1, 1]:
         return None
-    out = node.meta.get("val")
-    if out is None or out.dim() != 4 or out.device.type != "cpu":
+    out, gt = node.meta.get("val"), wt.meta.get("val")
+    if out is None or gt is None or out.dim() != 4 or out.device.type != "cpu" \
+            or gt.shape[2] * gt.shape[3] < MIN_OUTPUT_PIXELS:
         return None
     return x, wt, list(dilation), list(padding), list(out.shape[2:])
 
