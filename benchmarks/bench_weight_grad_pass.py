@@ -65,19 +65,21 @@ def step_rows(batch: int, dname: str, rounds: int, iters: int) -> list[dict]:
     fake = torch.randn(batch, 3, 64, 64).clamp(-1, 1).contiguous(memory_format=torch.channels_last)
     saved = objective_module.COMPILE_OPTIONS
     steps = {}
-    for name, options in (("reference", {}), ("convolution_backward",
-                                              {"post_grad_custom_post_pass": CONV_WEIGHT_GRAD_PASS})):
-        objective_module.COMPILE_OPTIONS = options
-        obj = objective_module.CriticObjective(get_loss("wgan-gp"), compile=True,
-                                               amp="off" if dname == "fp32" else dname, verify=False, quiet=True)
+    try:
+        for name, options in (("reference", {}), ("convolution_backward",
+                                                  {"post_grad_custom_post_pass": CONV_WEIGHT_GRAD_PASS})):
+            objective_module.COMPILE_OPTIONS = options
+            obj = objective_module.CriticObjective(get_loss("wgan-gp"), compile=True,
+                                                   amp="off" if dname == "fp32" else dname, verify=False, quiet=True)
 
-        def step(obj=obj):
-            critic.zero_grad(set_to_none=True)
-            loss, _ = obj(critic, real, fake)
-            loss.backward()
-        step()  # compiles under this name's options
-        steps[name] = step
-    objective_module.COMPILE_OPTIONS = saved
+            def step(obj=obj):
+                critic.zero_grad(set_to_none=True)
+                loss, _ = obj(critic, real, fake)
+                loss.backward()
+            step()  # compiles under this name's options
+            steps[name] = step
+    finally:  # the objective module's options as they were, whatever happened
+        objective_module.COMPILE_OPTIONS = saved
     nbytes = 3 * batch * 3 * 64 * 64 * real.element_size()
     return [{**row, "what": "compiled critic step (DCGAN-64, WGAN-GP)", "max_rel_diff": None}
             for row in compare_steps(steps, "cpu", rounds=rounds, iters=iters, shape=(batch, 3, 64, 64),

@@ -82,22 +82,18 @@ class ConvWeightGradPass(CustomGraphPass):
             if found is None:
                 continue
             x, gt, stride, padding, kernel = found
+            xv = x.meta["val"]
+            mode = getattr(xv, "fake_mode", None) or contextlib.nullcontext()
             with graph.inserting_before(node):
                 g = _batch_transposed(gt)
                 if g is None:  # [1, 0, 2, 3] is its own inverse
-                    g = graph.call_function(aten.permute.default, (gt, _BATCH_TRANSPOSE))
-                    g.meta["val"] = gt.meta["val"].permute(_BATCH_TRANSPOSE)
-                xv, gv = x.meta["val"], g.meta["val"]
-                w_shape = [gv.shape[1], xv.shape[1], *kernel]
-                w = graph.call_function(aten.empty.memory_format, (w_shape,),
-                                        {"dtype": xv.dtype, "device": xv.device,
-                                         "memory_format": torch.channels_last})
-                grads = graph.call_function(aten.convolution_backward.default,
-                                            (g, x, w, None, stride, padding, [1, 1], False, [0, 0], 1,
-                                             [False, True, False]))
-                gw = graph.call_function(operator.getitem, (grads, 1))
-                new = graph.call_function(aten.permute.default, (gw, _BATCH_TRANSPOSE))
-            _fill_meta(w, grads, gw, new, x, g, stride, padding, w_shape)
+                    g = _call(graph, mode, aten.permute.default, gt, _BATCH_TRANSPOSE)
+                w = _call(graph, mode, aten.empty.memory_format, [g.meta["val"].shape[1], xv.shape[1], *kernel],
+                          dtype=xv.dtype, device=xv.device, memory_format=torch.channels_last)
+                grads = _call(graph, mode, aten.convolution_backward.default, g, x, w, None, stride, padding,
+                              [1, 1], False, [0, 0], 1, [False, True, False])
+                gw = _call(graph, mode, operator.getitem, grads, 1)
+                new = _call(graph, mode, aten.permute.default, gw, _BATCH_TRANSPOSE)
             node.replace_all_uses_with(new)
             graph.erase_node(node)
 
@@ -105,16 +101,14 @@ class ConvWeightGradPass(CustomGraphPass):
         return get_hash_for_files((__file__,))
 
 
-def _fill_meta(w, grads, gw, new, x, g, stride, padding, w_shape) -> None:
-    """Fake values for the new nodes (inductor's lowering reads shapes, strides and dtypes)."""
-    xv, gv = x.meta["val"], g.meta["val"]
-    with xv.fake_mode if hasattr(xv, "fake_mode") else contextlib.nullcontext():
-        wv = torch.empty(w_shape, dtype=xv.dtype, device=xv.device).contiguous(memory_format=torch.channels_last)
-        gr = aten.convolution_backward.default(gv, xv, wv, None, stride, padding, [1, 1], False, [0, 0], 1,
-                                               [False, True, False])
-        w.meta["val"], grads.meta["val"] = wv, gr
-        gw.meta["val"] = gr[1]
-        new.meta["val"] = gr[1].permute(_BATCH_TRANSPOSE)
+def _call(graph: torch.fx.Graph, mode, target, *args, **kwargs) -> torch.fx.Node:
+    """A new ``target(*args, **kwargs)`` node with its value: ``target`` run on the arguments'
+    (fake) values under ``mode`` (inductor's lowering reads shapes, strides and dtypes)."""
+    node = graph.call_function(target, args, kwargs)
+    vargs, vkwargs = torch.fx.node.map_arg((args, kwargs), lambda n: n.meta["val"])
+    with mode:
+        node.meta["val"] = target(*vargs, **vkwargs)
+    return node
 
 
 CONV_WEIGHT_GRAD_PASS = ConvWeightGradPass() if get_hash_for_files is not None else None
